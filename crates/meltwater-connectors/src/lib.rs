@@ -1,0 +1,112 @@
+//! Connectors: the sources and sinks a job's `CREATE TABLE ... WITH ('connector' = ...)`
+//! names. Each connector table is a DataFusion [`TableProvider`] that knows its
+//! boundedness, so the batch planner can reject unbounded sources and the stream planner
+//! can turn the same table into an unbounded source.
+//!
+//! Connectors sit at the bottom of the crate graph: they know nothing of job files,
+//! planning or runtimes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+
+pub mod datagen;
+pub mod error;
+pub mod filesystem;
+pub mod format;
+
+pub use error::{ConnectorError, Result};
+
+/// A connector table as the job file declares it.
+#[derive(Debug, Clone)]
+pub struct TableDef {
+    /// The table name as written in the job (used in messages).
+    pub name: String,
+    /// Columns and types from the DDL.
+    pub schema: SchemaRef,
+    /// The `WITH (...)` options, keys as written (case-sensitive, like Flink).
+    pub options: BTreeMap<String, String>,
+    /// `PRIMARY KEY (...) NOT ENFORCED` columns, empty when none.
+    pub primary_key: Vec<String>,
+}
+
+impl TableDef {
+    /// The option `key`, if set.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options.get(key).map(String::as_str)
+    }
+}
+
+/// Whether a source ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boundedness {
+    /// Reads a finite input and ends: both modes can read it.
+    Bounded,
+    /// Keeps producing: only stream mode can read it. The reason names the option
+    /// that makes it unbounded, for planner messages.
+    Unbounded { reason: &'static str },
+}
+
+/// What to do with a record that cannot be decoded (`'error.policy'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorPolicy {
+    /// Fail the job with an error naming the file and line (or record).
+    #[default]
+    Fail,
+    /// Drop the record and count it in [`SourceMetrics::records_skipped`].
+    Skip,
+}
+
+/// Counters a source keeps while it runs; the CLI reports them at the end of a run.
+#[derive(Debug, Default)]
+pub struct SourceMetrics {
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    pub files: AtomicU64,
+    pub records_skipped: AtomicU64,
+}
+
+impl SourceMetrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// A table provided by a connector.
+pub trait ConnectorTable: TableProvider {
+    /// The connector's name (`filesystem`, `datagen`, ...).
+    fn connector(&self) -> &str;
+    /// Whether the source ends by itself.
+    fn boundedness(&self) -> Boundedness;
+    /// Counters shared by every scan of this table.
+    fn metrics(&self) -> Arc<SourceMetrics>;
+}
+
+/// Builds the provider for a `CREATE TABLE ... WITH ('connector' = ...)` definition.
+///
+/// Unknown connectors and unknown or invalid options are errors that name the table and
+/// the option, and list the valid ones.
+pub fn create_connector_table(def: TableDef) -> Result<Arc<dyn ConnectorTable>> {
+    let connector = def
+        .option("connector")
+        .ok_or_else(|| ConnectorError::MissingOption {
+            table: def.name.clone(),
+            option: "connector".into(),
+        })?
+        .to_string();
+    match connector.as_str() {
+        "filesystem" => Ok(Arc::new(filesystem::FileSystemTable::try_new(def)?)),
+        "datagen" => Ok(Arc::new(datagen::DataGenTable::try_new(def)?)),
+        other => Err(ConnectorError::UnknownConnector {
+            table: def.name.clone(),
+            connector: other.to_string(),
+            known: "filesystem, datagen",
+        }),
+    }
+}
