@@ -1,0 +1,163 @@
+//! An Iceberg catalog as a DataFusion catalog: namespaces are schemas, tables load when
+//! a query names them.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider};
+use datafusion::datasource::TableProvider;
+use datafusion::error::Result as DfResult;
+use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
+
+use crate::commit::JobCommits;
+use crate::error::{IcebergContext, IcebergError, Result};
+use crate::table::IcebergTable;
+
+/// An Iceberg catalog registered in a job's session under its name (`lake`).
+#[derive(Debug, Clone)]
+pub struct IcebergCatalogProvider {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    catalog: Arc<dyn Catalog>,
+    commits: Arc<JobCommits>,
+    /// Namespaces and their tables as listed when the job started and as it created them
+    /// (for the synchronous listing DataFusion asks for).
+    listing: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Tables loaded by this job, so every statement of a run sees the same snapshot.
+    loaded: Mutex<HashMap<(String, String), Arc<IcebergTable>>>,
+}
+
+impl IcebergCatalogProvider {
+    pub async fn try_new(name: &str, catalog: Arc<dyn Catalog>, commits: Arc<JobCommits>) -> Result<Self> {
+        let mut listing = BTreeMap::new();
+        let namespaces = catalog.list_namespaces(None).await.context(|| format!("listing namespaces of {name}"))?;
+        for ns in namespaces {
+            let tables = catalog.list_tables(&ns).await.context(|| format!("listing tables of {name}"))?;
+            listing.insert(ns.to_url_string(), tables.into_iter().map(|t| t.name().to_string()).collect());
+        }
+        let inner = Inner {
+            name: name.to_string(),
+            catalog,
+            commits,
+            listing: Mutex::new(listing),
+            loaded: Mutex::new(HashMap::new()),
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.inner.catalog
+    }
+
+    /// Creates `namespace` unless it exists.
+    pub async fn ensure_namespace(&self, namespace: &str) -> Result<()> {
+        let inner = &self.inner;
+        let ns = NamespaceIdent::new(namespace.to_string());
+        let exists =
+            inner.catalog.namespace_exists(&ns).await.context(|| format!("looking up {}.{namespace}", inner.name))?;
+        if !exists {
+            match inner.catalog.create_namespace(&ns, HashMap::new()).await {
+                Ok(_) => {}
+                // Created meanwhile by another job: fine.
+                Err(e) if e.kind() == ErrorKind::NamespaceAlreadyExists => {}
+                Err(e) => return Err(e).context(|| format!("creating namespace {}.{namespace}", inner.name)),
+            }
+        }
+        inner.listing.lock().expect("listing poisoned").entry(namespace.to_string()).or_default();
+        Ok(())
+    }
+
+    /// Creates a table (and its namespace) unless it exists; returns whether it created it.
+    pub async fn create_table(&self, namespace: &str, creation: TableCreation, if_not_exists: bool) -> Result<bool> {
+        self.ensure_namespace(namespace).await?;
+        let inner = &self.inner;
+        let ns = NamespaceIdent::new(namespace.to_string());
+        let table = creation.name.clone();
+        let full = format!("{}.{namespace}.{table}", inner.name);
+        let ident = TableIdent::new(ns.clone(), table.clone());
+        if inner.catalog.table_exists(&ident).await.context(|| format!("looking up {full}"))? {
+            if if_not_exists {
+                return Ok(false);
+            }
+            return Err(IcebergError::Table { table: full, message: "already exists; use CREATE TABLE IF NOT EXISTS".into() });
+        }
+        inner.catalog.create_table(&ns, creation).await.context(|| format!("creating {full}"))?;
+        inner.listing.lock().expect("listing poisoned").entry(namespace.to_string()).or_default().insert(table);
+        Ok(true)
+    }
+
+    /// Loads a table (once per job run).
+    pub async fn load(&self, namespace: &str, table: &str) -> Result<Option<Arc<IcebergTable>>> {
+        self.inner.load(namespace, table).await
+    }
+}
+
+impl Inner {
+    async fn load(&self, namespace: &str, table: &str) -> Result<Option<Arc<IcebergTable>>> {
+        let key = (namespace.to_string(), table.to_string());
+        if let Some(t) = self.loaded.lock().expect("tables poisoned").get(&key) {
+            return Ok(Some(t.clone()));
+        }
+        let ident = TableIdent::new(NamespaceIdent::new(namespace.to_string()), table.to_string());
+        let full = format!("{}.{namespace}.{table}", self.name);
+        let loaded = match self.catalog.load_table(&ident).await {
+            Ok(t) => t,
+            Err(e) if matches!(e.kind(), ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound) => return Ok(None),
+            Err(e) => return Err(e).context(|| format!("loading {full}")),
+        };
+        let provider = Arc::new(IcebergTable::try_new(full, self.catalog.clone(), loaded, self.commits.clone())?);
+        self.loaded.lock().expect("tables poisoned").insert(key, provider.clone());
+        Ok(Some(provider))
+    }
+}
+
+impl CatalogProvider for IcebergCatalogProvider {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        self.inner.listing.lock().expect("listing poisoned").keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        Some(Arc::new(IcebergSchemaProvider { namespace: name.to_string(), inner: self.inner.clone() }))
+    }
+}
+
+#[derive(Debug)]
+struct IcebergSchemaProvider {
+    namespace: String,
+    inner: Arc<Inner>,
+}
+
+#[async_trait]
+impl SchemaProvider for IcebergSchemaProvider {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        let listing = self.inner.listing.lock().expect("listing poisoned");
+        listing.get(&self.namespace).map(|t| t.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok(self.inner.load(&self.namespace, name).await?.map(|t| t as Arc<dyn TableProvider>))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        let listing = self.inner.listing.lock().expect("listing poisoned");
+        listing.get(&self.namespace).is_some_and(|t| t.contains(name))
+    }
+}

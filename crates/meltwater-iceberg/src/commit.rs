@@ -1,0 +1,155 @@
+//! Commits of a job run: writers hand their data files here, and the runtime commits
+//! them once the whole job has succeeded (batch: after the last stage; stream: when a
+//! checkpoint completes), one snapshot per table.
+//!
+//! Each snapshot carries `meltwater.job-id` and `meltwater.run-id`. Before committing,
+//! the table's history is searched for a snapshot with the same pair, so a commit
+//! retried after an unknown outcome is not applied twice. Conflicts with other writers
+//! (the catalog's compare-and-swap failed) reload the table and retry with backoff: an
+//! append always rebases onto the new head.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iceberg::spec::DataFile;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, ErrorKind, TableIdent};
+
+use crate::error::{IcebergContext, Result};
+use crate::{SUMMARY_JOB_ID, SUMMARY_RUN_ID};
+
+/// Who writes: recorded in every snapshot a run commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobIdentity {
+    pub job_id: String,
+    pub run_id: String,
+}
+
+struct PendingTable {
+    catalog: Arc<dyn Catalog>,
+    ident: TableIdent,
+    files: Vec<DataFile>,
+}
+
+/// Data files written by a run and not yet committed, per table.
+pub struct JobCommits {
+    identity: JobIdentity,
+    pending: Mutex<BTreeMap<String, PendingTable>>,
+}
+
+impl std::fmt::Debug for JobCommits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobCommits").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+/// What one table's commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// `catalog.namespace.table`.
+    pub table: String,
+    /// The new snapshot, or the earlier one holding this run's commit when it was
+    /// already applied; `None` when the run wrote no rows.
+    pub snapshot_id: Option<i64>,
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    /// The table already held this run's commit: nothing was written again.
+    pub already_committed: bool,
+}
+
+const MAX_ATTEMPTS: u32 = 8;
+
+impl JobCommits {
+    pub fn new(identity: JobIdentity) -> Self {
+        Self { identity, pending: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn identity(&self) -> &JobIdentity {
+        &self.identity
+    }
+
+    /// Registers files written for `table` (its full name) by one writer task.
+    pub fn add(&self, table: &str, catalog: Arc<dyn Catalog>, ident: TableIdent, files: Vec<DataFile>) {
+        let mut pending = self.pending.lock().expect("commit registry poisoned");
+        pending
+            .entry(table.to_string())
+            .or_insert_with(|| PendingTable { catalog, ident, files: Vec::new() })
+            .files
+            .extend(files);
+    }
+
+    /// Tables with pending files.
+    pub fn tables(&self) -> Vec<String> {
+        self.pending.lock().expect("commit registry poisoned").keys().cloned().collect()
+    }
+
+    /// Drops everything pending (the run failed; written files are orphans that table
+    /// maintenance removes).
+    pub fn abort(&self) {
+        self.pending.lock().expect("commit registry poisoned").clear();
+    }
+
+    /// Commits every table's pending files, one snapshot per table.
+    pub async fn commit_all(&self) -> Result<Vec<CommitSummary>> {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("commit registry poisoned"));
+        let mut summaries = Vec::new();
+        for (name, table) in pending {
+            summaries.push(self.commit_table(&name, table).await?);
+        }
+        Ok(summaries)
+    }
+
+    async fn commit_table(&self, name: &str, pending: PendingTable) -> Result<CommitSummary> {
+        let rows = pending.files.iter().map(|f| f.record_count()).sum();
+        let bytes = pending.files.iter().map(|f| f.file_size_in_bytes()).sum();
+        let files = pending.files.len();
+        let mut summary =
+            CommitSummary { table: name.to_string(), snapshot_id: None, files, rows, bytes, already_committed: false };
+        if files == 0 {
+            return Ok(summary);
+        }
+        let properties = HashMap::from([
+            (SUMMARY_JOB_ID.to_string(), self.identity.job_id.clone()),
+            (SUMMARY_RUN_ID.to_string(), self.identity.run_id.clone()),
+        ]);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let table = pending.catalog.load_table(&pending.ident).await.context(|| format!("loading {name}"))?;
+            if let Some(id) = self.find_own_snapshot(table.metadata()) {
+                summary.snapshot_id = Some(id);
+                summary.already_committed = true;
+                return Ok(summary);
+            }
+            let tx = Transaction::new(&table);
+            let action = tx
+                .fast_append()
+                .set_snapshot_properties(properties.clone())
+                .add_data_files(pending.files.clone());
+            let tx = action.apply(tx).context(|| format!("preparing the commit to {name}"))?;
+            match tx.commit(pending.catalog.as_ref()).await {
+                Ok(committed) => {
+                    summary.snapshot_id = committed.metadata().current_snapshot().map(|s| s.snapshot_id());
+                    return Ok(summary);
+                }
+                Err(e) if attempt < MAX_ATTEMPTS && (e.kind() == ErrorKind::CatalogCommitConflicts || e.retryable()) => {
+                    // Another writer moved the table: reload and rebase.
+                    tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
+                }
+                Err(e) => return Err(e).context(|| format!("committing to {name} (attempt {attempt})")),
+            }
+        }
+    }
+
+    fn find_own_snapshot(&self, metadata: &iceberg::spec::TableMetadata) -> Option<i64> {
+        metadata
+            .snapshots()
+            .find(|s| {
+                let p = &s.summary().additional_properties;
+                p.get(SUMMARY_JOB_ID) == Some(&self.identity.job_id) && p.get(SUMMARY_RUN_ID) == Some(&self.identity.run_id)
+            })
+            .map(|s| s.snapshot_id())
+    }
+}

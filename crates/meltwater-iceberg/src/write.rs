@@ -1,0 +1,227 @@
+//! `IcebergWriteExec`: writes its input to Parquet data files of an Iceberg table, one
+//! writer per input partition, and hands the files to [`JobCommits`]; nothing is
+//! visible in the table until the runtime commits.
+//!
+//! Partitioned tables: each batch is split by the table's partition spec (transforms
+//! computed by the crate's splitter) and written through a fan-out writer holding one
+//! open file per partition value seen by the task; files roll at the table's target
+//! file size. Output: one row per task with the number of rows it wrote (`count`).
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use futures::{stream, StreamExt};
+use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
+use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::unpartitioned_writer::UnpartitionedWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::Catalog;
+
+use crate::commit::JobCommits;
+
+/// Writes its input into data files of one table and registers them for commit.
+pub struct IcebergWriteExec {
+    input: Arc<dyn ExecutionPlan>,
+    table_name: String,
+    table: Table,
+    catalog: Arc<dyn Catalog>,
+    commits: Arc<JobCommits>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl fmt::Debug for IcebergWriteExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IcebergWriteExec").field("table", &self.table_name).finish_non_exhaustive()
+    }
+}
+
+/// The schema of a write's output: the rows each task wrote.
+pub fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
+}
+
+impl IcebergWriteExec {
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        table_name: String,
+        table: Table,
+        catalog: Arc<dyn Catalog>,
+        commits: Arc<JobCommits>,
+    ) -> Self {
+        let partitions = input.properties().output_partitioning().partition_count();
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(count_schema()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Self { input, table_name, table, catalog, commits, properties, metrics: ExecutionPlanMetricsSet::new() }
+    }
+
+    pub fn table_name(&self) -> &str {
+        &self.table_name
+    }
+}
+
+impl DisplayAs for IcebergWriteExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let spec = self.table.metadata().default_partition_spec();
+        write!(f, "IcebergWriteExec: table={}, partition_fields={}", self.table_name, spec.fields().len())
+    }
+}
+
+impl ExecutionPlan for IcebergWriteExec {
+    fn name(&self) -> &str {
+        "IcebergWriteExec"
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false]
+    }
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal("IcebergWriteExec takes one input".into()));
+        }
+        Ok(Arc::new(Self::new(
+            children.remove(0),
+            self.table_name.clone(),
+            self.table.clone(),
+            self.catalog.clone(),
+            self.commits.clone(),
+        )))
+    }
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let rows_written = MetricBuilder::new(&self.metrics).counter("rows_written", partition);
+        let bytes_written = MetricBuilder::new(&self.metrics).counter("bytes_written", partition);
+        let files_written = MetricBuilder::new(&self.metrics).counter("files_written", partition);
+        let task = WriteTask {
+            table_name: self.table_name.clone(),
+            table: self.table.clone(),
+            catalog: self.catalog.clone(),
+            commits: self.commits.clone(),
+            partition,
+        };
+        let out = stream::once(async move {
+            let files = task.run(input).await?;
+            let rows: u64 = files.iter().map(|f| f.record_count()).sum();
+            rows_written.add(rows as usize);
+            bytes_written.add(files.iter().map(|f| f.file_size_in_bytes() as usize).sum());
+            files_written.add(files.len());
+            task.commits.add(&task.table_name, task.catalog.clone(), task.table.identifier().clone(), files);
+            let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
+            Ok(RecordBatch::try_new(count_schema(), vec![count])?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(count_schema(), out)))
+    }
+}
+
+struct WriteTask {
+    table_name: String,
+    table: Table,
+    catalog: Arc<dyn Catalog>,
+    commits: Arc<JobCommits>,
+    partition: usize,
+}
+
+fn ice(context: &str, e: iceberg::Error) -> DataFusionError {
+    DataFusionError::External(format!("{context}: {e}").into())
+}
+
+impl WriteTask {
+    async fn run(&self, mut input: SendableRecordBatchStream) -> Result<Vec<DataFile>> {
+        let metadata = self.table.metadata();
+        let schema = metadata.current_schema().clone();
+        let target = |what: &str| format!("writing {} ({what})", self.table_name);
+        let file_schema: SchemaRef = Arc::new(schema_to_arrow_schema(&schema).map_err(|e| ice(&target("schema"), e))?);
+        let table_props = metadata.table_properties().map_err(|e| ice(&target("table properties"), e))?;
+        let parquet = ParquetWriterBuilder::from_table_properties(&table_props, schema.clone());
+        let location = DefaultLocationGenerator::new(metadata).map_err(|e| ice(&target("data location"), e))?;
+        let prefix = format!("{}-{:05}", self.commits.identity().run_id, self.partition);
+        let names = DefaultFileNameGenerator::new(prefix, None, DataFileFormat::Parquet);
+        let rolling = RollingFileWriterBuilder::new(
+            parquet,
+            table_props.write_target_file_size_bytes,
+            self.table.file_io().clone(),
+            location,
+            names,
+        );
+        let builder = DataFileWriterBuilder::new(rolling);
+        let spec = metadata.default_partition_spec().clone();
+        if spec.is_unpartitioned() {
+            let mut writer = UnpartitionedWriter::new(builder);
+            while let Some(batch) = input.next().await {
+                writer.write(with_schema(&batch?, &file_schema)?).await.map_err(|e| ice(&target("data"), e))?;
+            }
+            writer.close().await.map_err(|e| ice(&target("closing files"), e))
+        } else {
+            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)
+                .map_err(|e| ice(&target("partition spec"), e))?;
+            let mut writer = FanoutWriter::new(builder);
+            while let Some(batch) = input.next().await {
+                let batch = with_schema(&batch?, &file_schema)?;
+                for (key, part) in splitter.split(&batch).map_err(|e| ice(&target("partitioning"), e))? {
+                    writer.write(key, part).await.map_err(|e| ice(&target("data"), e))?;
+                }
+            }
+            writer.close().await.map_err(|e| ice(&target("closing files"), e))
+        }
+    }
+}
+
+/// Re-labels a batch with the table's file schema (field ids), casting where the plan's
+/// type differs only in representation.
+fn with_schema(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.num_columns() != schema.fields().len() {
+        return Err(DataFusionError::Plan(format!(
+            "the query yields {} columns but the table has {}",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                Ok(datafusion::arrow::compute::cast(c, f.data_type())?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
