@@ -1,0 +1,303 @@
+//! Window table functions: `TUMBLE`, `HOP`, `CUMULATE` and `SESSION` in `FROM TABLE(...)`.
+//!
+//! Each becomes a [`WindowTvf`] logical node over its input table: the input's columns
+//! plus `window_start`, `window_end` and `window_time` (= `window_end` - 1 ms, Flink's
+//! rowtime of a window). The node is the one plan both modes consume: the batch planner
+//! assigns windows row by row (sessions after sorting by key and time), the stream
+//! planner turns the node and the aggregate above it into an event-time window operator.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::common::{plan_err, Column, DFSchema, DFSchemaRef, Result, ScalarValue};
+use datafusion::logical_expr::planner::{
+    PlannedRelation, RelationPlanner, RelationPlannerContext, RelationPlanning,
+};
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
+use meltwater_sql::sqlparser::ast::{
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart, TableFactor,
+};
+use meltwater_sql::tokens::{PARTITION_KEYS, WINDOW_FUNCTIONS};
+
+/// Which window a row falls in. Durations are in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub enum WindowKind {
+    /// Fixed, non-overlapping windows of `size`, starting at multiples of `size` + `offset`.
+    Tumble { size: i64, offset: i64 },
+    /// Windows of `size` starting every `slide`: a row is in `size / slide` windows.
+    Hop { slide: i64, size: i64 },
+    /// Windows growing by `step` from the start of each `size` period: a row at offset `o`
+    /// into its period is in the windows ending at every step boundary after `o`.
+    Cumulate { step: i64, size: i64 },
+    /// Per key, rows closer than `gap` form one window.
+    Session { gap: i64 },
+}
+
+impl fmt::Display for WindowKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WindowKind::Tumble { size, offset: 0 } => write!(f, "TUMBLE(size={size}ms)"),
+            WindowKind::Tumble { size, offset } => write!(f, "TUMBLE(size={size}ms, offset={offset}ms)"),
+            WindowKind::Hop { slide, size } => write!(f, "HOP(slide={slide}ms, size={size}ms)"),
+            WindowKind::Cumulate { step, size } => write!(f, "CUMULATE(step={step}ms, size={size}ms)"),
+            WindowKind::Session { gap } => write!(f, "SESSION(gap={gap}ms)"),
+        }
+    }
+}
+
+/// The window columns a window table function adds.
+pub const WINDOW_COLUMNS: [&str; 3] = ["window_start", "window_end", "window_time"];
+
+/// A window table function over its input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WindowTvf {
+    pub input: LogicalPlan,
+    pub kind: WindowKind,
+    /// The event-time column the windows are over.
+    pub time_column: Column,
+    /// `SESSION(TABLE t PARTITION BY k, ...)`: the keys sessions are formed per.
+    pub partition_keys: Vec<Column>,
+    schema: DFSchemaRef,
+}
+
+impl PartialOrd for WindowTvf {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.kind.partial_cmp(&other.kind) {
+            Some(Ordering::Equal) => self.time_column.partial_cmp(&other.time_column),
+            o => o,
+        }
+    }
+}
+
+impl WindowTvf {
+    pub fn try_new(input: LogicalPlan, kind: WindowKind, time_column: Column, partition_keys: Vec<Column>) -> Result<Self> {
+        let input_schema = input.schema();
+        let time_field = input_schema.qualified_field_from_column(&time_column)?.1;
+        let time_type = time_field.data_type().clone();
+        if !matches!(time_type, DataType::Timestamp(..)) {
+            return plan_err!(
+                "the window time column '{}' has type {time_type}; window functions need a TIMESTAMP column",
+                time_column.name
+            );
+        }
+        for k in &partition_keys {
+            input_schema.qualified_field_from_column(k)?;
+        }
+        for name in WINDOW_COLUMNS {
+            if input_schema.has_column_with_unqualified_name(name) {
+                return plan_err!("the input of a window function already has a column '{name}'");
+            }
+        }
+        let mut fields: Vec<_> = input_schema.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
+        for name in WINDOW_COLUMNS {
+            fields.push((None, Arc::new(Field::new(name, time_type.clone(), false))));
+        }
+        let schema = Arc::new(DFSchema::new_with_metadata(fields, input_schema.metadata().clone())?);
+        Ok(Self { input, kind, time_column, partition_keys, schema })
+    }
+
+    pub fn into_plan(self) -> LogicalPlan {
+        LogicalPlan::Extension(Extension { node: Arc::new(self) })
+    }
+
+    /// The node, if `plan` is one.
+    pub fn from_plan(plan: &LogicalPlan) -> Option<&WindowTvf> {
+        match plan {
+            LogicalPlan::Extension(e) => e.node.as_any().downcast_ref::<WindowTvf>(),
+            _ => None,
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for WindowTvf {
+    fn name(&self) -> &str {
+        "WindowTvf"
+    }
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+    fn expressions(&self) -> Vec<Expr> {
+        let mut e = vec![Expr::Column(self.time_column.clone())];
+        e.extend(self.partition_keys.iter().cloned().map(Expr::Column));
+        e
+    }
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "WindowTvf: {} on {}", self.kind, self.time_column)?;
+        if !self.partition_keys.is_empty() {
+            let keys: Vec<String> = self.partition_keys.iter().map(|k| k.to_string()).collect();
+            write!(f, " partition by [{}]", keys.join(", "))?;
+        }
+        Ok(())
+    }
+    fn with_exprs_and_inputs(&self, exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let mut columns = exprs.into_iter().map(|e| match e {
+            Expr::Column(c) => Ok(c),
+            other => plan_err!("WindowTvf expects columns, got {other}"),
+        });
+        let time_column = columns.next().unwrap_or_else(|| Ok(self.time_column.clone()))?;
+        let keys = columns.collect::<Result<Vec<_>>>()?;
+        WindowTvf::try_new(inputs.swap_remove(0), self.kind, time_column, keys)
+    }
+}
+
+/// Plans `TABLE(TUMBLE(t, DESCRIPTOR(ts), INTERVAL ...))` (after the token rewrite in
+/// `meltwater-sql`) into a [`WindowTvf`].
+#[derive(Debug, Default)]
+pub struct WindowRelationPlanner;
+
+impl RelationPlanner for WindowRelationPlanner {
+    fn plan_relation(&self, relation: TableFactor, context: &mut dyn RelationPlannerContext) -> Result<RelationPlanning> {
+        let TableFactor::TableFunction { expr: SqlExpr::Function(function), alias } = &relation else {
+            return Ok(RelationPlanning::Original(Box::new(relation)));
+        };
+        let fname = function.name.to_string().to_uppercase();
+        if !WINDOW_FUNCTIONS.contains(&fname.as_str()) {
+            return Ok(RelationPlanning::Original(Box::new(relation)));
+        }
+        let FunctionArguments::List(list) = &function.args else {
+            return plan_err!("{fname} needs arguments: {fname}(TABLE t, DESCRIPTOR(time_column), ...)");
+        };
+        let mut args: Vec<SqlExpr> = Vec::new();
+        for a in &list.args {
+            match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => args.push(e.clone()),
+                other => return plan_err!("{fname}: unsupported argument {other}"),
+            }
+        }
+        let usage = usage(&fname);
+        if args.is_empty() {
+            return plan_err!("{fname} needs arguments: {usage}");
+        }
+        let table = match args.remove(0) {
+            SqlExpr::Identifier(i) => ObjectName(vec![ObjectNamePart::Identifier(i)]),
+            SqlExpr::CompoundIdentifier(parts) => ObjectName(parts.into_iter().map(ObjectNamePart::Identifier).collect()),
+            other => return plan_err!("{fname}: the first argument must be TABLE <name>, got {other}; {usage}"),
+        };
+        let mut keys_sql = Vec::new();
+        if let Some(SqlExpr::Function(f)) = args.first() {
+            if f.name.to_string().eq_ignore_ascii_case(PARTITION_KEYS) {
+                if fname != "SESSION" {
+                    return plan_err!("{fname} does not take PARTITION BY; only SESSION does");
+                }
+                keys_sql = function_args(f)?;
+                args.remove(0);
+            }
+        }
+        let time_sql = match args.first() {
+            Some(SqlExpr::Function(f)) if f.name.to_string().eq_ignore_ascii_case("DESCRIPTOR") => {
+                let mut cols = function_args(f)?;
+                if cols.len() != 1 {
+                    return plan_err!("{fname}: DESCRIPTOR takes one time column");
+                }
+                cols.remove(0)
+            }
+            _ => return plan_err!("{fname}: the time column comes as DESCRIPTOR(column); {usage}"),
+        };
+        args.remove(0);
+        let input = context.plan(table_factor(table))?;
+        let schema = input.schema().clone();
+        let mut column = |e: SqlExpr, what: &str| -> Result<Column> {
+            match context.sql_to_expr(e, &schema)? {
+                Expr::Column(c) => Ok(c),
+                other => plan_err!("{fname}: {what} must be a column, got {other}"),
+            }
+        };
+        let time_column = column(time_sql, "the DESCRIPTOR argument")?;
+        let keys = keys_sql.into_iter().map(|k| column(k, "a PARTITION BY key")).collect::<Result<Vec<_>>>()?;
+        let empty = DFSchema::empty();
+        let mut durations = Vec::new();
+        for a in args {
+            let text = a.to_string();
+            let expr = context.sql_to_expr(a, &empty)?;
+            durations.push(interval_ms(&expr).map_err(|m| {
+                datafusion::error::DataFusionError::Plan(format!("{fname}: {text}: {m}"))
+            })?);
+        }
+        let kind = match (fname.as_str(), durations.as_slice()) {
+            ("TUMBLE", [size]) => WindowKind::Tumble { size: *size, offset: 0 },
+            ("TUMBLE", [size, offset]) => WindowKind::Tumble { size: *size, offset: offset.rem_euclid(*size) },
+            ("HOP", [slide, size]) => {
+                if size % slide != 0 {
+                    return plan_err!("HOP: the size ({size} ms) must be a whole multiple of the slide ({slide} ms)");
+                }
+                WindowKind::Hop { slide: *slide, size: *size }
+            }
+            ("CUMULATE", [step, size]) => {
+                if size % step != 0 {
+                    return plan_err!("CUMULATE: the max size ({size} ms) must be a whole multiple of the step ({step} ms)");
+                }
+                WindowKind::Cumulate { step: *step, size: *size }
+            }
+            ("SESSION", [gap]) => WindowKind::Session { gap: *gap },
+            _ => return plan_err!("{fname}: wrong number of intervals; {usage}"),
+        };
+        let node = WindowTvf::try_new(input, kind, time_column, keys)?;
+        Ok(RelationPlanning::Planned(Box::new(PlannedRelation::new(node.into_plan(), alias.clone()))))
+    }
+}
+
+fn usage(fname: &str) -> &'static str {
+    match fname {
+        "TUMBLE" => "TUMBLE(TABLE t, DESCRIPTOR(ts), size [, offset])",
+        "HOP" => "HOP(TABLE t, DESCRIPTOR(ts), slide, size)",
+        "CUMULATE" => "CUMULATE(TABLE t, DESCRIPTOR(ts), step, max_size)",
+        _ => "SESSION(TABLE t [PARTITION BY k], DESCRIPTOR(ts), gap)",
+    }
+}
+
+fn function_args(f: &meltwater_sql::sqlparser::ast::Function) -> Result<Vec<SqlExpr>> {
+    let FunctionArguments::List(list) = &f.args else {
+        return plan_err!("{}(...) needs arguments", f.name);
+    };
+    list.args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+            other => plan_err!("unsupported argument {other} in {}", f.name),
+        })
+        .collect()
+}
+
+fn table_factor(name: ObjectName) -> TableFactor {
+    TableFactor::Table {
+        name,
+        alias: None,
+        args: None,
+        with_hints: vec![],
+        version: None,
+        with_ordinality: false,
+        partitions: vec![],
+        json_path: None,
+        sample: None,
+        index_hints: vec![],
+    }
+}
+
+/// A positive fixed-length interval in milliseconds.
+fn interval_ms(expr: &Expr) -> std::result::Result<i64, String> {
+    let Expr::Literal(value, _) = expr else {
+        return Err("expected an INTERVAL literal".into());
+    };
+    let ms = match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) => {
+            if v.months != 0 {
+                return Err("windows in months or years are not supported (their length varies)".into());
+            }
+            v.days as i64 * 86_400_000 + v.nanoseconds / 1_000_000
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => v.days as i64 * 86_400_000 + v.milliseconds as i64,
+        ScalarValue::IntervalYearMonth(Some(_)) => {
+            return Err("windows in months or years are not supported (their length varies)".into())
+        }
+        _ => return Err(format!("expected an INTERVAL literal, got {value}")),
+    };
+    if ms <= 0 {
+        return Err("the interval must be positive".into());
+    }
+    Ok(ms)
+}
