@@ -17,6 +17,7 @@ pub mod datagen;
 pub mod error;
 pub mod filesystem;
 pub mod format;
+mod options;
 
 pub use error::{ConnectorError, Result};
 
