@@ -28,7 +28,11 @@ use crate::window::{SessionWindowExec, WindowAssignExec};
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     #[error("{file}:{loc}: {message}")]
-    Statement { file: String, loc: meltwater_sql::SourceLoc, message: String },
+    Statement {
+        file: String,
+        loc: meltwater_sql::SourceLoc,
+        message: String,
+    },
     #[error("commit failed, nothing was written: {0}")]
     Commit(String),
 }
@@ -68,11 +72,16 @@ impl ExtensionPlanner for BatchExtensionPlanner {
         };
         let input_schema = logical_inputs[0].schema();
         let time_index = input_schema.index_of_column(&tvf.time_column)?;
-        let schema: SchemaRef = Arc::new(UserDefinedLogicalNodeCore::schema(tvf).as_arrow().clone());
+        let schema: SchemaRef =
+            Arc::new(UserDefinedLogicalNodeCore::schema(tvf).as_arrow().clone());
         let input = physical_inputs[0].clone();
         let plan: Arc<dyn ExecutionPlan> = match tvf.kind {
             WindowKind::Session { gap } => {
-                let keys = tvf.partition_keys.iter().map(|k| input_schema.index_of_column(k)).collect::<DfResult<Vec<_>>>()?;
+                let keys = tvf
+                    .partition_keys
+                    .iter()
+                    .map(|k| input_schema.index_of_column(k))
+                    .collect::<DfResult<Vec<_>>>()?;
                 Arc::new(SessionWindowExec::new(input, gap, time_index, keys, schema))
             }
             kind => Arc::new(WindowAssignExec::try_new(input, kind, time_index, schema)?),
@@ -87,7 +96,11 @@ pub struct BatchQueryPlanner;
 
 #[async_trait]
 impl QueryPlanner for BatchQueryPlanner {
-    async fn create_physical_plan(&self, plan: &LogicalPlan, state: &SessionState) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        state: &SessionState,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BatchExtensionPlanner)])
             .create_physical_plan(plan, state)
             .await
@@ -95,14 +108,23 @@ impl QueryPlanner for BatchQueryPlanner {
 }
 
 fn statement_error(job: &PlannedJob, s: &PlannedStatement, message: String) -> BatchError {
-    BatchError::Statement { file: job.file.clone(), loc: s.loc, message }
+    BatchError::Statement {
+        file: job.file.clone(),
+        loc: s.loc,
+        message,
+    }
 }
 
 /// DataFusion errors as one line, without the "External error: " wrapping of
 /// connector and Iceberg errors.
 pub fn error_message(e: &DataFusionError) -> String {
     let mut s = e.to_string();
-    for prefix in ["External error: ", "Execution error: ", "Error during planning: ", "This feature is not implemented: "] {
+    for prefix in [
+        "External error: ",
+        "Execution error: ",
+        "Error during planning: ",
+        "This feature is not implemented: ",
+    ] {
         while let Some(rest) = s.strip_prefix(prefix) {
             s = rest.to_string();
         }
@@ -111,12 +133,17 @@ pub fn error_message(e: &DataFusionError) -> String {
 }
 
 /// The physical plan of a statement in batch mode.
-pub async fn physical_plan(job: &PlannedJob, statement: &PlannedStatement) -> Result<Arc<dyn ExecutionPlan>, BatchError> {
+pub async fn physical_plan(
+    job: &PlannedJob,
+    statement: &PlannedStatement,
+) -> Result<Arc<dyn ExecutionPlan>, BatchError> {
     if let Some(reason) = mode_rejection(&statement.plan, Mode::Batch) {
         return Err(statement_error(job, statement, reason));
     }
     let state = job.session.state();
-    let optimized = state.optimize(&statement.plan).map_err(|e| statement_error(job, statement, error_message(&e)))?;
+    let optimized = state
+        .optimize(&statement.plan)
+        .map_err(|e| statement_error(job, statement, error_message(&e)))?;
     BatchQueryPlanner
         .create_physical_plan(&optimized, &state)
         .await
@@ -129,9 +156,14 @@ pub fn display_physical(plan: &Arc<dyn ExecutionPlan>) -> String {
 }
 
 /// Runs a query and returns its rows.
-pub async fn run_query(job: &PlannedJob, statement: &PlannedStatement) -> Result<Vec<RecordBatch>, BatchError> {
+pub async fn run_query(
+    job: &PlannedJob,
+    statement: &PlannedStatement,
+) -> Result<Vec<RecordBatch>, BatchError> {
     let plan = physical_plan(job, statement).await?;
-    collect(plan, job.session.task_ctx()).await.map_err(|e| statement_error(job, statement, error_message(&e)))
+    collect(plan, job.session.task_ctx())
+        .await
+        .map_err(|e| statement_error(job, statement, error_message(&e)))
 }
 
 /// Runs every `INSERT` of the job, then commits what they wrote.
@@ -155,10 +187,27 @@ pub async fn run_job(job: &PlannedJob) -> Result<RunReport, BatchError> {
         let rows = batches
             .iter()
             .filter(|b| b.num_columns() > 0)
-            .map(|b| b.column(0).as_primitive_opt::<UInt64Type>().map(|a| a.values().iter().sum::<u64>()).unwrap_or(0))
+            .map(|b| {
+                b.column(0)
+                    .as_primitive_opt::<UInt64Type>()
+                    .map(|a| a.values().iter().sum::<u64>())
+                    .unwrap_or(0)
+            })
             .sum();
-        inserts.push(InsertReport { target: s.target.clone().unwrap_or_default(), rows, elapsed: t.elapsed() });
+        inserts.push(InsertReport {
+            target: s.target.clone().unwrap_or_default(),
+            rows,
+            elapsed: t.elapsed(),
+        });
     }
-    let commits = job.commits.commit_all().await.map_err(|e| BatchError::Commit(e.to_string()))?;
-    Ok(RunReport { inserts, commits, elapsed: started.elapsed() })
+    let commits = job
+        .commits
+        .commit_all()
+        .await
+        .map_err(|e| BatchError::Commit(e.to_string()))?;
+    Ok(RunReport {
+        inserts,
+        commits,
+        elapsed: started.elapsed(),
+    })
 }

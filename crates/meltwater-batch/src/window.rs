@@ -22,13 +22,15 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
-use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_expr::OrderingRequirements;
+use datafusion::physical_expr::{
+    EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr,
+};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
 };
-use datafusion::physical_expr::OrderingRequirements;
 use futures::{stream, StreamExt};
 use meltwater_plan::window::WindowKind;
 
@@ -45,27 +47,45 @@ fn unit_scale(unit: &TimeUnit) -> (i64, i64) {
 /// A timestamp column's values in milliseconds (floored), nulls as `None`.
 fn millis(column: &ArrayRef) -> Result<Vec<Option<i64>>> {
     let DataType::Timestamp(unit, _) = column.data_type() else {
-        return Err(DataFusionError::Internal(format!("window time column has type {}", column.data_type())));
+        return Err(DataFusionError::Internal(format!(
+            "window time column has type {}",
+            column.data_type()
+        )));
     };
     let (mul, div) = unit_scale(unit);
     let ints = cast(column, &DataType::Int64)?;
     let ints = ints.as_primitive::<Int64Type>();
-    Ok(ints.iter().map(|v| v.map(|v| (v * mul).div_euclid(div))).collect())
+    Ok(ints
+        .iter()
+        .map(|v| v.map(|v| (v * mul).div_euclid(div)))
+        .collect())
 }
 
 /// Window bounds in milliseconds → a timestamp array of the time column's type.
 fn bounds_array(ms: Vec<i64>, time_type: &DataType) -> Result<ArrayRef> {
-    let DataType::Timestamp(unit, _) = time_type else { unreachable!("checked by the planner") };
+    let DataType::Timestamp(unit, _) = time_type else {
+        unreachable!("checked by the planner")
+    };
     let (mul, div) = unit_scale(unit);
     let values: Int64Array = ms.into_iter().map(|v| Some(v * div / mul)).collect();
     Ok(cast(&(Arc::new(values) as ArrayRef), time_type)?)
 }
 
 /// Appends window_start/window_end/window_time to the rows `indices` of `batch`.
-fn emit(batch: &RecordBatch, schema: &SchemaRef, time_type: &DataType, indices: Vec<u32>, starts: Vec<i64>, ends: Vec<i64>) -> Result<RecordBatch> {
+fn emit(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    time_type: &DataType,
+    indices: Vec<u32>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+) -> Result<RecordBatch> {
     let indices = UInt32Array::from(indices);
-    let mut columns: Vec<ArrayRef> =
-        batch.columns().iter().map(|c| take(c.as_ref(), &indices, None)).collect::<std::result::Result<_, _>>()?;
+    let mut columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &indices, None))
+        .collect::<std::result::Result<_, _>>()?;
     let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
     columns.push(bounds_array(starts, time_type)?);
     columns.push(bounds_array(ends, time_type)?);
@@ -84,9 +104,16 @@ pub struct WindowAssignExec {
 }
 
 impl WindowAssignExec {
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, kind: WindowKind, time_index: usize, schema: SchemaRef) -> Result<Self> {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        kind: WindowKind,
+        time_index: usize,
+        schema: SchemaRef,
+    ) -> Result<Self> {
         if matches!(kind, WindowKind::Session { .. }) {
-            return Err(DataFusionError::Internal("SESSION windows use SessionWindowExec".into()));
+            return Err(DataFusionError::Internal(
+                "SESSION windows use SessionWindowExec".into(),
+            ));
         }
         let partitioning = input.properties().output_partitioning().clone();
         let properties = Arc::new(PlanProperties::new(
@@ -95,7 +122,13 @@ impl WindowAssignExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Ok(Self { input, kind, time_index, schema, properties })
+        Ok(Self {
+            input,
+            kind,
+            time_index,
+            schema,
+            properties,
+        })
     }
 
     /// The windows (start, end) in ms a row at `ts` belongs to.
@@ -124,7 +157,12 @@ impl WindowAssignExec {
         }
     }
 
-    fn assign(kind: WindowKind, time_index: usize, schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+    fn assign(
+        kind: WindowKind,
+        time_index: usize,
+        schema: &SchemaRef,
+        batch: &RecordBatch,
+    ) -> Result<RecordBatch> {
         let time = batch.column(time_index);
         let time_type = time.data_type().clone();
         let ts = millis(time)?;
@@ -163,14 +201,29 @@ impl ExecutionPlan for WindowAssignExec {
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.input]
     }
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::try_new(children.remove(0), self.kind, self.time_index, self.schema.clone())?))
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::try_new(
+            children.remove(0),
+            self.kind,
+            self.time_index,
+            self.schema.clone(),
+        )?))
     }
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let (kind, time_index, schema) = (self.kind, self.time_index, self.schema.clone());
         let out = input.map(move |batch| Self::assign(kind, time_index, &schema, &batch?));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), out)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            out,
+        )))
     }
 }
 
@@ -186,7 +239,13 @@ pub struct SessionWindowExec {
 }
 
 impl SessionWindowExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, gap: i64, time_index: usize, key_indices: Vec<usize>, schema: SchemaRef) -> Self {
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        gap: i64,
+        time_index: usize,
+        key_indices: Vec<usize>,
+        schema: SchemaRef,
+    ) -> Self {
         let partitioning = input.properties().output_partitioning().clone();
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -194,7 +253,14 @@ impl SessionWindowExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { input, gap, time_index, key_indices, schema, properties }
+        Self {
+            input,
+            gap,
+            time_index,
+            key_indices,
+            schema,
+            properties,
+        }
     }
 
     fn column(&self, i: usize) -> Arc<dyn PhysicalExpr> {
@@ -205,7 +271,11 @@ impl SessionWindowExec {
 
 impl DisplayAs for SessionWindowExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "SessionWindowExec: gap={}ms, keys={:?}", self.gap, self.key_indices)
+        write!(
+            f,
+            "SessionWindowExec: gap={}ms, keys={:?}",
+            self.gap, self.key_indices
+        )
     }
 }
 
@@ -228,33 +298,54 @@ struct SessionState {
 
 impl SessionState {
     fn close(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
-        let Some(s) = self.open.take() else { return Ok(()) };
+        let Some(s) = self.open.take() else {
+            return Ok(());
+        };
         let end = s.last + self.gap;
         for (batch, indices) in s.rows {
             let n = indices.len();
             let time_type = batch.column(self.time_index).data_type().clone();
-            out.push(emit(&batch, &self.schema, &time_type, indices, vec![s.start; n], vec![end; n])?);
+            out.push(emit(
+                &batch,
+                &self.schema,
+                &time_type,
+                indices,
+                vec![s.start; n],
+                vec![end; n],
+            )?);
         }
         Ok(())
     }
 
     fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        let keys: Vec<ArrayRef> = self.key_indices.iter().map(|&i| batch.column(i).clone()).collect();
+        let keys: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
         let rows = self.converter.convert_columns(&keys)?;
         let ts = millis(batch.column(self.time_index))?;
         for (i, t) in ts.into_iter().enumerate() {
             let Some(t) = t else { continue };
             let key = rows.row(i);
-            let continues = matches!(&self.open, Some(s) if s.key.row() == key && t < s.last + self.gap);
+            let continues =
+                matches!(&self.open, Some(s) if s.key.row() == key && t < s.last + self.gap);
             if !continues {
                 self.close(&mut out)?;
-                self.open = Some(OpenSession { key: key.owned(), start: t, last: t, rows: Vec::new() });
+                self.open = Some(OpenSession {
+                    key: key.owned(),
+                    start: t,
+                    last: t,
+                    rows: Vec::new(),
+                });
             }
             let s = self.open.as_mut().expect("opened above");
             s.last = s.last.max(t);
             match s.rows.last_mut() {
-                Some((b, idx)) if std::ptr::eq(b.columns().as_ptr(), batch.columns().as_ptr()) => idx.push(i as u32),
+                Some((b, idx)) if std::ptr::eq(b.columns().as_ptr(), batch.columns().as_ptr()) => {
+                    idx.push(i as u32)
+                }
                 _ => s.rows.push((batch.clone(), vec![i as u32])),
             }
         }
@@ -279,24 +370,47 @@ impl ExecutionPlan for SessionWindowExec {
         if self.key_indices.is_empty() {
             vec![Distribution::SinglePartition]
         } else {
-            vec![Distribution::HashPartitioned(self.key_indices.iter().map(|&i| self.column(i)).collect())]
+            vec![Distribution::HashPartitioned(
+                self.key_indices.iter().map(|&i| self.column(i)).collect(),
+            )]
         }
     }
     fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
-        let mut sort: Vec<PhysicalSortExpr> = self.key_indices.iter().map(|&i| PhysicalSortExpr::new_default(self.column(i))).collect();
+        let mut sort: Vec<PhysicalSortExpr> = self
+            .key_indices
+            .iter()
+            .map(|&i| PhysicalSortExpr::new_default(self.column(i)))
+            .collect();
         sort.push(PhysicalSortExpr::new_default(self.column(self.time_index)));
         vec![LexOrdering::new(sort).map(|o| OrderingRequirements::new(o.into()))]
     }
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![false]
     }
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::new(children.remove(0), self.gap, self.time_index, self.key_indices.clone(), self.schema.clone())))
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::new(
+            children.remove(0),
+            self.gap,
+            self.time_index,
+            self.key_indices.clone(),
+            self.schema.clone(),
+        )))
     }
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let input_schema = self.input.schema();
-        let fields = self.key_indices.iter().map(|&i| SortField::new(input_schema.field(i).data_type().clone())).collect();
+        let fields = self
+            .key_indices
+            .iter()
+            .map(|&i| SortField::new(input_schema.field(i).data_type().clone()))
+            .collect();
         let state = SessionState {
             gap: self.gap,
             time_index: self.time_index,
@@ -315,7 +429,12 @@ impl ExecutionPlan for SessionWindowExec {
                     match input.next().await {
                         Some(Ok(batch)) => match state.push(batch) {
                             Ok(out) if out.is_empty() => continue,
-                            Ok(out) => return Some((concat_batches(&schema, &out).map_err(Into::into), (input, Some(state)))),
+                            Ok(out) => {
+                                return Some((
+                                    concat_batches(&schema, &out).map_err(Into::into),
+                                    (input, Some(state)),
+                                ))
+                            }
                             Err(e) => return Some((Err(e), (input, None))),
                         },
                         Some(Err(e)) => return Some((Err(e), (input, None))),
@@ -323,7 +442,10 @@ impl ExecutionPlan for SessionWindowExec {
                             let mut out = Vec::new();
                             return match state.close(&mut out) {
                                 Ok(()) if out.is_empty() => None,
-                                Ok(()) => Some((concat_batches(&schema, &out).map_err(Into::into), (input, None))),
+                                Ok(()) => Some((
+                                    concat_batches(&schema, &out).map_err(Into::into),
+                                    (input, None),
+                                )),
                                 Err(e) => Some((Err(e), (input, None))),
                             };
                         }
@@ -331,7 +453,10 @@ impl ExecutionPlan for SessionWindowExec {
                 }
             }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), out)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            out,
+        )))
     }
 }
 
@@ -348,11 +473,47 @@ mod tests {
 
     #[test]
     fn tumble_hop_and_cumulate_bounds() {
-        assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 0 }, 23), [(20, 30)]);
-        assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 0 }, -3), [(-10, 0)]);
-        assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 5 }, 23), [(15, 25)]);
-        assert_eq!(windows(WindowKind::Hop { slide: 5, size: 15 }, 23), [(10, 25), (15, 30), (20, 35)]);
-        assert_eq!(windows(WindowKind::Cumulate { step: 10, size: 40 }, 23), [(0, 30), (0, 40)]);
-        assert_eq!(windows(WindowKind::Cumulate { step: 10, size: 40 }, 40), [(40, 50), (40, 60), (40, 70), (40, 80)]);
+        assert_eq!(
+            windows(
+                WindowKind::Tumble {
+                    size: 10,
+                    offset: 0
+                },
+                23
+            ),
+            [(20, 30)]
+        );
+        assert_eq!(
+            windows(
+                WindowKind::Tumble {
+                    size: 10,
+                    offset: 0
+                },
+                -3
+            ),
+            [(-10, 0)]
+        );
+        assert_eq!(
+            windows(
+                WindowKind::Tumble {
+                    size: 10,
+                    offset: 5
+                },
+                23
+            ),
+            [(15, 25)]
+        );
+        assert_eq!(
+            windows(WindowKind::Hop { slide: 5, size: 15 }, 23),
+            [(10, 25), (15, 30), (20, 35)]
+        );
+        assert_eq!(
+            windows(WindowKind::Cumulate { step: 10, size: 40 }, 23),
+            [(0, 30), (0, 40)]
+        );
+        assert_eq!(
+            windows(WindowKind::Cumulate { step: 10, size: 40 }, 40),
+            [(40, 50), (40, 60), (40, 70), (40, 80)]
+        );
     }
 }

@@ -1,1 +1,267 @@
-fn main() {}
+//! `meltwater`: run one SQL job file as a batch or streaming job, explain and validate it,
+//! and look into the Iceberg catalogs it writes.
+
+mod catalog_cmd;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use meltwater_iceberg::IcebergCatalogConfig;
+use meltwater_plan::catalogs::{parse_catalogs, EMBEDDED_DEFAULT};
+use meltwater_plan::{mode_rejection, plan_job, JobOptions, Mode, PlannedJob};
+
+#[derive(Parser)]
+#[command(
+    name = "meltwater",
+    version,
+    about = "One SQL job, streaming or batch, into Iceberg tables"
+)]
+struct Cli {
+    /// Catalog definitions (default: catalogs/default.toml in the working directory if it
+    /// exists, else the embedded default: a SQLite catalog under ./meltwater-data).
+    #[arg(long, global = true, value_name = "FILE")]
+    catalog: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Batch,
+    Stream,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Batch => Mode::Batch,
+            ModeArg::Stream => Mode::Stream,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct JobArgs {
+    /// The job file.
+    job: PathBuf,
+    /// Fills `${name}` in the job file; repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// Parallelism (default: `SET 'parallelism.default'`, else the number of cores).
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// The job id recorded in every snapshot (default: `SET 'pipeline.name'`, else the
+    /// job file's name).
+    #[arg(long)]
+    job_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job.
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+    },
+    /// Print a job's logical plans and the physical plans of a mode.
+    Explain {
+        #[command(flatten)]
+        job: JobArgs,
+        #[arg(long, value_enum, default_value = "batch")]
+        mode: ModeArg,
+    },
+    /// Parse and plan a job without running it or changing any catalog.
+    Validate {
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Look into the Iceberg catalogs.
+    Catalog {
+        #[command(subcommand)]
+        command: catalog_cmd::CatalogCommand,
+    },
+}
+
+fn parse_param(s: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got '{s}'"))?;
+    if k.is_empty() {
+        return Err(format!("expected NAME=VALUE, got '{s}'"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The catalogs: `--catalog FILE`, else `catalogs/default.toml` here, else the embedded
+/// default.
+pub(crate) fn load_catalogs(explicit: Option<&Path>) -> Result<Vec<IcebergCatalogConfig>> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let (text, origin) = match explicit {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read catalog file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => {
+            let local = cwd.join("catalogs/default.toml");
+            match std::fs::read_to_string(&local) {
+                Ok(t) => (t, "catalogs/default.toml".to_string()),
+                Err(_) => (
+                    EMBEDDED_DEFAULT.to_string(),
+                    "the embedded default catalog".to_string(),
+                ),
+            }
+        }
+    };
+    parse_catalogs(&text, &origin, &cwd).map_err(|e| anyhow!(e))
+}
+
+async fn plan(
+    cli_catalog: Option<&Path>,
+    args: &JobArgs,
+    mode: Mode,
+    create_tables: bool,
+) -> Result<PlannedJob> {
+    let text = std::fs::read_to_string(&args.job)
+        .with_context(|| format!("cannot read job file {}", args.job.display()))?;
+    let params: BTreeMap<String, String> = args.params.iter().cloned().collect();
+    let file = args.job.display().to_string();
+    let job = meltwater_sql::parse_job(&file, &text, &params)?;
+    let options = JobOptions {
+        mode,
+        job_id: args.job_id.clone(),
+        run_id: uuid::Uuid::new_v4().to_string(),
+        parallelism: args.parallelism,
+        catalogs: load_catalogs(cli_catalog)?,
+        create_tables,
+    };
+    Ok(plan_job(&job, &options).await?)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let catalog = cli.catalog.as_deref();
+    match cli.command {
+        Command::Run { job, mode } => {
+            let mode = Mode::from(mode);
+            if mode == Mode::Stream {
+                bail!("--mode stream is not yet supported: the streaming runtime has not landed yet; run with --mode batch");
+            }
+            let planned = plan(catalog, &job, mode, true).await?;
+            for a in &planned.actions {
+                println!("{a}");
+            }
+            if planned.inserts.is_empty() {
+                bail!(
+                    "{}: the job has no INSERT statement, so there is nothing to run",
+                    planned.file
+                );
+            }
+            let parallelism = planned.session.state().config().target_partitions();
+            println!(
+                "running {} (job {}, run {}) in batch mode, parallelism {parallelism}",
+                planned.file, planned.identity.job_id, planned.identity.run_id
+            );
+            let sources = planned.sources();
+            let ticker = report::spawn_progress(sources.clone(), Duration::from_secs(2));
+            let result = meltwater_batch::run_job(&planned).await;
+            ticker.abort();
+            let run_report = result?;
+            report::print_run(&sources, &run_report);
+            Ok(())
+        }
+        Command::Explain { job, mode } => {
+            let mode = Mode::from(mode);
+            let planned = plan(catalog, &job, mode, false).await?;
+            for s in planned.inserts.iter().chain(&planned.queries) {
+                let title = s
+                    .target
+                    .as_deref()
+                    .map(|t| format!("INSERT INTO {t}"))
+                    .unwrap_or_else(|| "query".into());
+                println!("== {title} ({}:{})", planned.file, s.loc);
+                println!("-- logical plan");
+                println!("{}", s.plan.display_indent());
+                if let Some(reason) = mode_rejection(&s.plan, mode) {
+                    println!("-- rejected in {mode} mode: {reason}");
+                    continue;
+                }
+                match mode {
+                    Mode::Batch => {
+                        let physical = meltwater_batch::physical_plan(&planned, s).await?;
+                        let partitions = physical.properties().output_partitioning().partition_count();
+                        println!("-- physical plan (batch, {partitions} output partitions)");
+                        print!("{}", meltwater_batch::display_physical(&physical));
+                    }
+                    Mode::Stream => println!("-- stream mode: not yet supported: the streaming runtime has not landed yet"),
+                }
+            }
+            Ok(())
+        }
+        Command::Validate { job } => {
+            let planned = plan(catalog, &job, Mode::Batch, false).await?;
+            let mut modes = Vec::new();
+            for s in planned.inserts.iter().chain(&planned.queries) {
+                if let Some(reason) = mode_rejection(&s.plan, Mode::Batch) {
+                    modes.push(format!("{}:{}: batch mode: {reason}", planned.file, s.loc));
+                }
+            }
+            println!(
+                "{}: ok ({} statements, {} inserts, sources: {})",
+                planned.file,
+                planned.inserts.len() + planned.queries.len(),
+                planned.inserts.len(),
+                planned
+                    .sources()
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.connector))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for a in &planned.actions {
+                println!("{a}");
+            }
+            for m in modes {
+                println!("{m}");
+            }
+            Ok(())
+        }
+        Command::Catalog { command } => catalog_cmd::run(catalog, command).await,
+    }
+}

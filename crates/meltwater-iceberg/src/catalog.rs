@@ -31,15 +31,31 @@ struct Inner {
     listing: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Tables loaded by this job, so every statement of a run sees the same snapshot.
     loaded: Mutex<HashMap<(String, String), Arc<IcebergTable>>>,
+    /// Tables a job declares but that were not created (`validate`, `explain`): empty
+    /// stand-ins with the declared columns, so the job's statements can be planned.
+    declared: Mutex<HashMap<(String, String), Arc<dyn TableProvider>>>,
 }
 
 impl IcebergCatalogProvider {
-    pub async fn try_new(name: &str, catalog: Arc<dyn Catalog>, commits: Arc<JobCommits>) -> Result<Self> {
+    pub async fn try_new(
+        name: &str,
+        catalog: Arc<dyn Catalog>,
+        commits: Arc<JobCommits>,
+    ) -> Result<Self> {
         let mut listing = BTreeMap::new();
-        let namespaces = catalog.list_namespaces(None).await.context(|| format!("listing namespaces of {name}"))?;
+        let namespaces = catalog
+            .list_namespaces(None)
+            .await
+            .context(|| format!("listing namespaces of {name}"))?;
         for ns in namespaces {
-            let tables = catalog.list_tables(&ns).await.context(|| format!("listing tables of {name}"))?;
-            listing.insert(ns.to_url_string(), tables.into_iter().map(|t| t.name().to_string()).collect());
+            let tables = catalog
+                .list_tables(&ns)
+                .await
+                .context(|| format!("listing tables of {name}"))?;
+            listing.insert(
+                ns.to_url_string(),
+                tables.into_iter().map(|t| t.name().to_string()).collect(),
+            );
         }
         let inner = Inner {
             name: name.to_string(),
@@ -47,8 +63,11 @@ impl IcebergCatalogProvider {
             commits,
             listing: Mutex::new(listing),
             loaded: Mutex::new(HashMap::new()),
+            declared: Mutex::new(HashMap::new()),
         };
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -63,37 +82,88 @@ impl IcebergCatalogProvider {
     pub async fn ensure_namespace(&self, namespace: &str) -> Result<()> {
         let inner = &self.inner;
         let ns = NamespaceIdent::new(namespace.to_string());
-        let exists =
-            inner.catalog.namespace_exists(&ns).await.context(|| format!("looking up {}.{namespace}", inner.name))?;
+        let exists = inner
+            .catalog
+            .namespace_exists(&ns)
+            .await
+            .context(|| format!("looking up {}.{namespace}", inner.name))?;
         if !exists {
             match inner.catalog.create_namespace(&ns, HashMap::new()).await {
                 Ok(_) => {}
                 // Created meanwhile by another job: fine.
                 Err(e) if e.kind() == ErrorKind::NamespaceAlreadyExists => {}
-                Err(e) => return Err(e).context(|| format!("creating namespace {}.{namespace}", inner.name)),
+                Err(e) => {
+                    return Err(e)
+                        .context(|| format!("creating namespace {}.{namespace}", inner.name))
+                }
             }
         }
-        inner.listing.lock().expect("listing poisoned").entry(namespace.to_string()).or_default();
+        inner
+            .listing
+            .lock()
+            .expect("listing poisoned")
+            .entry(namespace.to_string())
+            .or_default();
         Ok(())
     }
 
     /// Creates a table (and its namespace) unless it exists; returns whether it created it.
-    pub async fn create_table(&self, namespace: &str, creation: TableCreation, if_not_exists: bool) -> Result<bool> {
+    pub async fn create_table(
+        &self,
+        namespace: &str,
+        creation: TableCreation,
+        if_not_exists: bool,
+    ) -> Result<bool> {
         self.ensure_namespace(namespace).await?;
         let inner = &self.inner;
         let ns = NamespaceIdent::new(namespace.to_string());
         let table = creation.name.clone();
         let full = format!("{}.{namespace}.{table}", inner.name);
         let ident = TableIdent::new(ns.clone(), table.clone());
-        if inner.catalog.table_exists(&ident).await.context(|| format!("looking up {full}"))? {
+        if inner
+            .catalog
+            .table_exists(&ident)
+            .await
+            .context(|| format!("looking up {full}"))?
+        {
             if if_not_exists {
                 return Ok(false);
             }
-            return Err(IcebergError::Table { table: full, message: "already exists; use CREATE TABLE IF NOT EXISTS".into() });
+            return Err(IcebergError::Table {
+                table: full,
+                message: "already exists; use CREATE TABLE IF NOT EXISTS".into(),
+            });
         }
-        inner.catalog.create_table(&ns, creation).await.context(|| format!("creating {full}"))?;
-        inner.listing.lock().expect("listing poisoned").entry(namespace.to_string()).or_default().insert(table);
+        inner
+            .catalog
+            .create_table(&ns, creation)
+            .await
+            .context(|| format!("creating {full}"))?;
+        inner
+            .listing
+            .lock()
+            .expect("listing poisoned")
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(table);
         Ok(true)
+    }
+
+    /// Declares a table that does not exist yet, for planning without changing the
+    /// catalog: lookups of it get an empty table with `schema`.
+    pub fn declare(
+        &self,
+        namespace: &str,
+        table: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+    ) {
+        let empty = datafusion::datasource::empty::EmptyTable::new(schema);
+        let key = (namespace.to_string(), table.to_string());
+        self.inner
+            .declared
+            .lock()
+            .expect("declared poisoned")
+            .insert(key, Arc::new(empty));
     }
 
     /// Loads a table (once per job run).
@@ -108,15 +178,33 @@ impl Inner {
         if let Some(t) = self.loaded.lock().expect("tables poisoned").get(&key) {
             return Ok(Some(t.clone()));
         }
-        let ident = TableIdent::new(NamespaceIdent::new(namespace.to_string()), table.to_string());
+        let ident = TableIdent::new(
+            NamespaceIdent::new(namespace.to_string()),
+            table.to_string(),
+        );
         let full = format!("{}.{namespace}.{table}", self.name);
         let loaded = match self.catalog.load_table(&ident).await {
             Ok(t) => t,
-            Err(e) if matches!(e.kind(), ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound) => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(e).context(|| format!("loading {full}")),
         };
-        let provider = Arc::new(IcebergTable::try_new(full, self.catalog.clone(), loaded, self.commits.clone())?);
-        self.loaded.lock().expect("tables poisoned").insert(key, provider.clone());
+        let provider = Arc::new(IcebergTable::try_new(
+            full,
+            self.catalog.clone(),
+            loaded,
+            self.commits.clone(),
+        )?);
+        self.loaded
+            .lock()
+            .expect("tables poisoned")
+            .insert(key, provider.clone());
         Ok(Some(provider))
     }
 }
@@ -127,11 +215,20 @@ impl CatalogProvider for IcebergCatalogProvider {
     }
 
     fn schema_names(&self) -> Vec<String> {
-        self.inner.listing.lock().expect("listing poisoned").keys().cloned().collect()
+        self.inner
+            .listing
+            .lock()
+            .expect("listing poisoned")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        Some(Arc::new(IcebergSchemaProvider { namespace: name.to_string(), inner: self.inner.clone() }))
+        Some(Arc::new(IcebergSchemaProvider {
+            namespace: name.to_string(),
+            inner: self.inner.clone(),
+        }))
     }
 }
 
@@ -149,15 +246,26 @@ impl SchemaProvider for IcebergSchemaProvider {
 
     fn table_names(&self) -> Vec<String> {
         let listing = self.inner.listing.lock().expect("listing poisoned");
-        listing.get(&self.namespace).map(|t| t.iter().cloned().collect()).unwrap_or_default()
+        listing
+            .get(&self.namespace)
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Ok(self.inner.load(&self.namespace, name).await?.map(|t| t as Arc<dyn TableProvider>))
+        if let Some(t) = self.inner.load(&self.namespace, name).await? {
+            return Ok(Some(t as Arc<dyn TableProvider>));
+        }
+        let declared = self.inner.declared.lock().expect("declared poisoned");
+        Ok(declared
+            .get(&(self.namespace.clone(), name.to_string()))
+            .cloned())
     }
 
     fn table_exist(&self, name: &str) -> bool {
         let listing = self.inner.listing.lock().expect("listing poisoned");
-        listing.get(&self.namespace).is_some_and(|t| t.contains(name))
+        listing
+            .get(&self.namespace)
+            .is_some_and(|t| t.contains(name))
     }
 }

@@ -40,7 +40,9 @@ pub struct JobCommits {
 
 impl std::fmt::Debug for JobCommits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobCommits").field("identity", &self.identity).finish_non_exhaustive()
+        f.debug_struct("JobCommits")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -63,7 +65,10 @@ const MAX_ATTEMPTS: u32 = 8;
 
 impl JobCommits {
     pub fn new(identity: JobIdentity) -> Self {
-        Self { identity, pending: Mutex::new(BTreeMap::new()) }
+        Self {
+            identity,
+            pending: Mutex::new(BTreeMap::new()),
+        }
     }
 
     pub fn identity(&self) -> &JobIdentity {
@@ -71,24 +76,42 @@ impl JobCommits {
     }
 
     /// Registers files written for `table` (its full name) by one writer task.
-    pub fn add(&self, table: &str, catalog: Arc<dyn Catalog>, ident: TableIdent, files: Vec<DataFile>) {
+    pub fn add(
+        &self,
+        table: &str,
+        catalog: Arc<dyn Catalog>,
+        ident: TableIdent,
+        files: Vec<DataFile>,
+    ) {
         let mut pending = self.pending.lock().expect("commit registry poisoned");
         pending
             .entry(table.to_string())
-            .or_insert_with(|| PendingTable { catalog, ident, files: Vec::new() })
+            .or_insert_with(|| PendingTable {
+                catalog,
+                ident,
+                files: Vec::new(),
+            })
             .files
             .extend(files);
     }
 
     /// Tables with pending files.
     pub fn tables(&self) -> Vec<String> {
-        self.pending.lock().expect("commit registry poisoned").keys().cloned().collect()
+        self.pending
+            .lock()
+            .expect("commit registry poisoned")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Drops everything pending (the run failed; written files are orphans that table
     /// maintenance removes).
     pub fn abort(&self) {
-        self.pending.lock().expect("commit registry poisoned").clear();
+        self.pending
+            .lock()
+            .expect("commit registry poisoned")
+            .clear();
     }
 
     /// Commits every table's pending files, one snapshot per table.
@@ -105,8 +128,14 @@ impl JobCommits {
         let rows = pending.files.iter().map(|f| f.record_count()).sum();
         let bytes = pending.files.iter().map(|f| f.file_size_in_bytes()).sum();
         let files = pending.files.len();
-        let mut summary =
-            CommitSummary { table: name.to_string(), snapshot_id: None, files, rows, bytes, already_committed: false };
+        let mut summary = CommitSummary {
+            table: name.to_string(),
+            snapshot_id: None,
+            files,
+            rows,
+            bytes,
+            already_committed: false,
+        };
         if files == 0 {
             return Ok(summary);
         }
@@ -117,7 +146,11 @@ impl JobCommits {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let table = pending.catalog.load_table(&pending.ident).await.context(|| format!("loading {name}"))?;
+            let table = pending
+                .catalog
+                .load_table(&pending.ident)
+                .await
+                .context(|| format!("loading {name}"))?;
             if let Some(id) = self.find_own_snapshot(table.metadata()) {
                 summary.snapshot_id = Some(id);
                 summary.already_committed = true;
@@ -128,17 +161,27 @@ impl JobCommits {
                 .fast_append()
                 .set_snapshot_properties(properties.clone())
                 .add_data_files(pending.files.clone());
-            let tx = action.apply(tx).context(|| format!("preparing the commit to {name}"))?;
+            let tx = action
+                .apply(tx)
+                .context(|| format!("preparing the commit to {name}"))?;
             match tx.commit(pending.catalog.as_ref()).await {
                 Ok(committed) => {
-                    summary.snapshot_id = committed.metadata().current_snapshot().map(|s| s.snapshot_id());
+                    summary.snapshot_id = committed
+                        .metadata()
+                        .current_snapshot()
+                        .map(|s| s.snapshot_id());
                     return Ok(summary);
                 }
-                Err(e) if attempt < MAX_ATTEMPTS && (e.kind() == ErrorKind::CatalogCommitConflicts || e.retryable()) => {
+                Err(e)
+                    if attempt < MAX_ATTEMPTS
+                        && (e.kind() == ErrorKind::CatalogCommitConflicts || e.retryable()) =>
+                {
                     // Another writer moved the table: reload and rebase.
                     tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
                 }
-                Err(e) => return Err(e).context(|| format!("committing to {name} (attempt {attempt})")),
+                Err(e) => {
+                    return Err(e).context(|| format!("committing to {name} (attempt {attempt})"))
+                }
             }
         }
     }
@@ -148,7 +191,8 @@ impl JobCommits {
             .snapshots()
             .find(|s| {
                 let p = &s.summary().additional_properties;
-                p.get(SUMMARY_JOB_ID) == Some(&self.identity.job_id) && p.get(SUMMARY_RUN_ID) == Some(&self.identity.run_id)
+                p.get(SUMMARY_JOB_ID) == Some(&self.identity.job_id)
+                    && p.get(SUMMARY_RUN_ID) == Some(&self.identity.run_id)
             })
             .map(|s| s.snapshot_id())
     }

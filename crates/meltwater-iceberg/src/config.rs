@@ -33,8 +33,20 @@ pub enum IcebergCatalogKind {
 
 impl IcebergCatalogConfig {
     /// An embedded SQLite catalog; relative paths are taken from `base`.
-    pub fn sqlite(name: &str, base: &Path, path: &Path, warehouse: &Path, catalog_name: Option<&str>) -> Self {
-        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    pub fn sqlite(
+        name: &str,
+        base: &Path,
+        path: &Path,
+        warehouse: &Path,
+        catalog_name: Option<&str>,
+    ) -> Self {
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         IcebergCatalogConfig {
             name: name.to_string(),
             kind: IcebergCatalogKind::Sqlite {
@@ -63,19 +75,39 @@ fn normalize(path: &Path) -> PathBuf {
 
 /// Opens a catalog, creating the embedded catalog's file and warehouse on first use.
 pub async fn open_catalog(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> {
-    let err = |message: String| IcebergError::Catalog { catalog: config.name.clone(), message };
+    let err = |message: String| IcebergError::Catalog {
+        catalog: config.name.clone(),
+        message,
+    };
     match &config.kind {
-        IcebergCatalogKind::Sqlite { path, warehouse, catalog_name } => {
+        IcebergCatalogKind::Sqlite {
+            path,
+            warehouse,
+            catalog_name,
+        } => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
             }
-            std::fs::create_dir_all(warehouse)
-                .map_err(|e| err(format!("cannot create warehouse {}: {e}", warehouse.display())))?;
+            std::fs::create_dir_all(warehouse).map_err(|e| {
+                err(format!(
+                    "cannot create warehouse {}: {e}",
+                    warehouse.display()
+                ))
+            })?;
             let props = HashMap::from([
-                ("uri".to_string(), format!("sqlite:{}?mode=rwc", path.display())),
-                ("warehouse".to_string(), format!("file://{}", warehouse.display())),
-                ("sql_bind_style".to_string(), SqlBindStyle::QMark.to_string()),
+                (
+                    "uri".to_string(),
+                    format!("sqlite:{}?mode=rwc", path.display()),
+                ),
+                (
+                    "warehouse".to_string(),
+                    format!("file://{}", warehouse.display()),
+                ),
+                (
+                    "sql_bind_style".to_string(),
+                    SqlBindStyle::QMark.to_string(),
+                ),
                 // SQLite allows one writer: a small pool avoids lock contention.
                 ("pool.max-connections".to_string(), "2".to_string()),
             ]);
@@ -83,7 +115,12 @@ pub async fn open_catalog(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catal
                 .with_storage_factory(Arc::new(LocalFsStorageFactory))
                 .load(catalog_name, props)
                 .await
-                .map_err(|e| err(format!("cannot open SQLite catalog {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    err(format!(
+                        "cannot open SQLite catalog {}: {e}",
+                        path.display()
+                    ))
+                })?;
             Ok(Arc::new(catalog))
         }
     }

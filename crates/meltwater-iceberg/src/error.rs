@@ -24,7 +24,10 @@ pub(crate) trait IcebergContext<T> {
 
 impl<T> IcebergContext<T> for iceberg::Result<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| IcebergError::Iceberg { context: context(), source })
+        self.map_err(|source| IcebergError::Iceberg {
+            context: context(),
+            source,
+        })
     }
 }
 

@@ -12,18 +12,23 @@ use iceberg::spec::Datum;
 
 /// The Iceberg predicate for `filters` (a conjunction), if any part converts.
 pub fn to_iceberg_predicate(filters: &[Expr]) -> Option<Predicate> {
-    filters.iter().filter_map(convert_conjunct).reduce(Predicate::and)
+    filters
+        .iter()
+        .filter_map(convert_conjunct)
+        .reduce(Predicate::and)
 }
 
 fn convert_conjunct(expr: &Expr) -> Option<Predicate> {
     match expr {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
-            match (convert_conjunct(left), convert_conjunct(right)) {
-                (Some(l), Some(r)) => Some(l.and(r)),
-                (Some(p), None) | (None, Some(p)) => Some(p),
-                (None, None) => None,
-            }
-        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => match (convert_conjunct(left), convert_conjunct(right)) {
+            (Some(l), Some(r)) => Some(l.and(r)),
+            (Some(p), None) | (None, Some(p)) => Some(p),
+            (None, None) => None,
+        },
         other => convert_exact(other),
     }
 }
@@ -75,7 +80,9 @@ fn column(expr: &Expr) -> Option<String> {
 }
 
 fn literal(expr: &Expr) -> Option<Datum> {
-    let Expr::Literal(value, _) = expr else { return None };
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
     Some(match value {
         ScalarValue::Boolean(Some(v)) => Datum::bool(*v),
         ScalarValue::Int8(Some(v)) => Datum::int(*v as i32),
@@ -84,9 +91,9 @@ fn literal(expr: &Expr) -> Option<Datum> {
         ScalarValue::Int64(Some(v)) => Datum::long(*v),
         ScalarValue::Float32(Some(v)) => Datum::float(*v),
         ScalarValue::Float64(Some(v)) => Datum::double(*v),
-        ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) | ScalarValue::Utf8View(Some(v)) => {
-            Datum::string(v)
-        }
+        ScalarValue::Utf8(Some(v))
+        | ScalarValue::LargeUtf8(Some(v))
+        | ScalarValue::Utf8View(Some(v)) => Datum::string(v),
         ScalarValue::Date32(Some(v)) => Datum::date(*v),
         ScalarValue::TimestampMicrosecond(Some(v), None) => Datum::timestamp_micros(*v),
         ScalarValue::TimestampMicrosecond(Some(v), Some(_)) => Datum::timestamptz_micros(*v),

@@ -19,7 +19,9 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowReaderBuilder;
 use iceberg::io::FileIO;
@@ -55,7 +57,15 @@ impl IcebergScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { table, file_io, groups, read_schema, schema, properties, metrics: ExecutionPlanMetricsSet::new() }
+        Self {
+            table,
+            file_io,
+            groups,
+            read_schema,
+            schema,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
     }
 
     /// Number of data files this scan reads.
@@ -67,11 +77,18 @@ impl IcebergScanExec {
 /// Packs tasks into at most `n` groups of similar byte size (largest first onto the
 /// lightest group).
 fn pack(mut tasks: Vec<FileScanTask>, n: usize) -> Vec<Vec<FileScanTask>> {
-    tasks.sort_by(|a, b| b.length.cmp(&a.length).then_with(|| a.data_file_path.cmp(&b.data_file_path)));
+    tasks.sort_by(|a, b| {
+        b.length
+            .cmp(&a.length)
+            .then_with(|| a.data_file_path.cmp(&b.data_file_path))
+    });
     let n = n.min(tasks.len()).max(1);
     let mut groups: Vec<(u64, Vec<FileScanTask>)> = (0..n).map(|_| (0, Vec::new())).collect();
     for task in tasks {
-        let lightest = groups.iter_mut().min_by_key(|(size, _)| *size).expect("n >= 1");
+        let lightest = groups
+            .iter_mut()
+            .min_by_key(|(size, _)| *size)
+            .expect("n >= 1");
         lightest.0 += task.length.max(1);
         lightest.1.push(task);
     }
@@ -80,7 +97,13 @@ fn pack(mut tasks: Vec<FileScanTask>, n: usize) -> Vec<Vec<FileScanTask>> {
 
 impl DisplayAs for IcebergScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "IcebergScanExec: table={}, files={}, partitions={}", self.table, self.file_count(), self.groups.len())
+        write!(
+            f,
+            "IcebergScanExec: table={}, files={}, partitions={}",
+            self.table,
+            self.file_count(),
+            self.groups.len()
+        )
     }
 }
 
@@ -97,18 +120,27 @@ impl ExecutionPlan for IcebergScanExec {
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![]
     }
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(DataFusionError::Internal("IcebergScanExec has no children".into()))
+            Err(DataFusionError::Internal(
+                "IcebergScanExec has no children".into(),
+            ))
         }
     }
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let tasks = self.groups.get(partition).cloned().unwrap_or_default();
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let bytes = MetricBuilder::new(&self.metrics).counter("bytes_scanned", partition);
@@ -121,13 +153,20 @@ impl ExecutionPlan for IcebergScanExec {
         let schema = self.schema.clone();
         let table = self.table.clone();
         let batches = stream::once(async move {
-            let runtime = iceberg::Runtime::try_current().map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let reader = ArrowReaderBuilder::new(file_io, runtime).with_batch_size(batch_size).build();
+            let runtime = iceberg::Runtime::try_current()
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let reader = ArrowReaderBuilder::new(file_io, runtime)
+                .with_batch_size(batch_size)
+                .build();
             let tasks = stream::iter(tasks.into_iter().map(Ok)).boxed();
             let result = reader.read(tasks).map_err(|e| {
                 DataFusionError::External(format!("reading iceberg table {table}: {e}").into())
             })?;
-            Ok::<_, DataFusionError>(result.stream().map_err(move |e| DataFusionError::External(Box::new(e))))
+            Ok::<_, DataFusionError>(
+                result
+                    .stream()
+                    .map_err(move |e| DataFusionError::External(Box::new(e))),
+            )
         })
         .try_flatten()
         .map(move |batch| {
@@ -135,16 +174,27 @@ impl ExecutionPlan for IcebergScanExec {
             output_rows.add(batch.num_rows());
             conform(&batch, &read_schema, &schema)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            batches,
+        )))
     }
 }
 
 /// Gives a reader batch the plan's schema: same columns without the reader's field-id
 /// metadata, or only the row count when the plan reads no columns.
-fn conform(batch: &RecordBatch, read_schema: &SchemaRef, schema: &SchemaRef) -> Result<RecordBatch> {
+fn conform(
+    batch: &RecordBatch,
+    read_schema: &SchemaRef,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
     if schema.fields().is_empty() {
         let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        return Ok(RecordBatch::try_new_with_options(schema.clone(), vec![], &options)?);
+        return Ok(RecordBatch::try_new_with_options(
+            schema.clone(),
+            vec![],
+            &options,
+        )?);
     }
     let columns = read_schema
         .fields()

@@ -22,20 +22,33 @@ impl PartitionFieldDef {
     /// `years`, `bucket(16, id)`, `truncate(10, s)`, `identity(c)`, or a bare column.
     pub fn parse(function: Option<&str>, args: &[String]) -> std::result::Result<Self, String> {
         let Some(function) = function else {
-            let [column] = args else { return Err("expected a column".into()) };
-            return Ok(Self { column: column.clone(), transform: Transform::Identity });
+            let [column] = args else {
+                return Err("expected a column".into());
+            };
+            return Ok(Self {
+                column: column.clone(),
+                transform: Transform::Identity,
+            });
         };
         let f = function.to_ascii_lowercase();
         let one_column = |t: Transform| match args {
-            [c] => Ok(Self { column: c.clone(), transform: t }),
+            [c] => Ok(Self {
+                column: c.clone(),
+                transform: t,
+            }),
             _ => Err(format!("{function}() takes one column")),
         };
         let with_width = |make: fn(u32) -> Transform| match args {
             [n, c] => n
                 .parse::<u32>()
-                .map(|n| Self { column: c.clone(), transform: make(n) })
+                .map(|n| Self {
+                    column: c.clone(),
+                    transform: make(n),
+                })
                 .map_err(|_| format!("{function}(N, column) needs a whole number N, got '{n}'")),
-            _ => Err(format!("{function}() takes a width and a column: {function}(16, id)")),
+            _ => Err(format!(
+                "{function}() takes a width and a column: {function}(16, id)"
+            )),
         };
         match f.as_str() {
             "identity" => one_column(Transform::Identity),
@@ -83,10 +96,15 @@ pub fn table_creation(
         .context(|| format!("table {table}: unsupported column type"))?;
     let mut spec = UnboundPartitionSpec::builder();
     for (i, p) in partitioning.iter().enumerate() {
-        let field = schema.field_by_name(&p.column).ok_or_else(|| IcebergError::Table {
-            table: table.to_string(),
-            message: format!("PARTITIONED BY names column '{}', which the table does not have", p.column),
-        })?;
+        let field = schema
+            .field_by_name(&p.column)
+            .ok_or_else(|| IcebergError::Table {
+                table: table.to_string(),
+                message: format!(
+                    "PARTITIONED BY names column '{}', which the table does not have",
+                    p.column
+                ),
+            })?;
         let partition_name = match p.transform {
             Transform::Identity => p.column.clone(),
             Transform::Bucket(n) => format!("{}_bucket_{n}", p.column),
@@ -111,7 +129,8 @@ pub fn table_creation(
 
 /// The Arrow schema DataFusion sees for an Iceberg schema (no field-id metadata).
 pub fn arrow_schema(schema: &Schema) -> Result<SchemaRef> {
-    let arrow = schema_to_arrow_schema(schema).context(|| "cannot convert table schema to Arrow".into())?;
+    let arrow =
+        schema_to_arrow_schema(schema).context(|| "cannot convert table schema to Arrow".into())?;
     let fields: Vec<Field> = arrow
         .fields()
         .iter()
@@ -129,7 +148,10 @@ mod tests {
         let p = PartitionFieldDef::parse(Some("days"), &["ts".into()]).unwrap();
         assert_eq!(p.transform, Transform::Day);
         let p = PartitionFieldDef::parse(Some("bucket"), &["16".into(), "id".into()]).unwrap();
-        assert_eq!((p.column.as_str(), p.transform), ("id", Transform::Bucket(16)));
+        assert_eq!(
+            (p.column.as_str(), p.transform),
+            ("id", Transform::Bucket(16))
+        );
         let p = PartitionFieldDef::parse(None, &["category".into()]).unwrap();
         assert_eq!(p.transform, Transform::Identity);
         let e = PartitionFieldDef::parse(Some("weeks"), &["ts".into()]).unwrap_err();
@@ -146,16 +168,28 @@ mod tests {
             Field::new("small", DataType::Int16, true),
         ]);
         let parts = [
-            PartitionFieldDef { column: "ts".into(), transform: Transform::Day },
-            PartitionFieldDef { column: "id".into(), transform: Transform::Bucket(16) },
+            PartitionFieldDef {
+                column: "ts".into(),
+                transform: Transform::Day,
+            },
+            PartitionFieldDef {
+                column: "id".into(),
+                transform: Transform::Bucket(16),
+            },
         ];
         let c = table_creation("lake.db.t", "t", &cols, &parts, HashMap::new()).unwrap();
         let arrow = arrow_schema(&c.schema).unwrap();
-        assert_eq!(arrow.field(1).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, None));
+        assert_eq!(
+            arrow.field(1).data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, None)
+        );
         assert_eq!(arrow.field(2).data_type(), &DataType::Int32);
         let spec = c.partition_spec.unwrap();
         assert_eq!(spec.fields().len(), 2);
-        let bad = [PartitionFieldDef { column: "nope".into(), transform: Transform::Day }];
+        let bad = [PartitionFieldDef {
+            column: "nope".into(),
+            transform: Transform::Day,
+        }];
         let e = table_creation("lake.db.t", "t", &cols, &bad, HashMap::new()).unwrap_err();
         assert!(e.to_string().contains("'nope'"), "{e}");
     }

@@ -33,9 +33,20 @@ pub struct IcebergTable {
 }
 
 impl IcebergTable {
-    pub fn try_new(name: String, catalog: Arc<dyn Catalog>, table: Table, commits: Arc<JobCommits>) -> crate::Result<Self> {
+    pub fn try_new(
+        name: String,
+        catalog: Arc<dyn Catalog>,
+        table: Table,
+        commits: Arc<JobCommits>,
+    ) -> crate::Result<Self> {
         let schema = arrow_schema(table.metadata().current_schema())?;
-        Ok(Self { name, catalog, table, schema, commits })
+        Ok(Self {
+            name,
+            catalog,
+            table,
+            schema,
+            commits,
+        })
     }
 
     /// `catalog.namespace.table`.
@@ -67,7 +78,10 @@ impl TableProvider for IcebergTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Pruning is by partition and file statistics: rows still need the filter.
         Ok(filters
             .iter()
@@ -97,7 +111,11 @@ impl TableProvider for IcebergTable {
         } else {
             schema.clone()
         };
-        let columns: Vec<String> = read_schema.fields().iter().map(|f| f.name().clone()).collect();
+        let columns: Vec<String> = read_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let mut builder = self.table.scan().select(columns);
         if let Some(predicate) = to_iceberg_predicate(filters) {
             builder = builder.with_filter(predicate);
@@ -113,7 +131,11 @@ impl TableProvider for IcebergTable {
             Err(e) => return Err(external(format!("scanning {}", self.name), e)),
         };
         let partitions = state.config().target_partitions();
-        let schema = if projection.is_empty() { Arc::new(Schema::empty()) } else { schema };
+        let schema = if projection.is_empty() {
+            Arc::new(Schema::empty())
+        } else {
+            schema
+        };
         Ok(Arc::new(IcebergScanExec::new(
             self.name.clone(),
             self.table.file_io().clone(),

@@ -19,13 +19,17 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::{stream, StreamExt};
 use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
@@ -48,13 +52,19 @@ pub struct IcebergWriteExec {
 
 impl fmt::Debug for IcebergWriteExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IcebergWriteExec").field("table", &self.table_name).finish_non_exhaustive()
+        f.debug_struct("IcebergWriteExec")
+            .field("table", &self.table_name)
+            .finish_non_exhaustive()
     }
 }
 
 /// The schema of a write's output: the rows each task wrote.
 pub fn count_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
+    Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]))
 }
 
 impl IcebergWriteExec {
@@ -72,7 +82,15 @@ impl IcebergWriteExec {
             EmissionType::Final,
             Boundedness::Bounded,
         ));
-        Self { input, table_name, table, catalog, commits, properties, metrics: ExecutionPlanMetricsSet::new() }
+        Self {
+            input,
+            table_name,
+            table,
+            catalog,
+            commits,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
     }
 
     pub fn table_name(&self) -> &str {
@@ -83,7 +101,12 @@ impl IcebergWriteExec {
 impl DisplayAs for IcebergWriteExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let spec = self.table.metadata().default_partition_spec();
-        write!(f, "IcebergWriteExec: table={}, partition_fields={}", self.table_name, spec.fields().len())
+        write!(
+            f,
+            "IcebergWriteExec: table={}, partition_fields={}",
+            self.table_name,
+            spec.fields().len()
+        )
     }
 }
 
@@ -106,9 +129,14 @@ impl ExecutionPlan for IcebergWriteExec {
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
     }
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
-            return Err(DataFusionError::Internal("IcebergWriteExec takes one input".into()));
+            return Err(DataFusionError::Internal(
+                "IcebergWriteExec takes one input".into(),
+            ));
         }
         Ok(Arc::new(Self::new(
             children.remove(0),
@@ -122,7 +150,11 @@ impl ExecutionPlan for IcebergWriteExec {
         Some(self.metrics.clone_inner())
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let rows_written = MetricBuilder::new(&self.metrics).counter("rows_written", partition);
         let bytes_written = MetricBuilder::new(&self.metrics).counter("bytes_written", partition);
@@ -140,7 +172,12 @@ impl ExecutionPlan for IcebergWriteExec {
             rows_written.add(rows as usize);
             bytes_written.add(files.iter().map(|f| f.file_size_in_bytes() as usize).sum());
             files_written.add(files.len());
-            task.commits.add(&task.table_name, task.catalog.clone(), task.table.identifier().clone(), files);
+            task.commits.add(
+                &task.table_name,
+                task.catalog.clone(),
+                task.table.identifier().clone(),
+                files,
+            );
             let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
             Ok(RecordBatch::try_new(count_schema(), vec![count])?)
         });
@@ -165,10 +202,14 @@ impl WriteTask {
         let metadata = self.table.metadata();
         let schema = metadata.current_schema().clone();
         let target = |what: &str| format!("writing {} ({what})", self.table_name);
-        let file_schema: SchemaRef = Arc::new(schema_to_arrow_schema(&schema).map_err(|e| ice(&target("schema"), e))?);
-        let table_props = metadata.table_properties().map_err(|e| ice(&target("table properties"), e))?;
+        let file_schema: SchemaRef =
+            Arc::new(schema_to_arrow_schema(&schema).map_err(|e| ice(&target("schema"), e))?);
+        let table_props = metadata
+            .table_properties()
+            .map_err(|e| ice(&target("table properties"), e))?;
         let parquet = ParquetWriterBuilder::from_table_properties(&table_props, schema.clone());
-        let location = DefaultLocationGenerator::new(metadata).map_err(|e| ice(&target("data location"), e))?;
+        let location = DefaultLocationGenerator::new(metadata)
+            .map_err(|e| ice(&target("data location"), e))?;
         let prefix = format!("{}-{:05}", self.commits.identity().run_id, self.partition);
         let names = DefaultFileNameGenerator::new(prefix, None, DataFileFormat::Parquet);
         let rolling = RollingFileWriterBuilder::new(
@@ -183,20 +224,36 @@ impl WriteTask {
         if spec.is_unpartitioned() {
             let mut writer = UnpartitionedWriter::new(builder);
             while let Some(batch) = input.next().await {
-                writer.write(with_schema(&batch?, &file_schema)?).await.map_err(|e| ice(&target("data"), e))?;
+                writer
+                    .write(with_schema(&batch?, &file_schema)?)
+                    .await
+                    .map_err(|e| ice(&target("data"), e))?;
             }
-            writer.close().await.map_err(|e| ice(&target("closing files"), e))
+            writer
+                .close()
+                .await
+                .map_err(|e| ice(&target("closing files"), e))
         } else {
-            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)
-                .map_err(|e| ice(&target("partition spec"), e))?;
+            let splitter =
+                RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)
+                    .map_err(|e| ice(&target("partition spec"), e))?;
             let mut writer = FanoutWriter::new(builder);
             while let Some(batch) = input.next().await {
                 let batch = with_schema(&batch?, &file_schema)?;
-                for (key, part) in splitter.split(&batch).map_err(|e| ice(&target("partitioning"), e))? {
-                    writer.write(key, part).await.map_err(|e| ice(&target("data"), e))?;
+                for (key, part) in splitter
+                    .split(&batch)
+                    .map_err(|e| ice(&target("partitioning"), e))?
+                {
+                    writer
+                        .write(key, part)
+                        .await
+                        .map_err(|e| ice(&target("data"), e))?;
                 }
             }
-            writer.close().await.map_err(|e| ice(&target("closing files"), e))
+            writer
+                .close()
+                .await
+                .map_err(|e| ice(&target("closing files"), e))
         }
     }
 }

@@ -38,15 +38,27 @@ enum IcebergEntry {
 
 /// The catalogs a file defines; relative paths are taken from `base` (the working
 /// directory). `origin` names the file in errors.
-pub fn parse_catalogs(text: &str, origin: &str, base: &Path) -> Result<Vec<IcebergCatalogConfig>, String> {
+pub fn parse_catalogs(
+    text: &str,
+    origin: &str,
+    base: &Path,
+) -> Result<Vec<IcebergCatalogConfig>, String> {
     let file: CatalogFile = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
     Ok(file
         .iceberg
         .into_iter()
         .map(|(name, entry)| match entry {
-            IcebergEntry::Sqlite { path, warehouse, catalog_name } => {
-                IcebergCatalogConfig::sqlite(&name, base, &path, &warehouse, catalog_name.as_deref())
-            }
+            IcebergEntry::Sqlite {
+                path,
+                warehouse,
+                catalog_name,
+            } => IcebergCatalogConfig::sqlite(
+                &name,
+                base,
+                &path,
+                &warehouse,
+                catalog_name.as_deref(),
+            ),
         })
         .collect())
 }
@@ -62,7 +74,11 @@ mod tests {
         let c = parse_catalogs(EMBEDDED_DEFAULT, "default", Path::new("/work/x")).unwrap();
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].name, "lake");
-        let IcebergCatalogKind::Sqlite { path, warehouse, catalog_name } = &c[0].kind;
+        let IcebergCatalogKind::Sqlite {
+            path,
+            warehouse,
+            catalog_name,
+        } = &c[0].kind;
         assert_eq!(path, Path::new("/work/x/meltwater-data/catalog.db"));
         assert_eq!(warehouse, Path::new("/work/x/meltwater-data/warehouse"));
         assert_eq!(catalog_name, "lake");
@@ -70,8 +86,12 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_naming_the_file() {
-        let e = parse_catalogs("[iceberg.x]\ntype='sqlite'\npath='a'\nwarehouse='b'\nwarehose='c'", "my.toml", Path::new("/"))
-            .unwrap_err();
+        let e = parse_catalogs(
+            "[iceberg.x]\ntype='sqlite'\npath='a'\nwarehouse='b'\nwarehose='c'",
+            "my.toml",
+            Path::new("/"),
+        )
+        .unwrap_err();
         assert!(e.starts_with("my.toml"), "{e}");
         assert!(e.contains("warehose"), "{e}");
     }

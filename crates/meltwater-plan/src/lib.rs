@@ -27,13 +27,17 @@ use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use meltwater_connectors::{create_connector_table, Boundedness, TableDef};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
-use meltwater_iceberg::{open_catalog, IcebergCatalogConfig, IcebergCatalogProvider, JobCommits, JobIdentity};
-use meltwater_sql::sqlparser::ast::{Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Query, Statement};
+use meltwater_iceberg::{
+    open_catalog, IcebergCatalogConfig, IcebergCatalogProvider, JobCommits, JobIdentity,
+};
+use meltwater_sql::sqlparser::ast::{
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Query, Statement,
+};
 use meltwater_sql::{CreateTable, Insert, JobFile, JobStatement, SourceLoc};
 
 use crate::source::{sources_of, SourceRef, SourceTable};
 use crate::types::{implicitly_castable, normalize_ident, schema_of};
-use crate::window::WindowRelationPlanner;
+use crate::window::{window_inputs, WindowRelationPlanner};
 
 /// How a job runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +125,11 @@ impl PlannedJob {
 
 /// Plans every statement of a job in order.
 pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob, PlanError> {
-    let at = |loc: SourceLoc, message: String| PlanError { file: job.file.clone(), loc, message };
+    let at = |loc: SourceLoc, message: String| PlanError {
+        file: job.file.clone(),
+        loc,
+        message,
+    };
     let start = SourceLoc { line: 1, column: 1 };
     let settings: BTreeMap<String, String> = job
         .statements
@@ -136,18 +144,29 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
         .clone()
         .or_else(|| settings.get("pipeline.name").cloned())
         .unwrap_or_else(|| {
-            std::path::Path::new(&job.file).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            std::path::Path::new(&job.file)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
     let parallelism = match options.parallelism {
         Some(p) => p,
         None => match settings.get("parallelism.default") {
             Some(v) => v.parse::<usize>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                at(start, format!("'parallelism.default' must be a positive whole number, got '{v}'"))
+                at(
+                    start,
+                    format!("'parallelism.default' must be a positive whole number, got '{v}'"),
+                )
             })?,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         },
     };
-    let identity = JobIdentity { job_id, run_id: options.run_id.clone() };
+    let identity = JobIdentity {
+        job_id,
+        run_id: options.run_id.clone(),
+    };
     let commits = Arc::new(JobCommits::new(identity.clone()));
 
     let mut config = SessionConfig::new()
@@ -157,15 +176,23 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
         .with_information_schema(true);
     for (k, v) in &settings {
         if k.starts_with("datafusion.") {
-            config.options_mut().set(k, v).map_err(|e| at(start, format!("SET '{k}': {e}")))?;
+            config
+                .options_mut()
+                .set(k, v)
+                .map_err(|e| at(start, format!("SET '{k}': {e}")))?;
         }
     }
     let session = SessionContext::new_with_config(config);
-    session.register_relation_planner(Arc::new(WindowRelationPlanner)).map_err(|e| at(start, e.to_string()))?;
+    let windows = Arc::new(WindowRelationPlanner::default());
+    session
+        .register_relation_planner(windows.clone())
+        .map_err(|e| at(start, e.to_string()))?;
 
     let mut iceberg: HashMap<String, IcebergCatalogProvider> = HashMap::new();
     for c in &options.catalogs {
-        let catalog = open_catalog(c).await.map_err(|e| at(start, e.to_string()))?;
+        let catalog = open_catalog(c)
+            .await
+            .map_err(|e| at(start, e.to_string()))?;
         let provider = IcebergCatalogProvider::try_new(&c.name, catalog, commits.clone())
             .await
             .map_err(|e| at(start, e.to_string()))?;
@@ -184,21 +211,37 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
         queries: Vec::new(),
         actions: Vec::new(),
     };
-    let planner = StatementPlanner { options, iceberg: &iceberg };
+    let planner = StatementPlanner {
+        options,
+        iceberg: &iceberg,
+        windows: &windows,
+    };
     for s in &job.statements {
-        planner.plan(&s.statement, s.loc, &mut planned).await.map_err(|m| at(s.loc, m))?;
+        planner
+            .plan(&s.statement, s.loc, &mut planned)
+            .await
+            .map_err(|m| at(s.loc, m))?;
     }
     Ok(planned)
 }
 
 struct StatementPlanner<'a> {
     options: &'a JobOptions,
+    windows: &'a WindowRelationPlanner,
     iceberg: &'a HashMap<String, IcebergCatalogProvider>,
 }
 
 /// `catalog.namespace.table` parts of a name, if it names an Iceberg catalog.
-fn iceberg_parts(name: &ObjectName, iceberg: &HashMap<String, IcebergCatalogProvider>) -> Option<(String, String, String)> {
-    let parts: Vec<String> = name.0.iter().filter_map(|p| p.as_ident()).map(normalize_ident).collect();
+fn iceberg_parts(
+    name: &ObjectName,
+    iceberg: &HashMap<String, IcebergCatalogProvider>,
+) -> Option<(String, String, String)> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(normalize_ident)
+        .collect();
     match parts.as_slice() {
         [c, ns, t] if iceberg.contains_key(c) => Some((c.clone(), ns.clone(), t.clone())),
         _ => None,
@@ -206,11 +249,21 @@ fn iceberg_parts(name: &ObjectName, iceberg: &HashMap<String, IcebergCatalogProv
 }
 
 impl StatementPlanner<'_> {
-    async fn plan(&self, statement: &JobStatement, loc: SourceLoc, job: &mut PlannedJob) -> Result<(), String> {
+    async fn plan(
+        &self,
+        statement: &JobStatement,
+        loc: SourceLoc,
+        job: &mut PlannedJob,
+    ) -> Result<(), String> {
         match statement {
             JobStatement::Set { .. } => Ok(()),
             JobStatement::CreateDatabase { name, .. } => {
-                let parts: Vec<String> = name.0.iter().filter_map(|p| p.as_ident()).map(normalize_ident).collect();
+                let parts: Vec<String> = name
+                    .0
+                    .iter()
+                    .filter_map(|p| p.as_ident())
+                    .map(normalize_ident)
+                    .collect();
                 match parts.as_slice() {
                     [c, ns] if self.iceberg.contains_key(c) => {
                         if self.options.create_tables {
@@ -226,12 +279,20 @@ impl StatementPlanner<'_> {
                 }
             }
             JobStatement::CreateTable(t) => self.create_table(t, job).await,
-            JobStatement::CreateView { name, columns, query, .. } => {
+            JobStatement::CreateView {
+                name,
+                columns,
+                query,
+                ..
+            } => {
                 let mut plan = self.plan_query(query, job).await?;
                 if !columns.is_empty() {
                     let fields = plan.schema().fields().len();
                     if fields != columns.len() {
-                        return Err(format!("view {name} names {} columns but its query yields {fields}", columns.len()));
+                        return Err(format!(
+                            "view {name} names {} columns but its query yields {fields}",
+                            columns.len()
+                        ));
                     }
                     let exprs: Vec<Expr> = plan
                         .schema()
@@ -240,21 +301,34 @@ impl StatementPlanner<'_> {
                         .zip(columns)
                         .map(|(c, n)| Expr::Column(c).alias(normalize_ident(n)))
                         .collect();
-                    plan = LogicalPlanBuilder::from(plan).project(exprs).and_then(|b| b.build()).map_err(|e| e.to_string())?;
+                    plan = LogicalPlanBuilder::from(plan)
+                        .project(exprs)
+                        .and_then(|b| b.build())
+                        .map_err(|e| e.to_string())?;
                 }
                 let view = ViewTable::new(plan, Some(query.to_string()));
                 let table_ref = table_reference(name);
-                job.session.register_table(table_ref, Arc::new(view)).map_err(|e| e.to_string())?;
+                job.session
+                    .register_table(table_ref, Arc::new(view))
+                    .map_err(|e| e.to_string())?;
                 Ok(())
             }
             JobStatement::Insert(insert) => {
                 let plan = self.plan_insert(insert, job).await?;
-                job.inserts.push(PlannedStatement { loc, target: Some(insert.table.to_string()), plan });
+                job.inserts.push(PlannedStatement {
+                    loc,
+                    target: Some(insert.table.to_string()),
+                    plan,
+                });
                 Ok(())
             }
             JobStatement::Query(q) => {
                 let plan = self.plan_query(q, job).await?;
-                job.queries.push(PlannedStatement { loc, target: None, plan });
+                job.queries.push(PlannedStatement {
+                    loc,
+                    target: None,
+                    plan,
+                });
                 Ok(())
             }
             JobStatement::Other(s) => Err(unsupported(s)),
@@ -263,11 +337,15 @@ impl StatementPlanner<'_> {
 
     async fn create_table(&self, t: &CreateTable, job: &mut PlannedJob) -> Result<(), String> {
         let primary_key: Vec<String> = t.primary_key.iter().map(normalize_ident).collect();
-        let schema = schema_of(&t.columns, &primary_key).map_err(|e| format!("table {}: {e}", t.name))?;
+        let schema =
+            schema_of(&t.columns, &primary_key).map_err(|e| format!("table {}: {e}", t.name))?;
         if let Some((catalog, namespace, table)) = iceberg_parts(&t.name, self.iceberg) {
             let mut partitioning = Vec::new();
             for e in &t.partitioned_by {
-                partitioning.push(partition_field(e).map_err(|m| format!("table {}: PARTITIONED BY {e}: {m}", t.name))?);
+                partitioning.push(
+                    partition_field(e)
+                        .map_err(|m| format!("table {}: PARTITIONED BY {e}: {m}", t.name))?,
+                );
             }
             let mut properties: HashMap<String, String> = t.options_map().into_iter().collect();
             if let Some(c) = properties.remove("connector") {
@@ -282,8 +360,19 @@ impl StatementPlanner<'_> {
                 properties.insert("meltwater.primary-key".into(), primary_key.join(","));
             }
             let full = format!("{catalog}.{namespace}.{table}");
-            let creation = table_creation(&full, &table, &schema, &partitioning, properties).map_err(|e| e.to_string())?;
+            let creation = table_creation(&full, &table, &schema, &partitioning, properties)
+                .map_err(|e| e.to_string())?;
             if !self.options.create_tables {
+                let exists = self.iceberg[&catalog]
+                    .load(&namespace, &table)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if exists.is_none() {
+                    let schema = meltwater_iceberg::schema::arrow_schema(&creation.schema)
+                        .map_err(|e| e.to_string())?;
+                    self.iceberg[&catalog].declare(&namespace, &table, schema);
+                    job.actions.push(format!("would create table {full}"));
+                }
                 return Ok(());
             }
             let created = self.iceberg[&catalog]
@@ -293,7 +382,8 @@ impl StatementPlanner<'_> {
             if created {
                 job.actions.push(format!("created table {full}"));
             } else {
-                self.check_existing_table(&catalog, &namespace, &table, &schema).await?;
+                self.check_existing_table(&catalog, &namespace, &table, &schema)
+                    .await?;
             }
             return Ok(());
         }
@@ -308,7 +398,10 @@ impl StatementPlanner<'_> {
             }
         }
         if !t.partitioned_by.is_empty() {
-            return Err(format!("table {}: PARTITIONED BY applies to Iceberg tables only", t.name));
+            return Err(format!(
+                "table {}: PARTITIONED BY applies to Iceberg tables only",
+                t.name
+            ));
         }
         let def = TableDef {
             name: t.name.to_string(),
@@ -317,18 +410,39 @@ impl StatementPlanner<'_> {
             primary_key,
         };
         let inner = create_connector_table(def.clone()).map_err(|e| e.to_string())?;
-        let table = SourceTable { name: t.name.to_string(), def, inner };
-        job.session.register_table(table_reference(&t.name), Arc::new(table)).map_err(|e| e.to_string())?;
+        let table = SourceTable {
+            name: t.name.to_string(),
+            def,
+            inner,
+        };
+        job.session
+            .register_table(table_reference(&t.name), Arc::new(table))
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
     /// `CREATE TABLE IF NOT EXISTS` of an existing table: its columns must match.
-    async fn check_existing_table(&self, catalog: &str, ns: &str, table: &str, declared: &Schema) -> Result<(), String> {
-        let Some(existing) = self.iceberg[catalog].load(ns, table).await.map_err(|e| e.to_string())? else {
+    async fn check_existing_table(
+        &self,
+        catalog: &str,
+        ns: &str,
+        table: &str,
+        declared: &Schema,
+    ) -> Result<(), String> {
+        let Some(existing) = self.iceberg[catalog]
+            .load(ns, table)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(());
         };
         let have = existing.schema();
-        let names = |s: &Schema| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+        let names = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        };
         if names(&have) != names(declared) {
             return Err(format!(
                 "table {catalog}.{ns}.{table} exists with columns ({}) but the job declares ({})",
@@ -346,9 +460,19 @@ impl StatementPlanner<'_> {
     }
 
     async fn plan_query(&self, query: &Query, job: &PlannedJob) -> Result<LogicalPlan, String> {
+        // Window function inputs are invisible to DataFusion's table resolution.
+        for name in window_inputs(query) {
+            let reference = table_reference(&name);
+            if let Ok(table) = job.session.table_provider(reference.clone()).await {
+                self.windows.preload(reference, provider_as_source(table));
+            }
+        }
         let state = job.session.state();
         let statement = DfStatement::Statement(Box::new(Statement::Query(Box::new(query.clone()))));
-        state.statement_to_plan(statement).await.map_err(|e| clean_error(&e))
+        state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| clean_error(&e))
     }
 
     async fn plan_insert(&self, insert: &Insert, job: &PlannedJob) -> Result<LogicalPlan, String> {
@@ -358,9 +482,15 @@ impl StatementPlanner<'_> {
             Err(_) => {
                 let hint = match iceberg_parts(&insert.table, self.iceberg) {
                     Some(_) => "create it with CREATE TABLE [IF NOT EXISTS] in the job".to_string(),
-                    None => format!("declare it with CREATE TABLE, or name an Iceberg table (catalogs: {})", self.catalog_names()),
+                    None => format!(
+                        "declare it with CREATE TABLE, or name an Iceberg table (catalogs: {})",
+                        self.catalog_names()
+                    ),
                 };
-                return Err(format!("INSERT INTO {}: no such table; {hint}", insert.table));
+                return Err(format!(
+                    "INSERT INTO {}: no such table; {hint}",
+                    insert.table
+                ));
             }
         };
         if let Some(source) = sink.as_any().downcast_ref::<SourceTable>() {
@@ -380,7 +510,12 @@ impl StatementPlanner<'_> {
                 .iter()
                 .map(|c| {
                     let n = normalize_ident(c);
-                    sink_schema.index_of(&n).map_err(|_| format!("INSERT INTO {}: the table has no column '{n}'", insert.table))
+                    sink_schema.index_of(&n).map_err(|_| {
+                        format!(
+                            "INSERT INTO {}: the table has no column '{n}'",
+                            insert.table
+                        )
+                    })
                 })
                 .collect::<Result<_, _>>()?
         };
@@ -391,7 +526,11 @@ impl StatementPlanner<'_> {
                 insert.table,
                 query_fields.len(),
                 sink_columns.len(),
-                sink_columns.iter().map(|&i| sink_schema.field(i).name().as_str()).collect::<Vec<_>>().join(", ")
+                sink_columns
+                    .iter()
+                    .map(|&i| sink_schema.field(i).name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         // One expression per sink column: the matching query column cast to the sink type,
@@ -414,7 +553,11 @@ impl StatementPlanner<'_> {
                         ));
                     }
                     let c = Expr::Column(query_columns[q].clone());
-                    if from == field.data_type() { c } else { cast(c, field.data_type().clone()) }
+                    if from == field.data_type() {
+                        c
+                    } else {
+                        cast(c, field.data_type().clone())
+                    }
                 }
                 None => {
                     if !field.is_nullable() {
@@ -424,16 +567,30 @@ impl StatementPlanner<'_> {
                             field.name()
                         ));
                     }
-                    cast(Expr::Literal(datafusion::common::ScalarValue::Null, None), field.data_type().clone())
+                    cast(
+                        Expr::Literal(datafusion::common::ScalarValue::Null, None),
+                        field.data_type().clone(),
+                    )
                 }
             };
             exprs.push(expr.alias(field.name()));
         }
-        let op = if insert.overwrite { InsertOp::Overwrite } else { InsertOp::Append };
-        let projected = LogicalPlanBuilder::from(query).project(exprs).map_err(|e| e.to_string())?;
-        let plan = LogicalPlanBuilder::insert_into(projected.build().map_err(|e| e.to_string())?, table_ref, provider_as_source(sink), op)
-            .and_then(|b| b.build())
+        let op = if insert.overwrite {
+            InsertOp::Overwrite
+        } else {
+            InsertOp::Append
+        };
+        let projected = LogicalPlanBuilder::from(query)
+            .project(exprs)
             .map_err(|e| e.to_string())?;
+        let plan = LogicalPlanBuilder::insert_into(
+            projected.build().map_err(|e| e.to_string())?,
+            table_ref,
+            provider_as_source(sink),
+            op,
+        )
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?;
         Ok(plan)
     }
 }
@@ -454,7 +611,12 @@ pub fn mode_rejection(plan: &LogicalPlan, mode: Mode) -> Option<String> {
 }
 
 fn table_reference(name: &ObjectName) -> TableReference {
-    let parts: Vec<String> = name.0.iter().filter_map(|p| p.as_ident()).map(normalize_ident).collect();
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(normalize_ident)
+        .collect();
     match parts.as_slice() {
         [t] => TableReference::bare(t.as_str()),
         [s, t] => TableReference::partial(s.as_str(), t.as_str()),
@@ -475,7 +637,9 @@ fn partition_field(e: &SqlExpr) -> Result<PartitionFieldDef, String> {
                 .args
                 .iter()
                 .map(|a| match a {
-                    FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Identifier(i))) => Ok(normalize_ident(i)),
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Identifier(i))) => {
+                        Ok(normalize_ident(i))
+                    }
                     FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(v))) => {
                         Ok(v.to_string().trim_matches('\'').to_string())
                     }
@@ -484,13 +648,19 @@ fn partition_field(e: &SqlExpr) -> Result<PartitionFieldDef, String> {
                 .collect::<Result<Vec<_>, _>>()?;
             PartitionFieldDef::parse(Some(&f.name.to_string()), &args)
         }
-        other => Err(format!("expected a column or a transform such as days(ts), got {other}")),
+        other => Err(format!(
+            "expected a column or a transform such as days(ts), got {other}"
+        )),
     }
 }
 
 fn unsupported(s: &Statement) -> String {
     let text = s.to_string();
-    let head: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let head: String = text
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
     format!(
         "'{head} ...' is not supported in job files; use CREATE TABLE, CREATE VIEW, CREATE DATABASE, SET, INSERT INTO, INSERT OVERWRITE or SELECT"
     )
@@ -499,7 +669,12 @@ fn unsupported(s: &Statement) -> String {
 /// DataFusion errors without their "Error during planning: " style prefixes.
 fn clean_error(e: &datafusion::error::DataFusionError) -> String {
     let s = e.to_string();
-    for prefix in ["Error during planning: ", "Schema error: ", "SQL error: ", "This feature is not implemented: "] {
+    for prefix in [
+        "Error during planning: ",
+        "Schema error: ",
+        "SQL error: ",
+        "This feature is not implemented: ",
+    ] {
         if let Some(rest) = s.strip_prefix(prefix) {
             return rest.to_string();
         }
@@ -528,7 +703,11 @@ pub fn sql_type_name(t: &DataType) -> String {
                 datafusion::arrow::datatypes::TimeUnit::Microsecond => 6,
                 datafusion::arrow::datatypes::TimeUnit::Nanosecond => 9,
             };
-            if tz.is_some() { format!("TIMESTAMP_LTZ({p})") } else { format!("TIMESTAMP({p})") }
+            if tz.is_some() {
+                format!("TIMESTAMP_LTZ({p})")
+            } else {
+                format!("TIMESTAMP({p})")
+            }
         }
         other => other.to_string(),
     }

@@ -54,7 +54,10 @@ impl TableProvider for SourceTable {
     fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
         self.inner.get_logical_plan()
     }
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         self.inner.supports_filters_pushdown(filters)
     }
     async fn scan(

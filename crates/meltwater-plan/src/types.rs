@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use meltwater_sql::sqlparser::ast::{
-    ArrayElemTypeDef, ColumnDef, ColumnOption, DataType as SqlType, ExactNumberInfo, Ident, TimezoneInfo,
+    ArrayElemTypeDef, ColumnDef, ColumnOption, DataType as SqlType, ExactNumberInfo, Ident,
+    TimezoneInfo,
 };
 
 /// Identifiers as the planner sees them: unquoted ones folded to lower case (as DataFusion
@@ -40,7 +41,9 @@ pub fn arrow_type(sql: &SqlType) -> Result<DataType, String> {
             ExactNumberInfo::Precision(p) if *p > 24 => DataType::Float64,
             _ => DataType::Float32,
         },
-        SqlType::Double(_) | SqlType::DoublePrecision | SqlType::Float8 | SqlType::Float64 => DataType::Float64,
+        SqlType::Double(_) | SqlType::DoublePrecision | SqlType::Float8 | SqlType::Float64 => {
+            DataType::Float64
+        }
         SqlType::Decimal(info) | SqlType::Numeric(info) | SqlType::Dec(info) => {
             let (p, s) = match info {
                 ExactNumberInfo::None => (10, 0),
@@ -48,7 +51,9 @@ pub fn arrow_type(sql: &SqlType) -> Result<DataType, String> {
                 ExactNumberInfo::PrecisionAndScale(p, s) => (*p, *s as u64),
             };
             if p == 0 || p > 38 || s > p {
-                return Err(format!("DECIMAL({p}, {s}) is out of range: precision 1..38, scale <= precision"));
+                return Err(format!(
+                    "DECIMAL({p}, {s}) is out of range: precision 1..38, scale <= precision"
+                ));
             }
             DataType::Decimal128(p as u8, s as i8)
         }
@@ -60,20 +65,28 @@ pub fn arrow_type(sql: &SqlType) -> Result<DataType, String> {
         | SqlType::CharVarying(_)
         | SqlType::Nvarchar(_)
         | SqlType::Text => DataType::Utf8,
-        SqlType::Bytes(_) | SqlType::Binary(_) | SqlType::Varbinary(_) | SqlType::Bytea | SqlType::Blob(_) => {
-            DataType::Binary
-        }
+        SqlType::Bytes(_)
+        | SqlType::Binary(_)
+        | SqlType::Varbinary(_)
+        | SqlType::Bytea
+        | SqlType::Blob(_) => DataType::Binary,
         SqlType::Date => DataType::Date32,
         SqlType::Timestamp(p, tz) => match tz {
-            TimezoneInfo::WithTimeZone | TimezoneInfo::Tz => DataType::Timestamp(timestamp_unit(*p), Some("UTC".into())),
+            TimezoneInfo::WithTimeZone | TimezoneInfo::Tz => {
+                DataType::Timestamp(timestamp_unit(*p), Some("UTC".into()))
+            }
             _ => DataType::Timestamp(timestamp_unit(*p), None),
         },
-        SqlType::TimestampNtz(p) | SqlType::Datetime(p) => DataType::Timestamp(timestamp_unit(*p), None),
+        SqlType::TimestampNtz(p) | SqlType::Datetime(p) => {
+            DataType::Timestamp(timestamp_unit(*p), None)
+        }
         SqlType::Custom(name, modifiers) => {
             let n = name.to_string().to_uppercase();
             let precision = modifiers.first().and_then(|m| m.parse::<u64>().ok());
             match n.as_str() {
-                "TIMESTAMP_LTZ" => DataType::Timestamp(timestamp_unit(precision), Some("UTC".into())),
+                "TIMESTAMP_LTZ" => {
+                    DataType::Timestamp(timestamp_unit(precision), Some("UTC".into()))
+                }
                 "STRING" => DataType::Utf8,
                 "BYTES" => DataType::Binary,
                 _ => return Err(format!("unsupported column type {sql}")),
@@ -99,13 +112,18 @@ pub fn schema_of(columns: &[ColumnDef], primary_key: &[String]) -> Result<Schema
             return Err(format!("column '{name}' is declared twice"));
         }
         let data_type = arrow_type(&c.data_type).map_err(|e| format!("column '{name}': {e}"))?;
-        let not_null = c.options.iter().any(|o| matches!(o.option, ColumnOption::NotNull))
+        let not_null = c
+            .options
+            .iter()
+            .any(|o| matches!(o.option, ColumnOption::NotNull))
             || primary_key.contains(&name);
         fields.push(Field::new(name, data_type, !not_null));
     }
     for k in primary_key {
         if !seen.contains(k) {
-            return Err(format!("PRIMARY KEY names column '{k}', which the table does not have"));
+            return Err(format!(
+                "PRIMARY KEY names column '{k}', which the table does not have"
+            ));
         }
     }
     Ok(Schema::new(fields))
@@ -128,15 +146,21 @@ pub fn implicitly_castable(from: &DataType, to: &DataType) -> bool {
     match (from, to) {
         (f, t) if int_width(f).is_some() && int_width(t).is_some() => int_width(f) <= int_width(t),
         (f, Float32 | Float64) if int_width(f).is_some() => true,
-        (f, Decimal128(p, s)) if int_width(f).is_some() => (*p as i32 - *s as i32) >= 19 || int_width(f).unwrap() < 64,
+        (f, Decimal128(p, s)) if int_width(f).is_some() => {
+            (*p as i32 - *s as i32) >= 19 || int_width(f).unwrap() < 64
+        }
         (Float16 | Float32, Float64) | (Float16, Float32) => true,
         (Decimal128(..), Float32 | Float64) => true,
-        (Decimal128(p1, s1), Decimal128(p2, s2)) => s1 <= s2 && (*p1 as i32 - *s1 as i32) <= (*p2 as i32 - *s2 as i32),
+        (Decimal128(p1, s1), Decimal128(p2, s2)) => {
+            s1 <= s2 && (*p1 as i32 - *s1 as i32) <= (*p2 as i32 - *s2 as i32)
+        }
         (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
         (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
         (Timestamp(..), Timestamp(..)) => true,
         (Date32 | Date64, Date32 | Date64 | Timestamp(..)) => true,
-        (List(a) | LargeList(a), List(b) | LargeList(b)) => implicitly_castable(a.data_type(), b.data_type()),
+        (List(a) | LargeList(a), List(b) | LargeList(b)) => {
+            implicitly_castable(a.data_type(), b.data_type())
+        }
         _ => false,
     }
 }
@@ -149,7 +173,11 @@ mod tests {
     use super::*;
 
     fn ty(sql: &str) -> DataType {
-        let t = Parser::new(&GenericDialect {}).try_with_sql(sql).unwrap().parse_data_type().unwrap();
+        let t = Parser::new(&GenericDialect {})
+            .try_with_sql(sql)
+            .unwrap()
+            .parse_data_type()
+            .unwrap();
         arrow_type(&t).unwrap()
     }
 
@@ -157,9 +185,18 @@ mod tests {
     fn maps_flink_types() {
         assert_eq!(ty("BIGINT"), DataType::Int64);
         assert_eq!(ty("STRING"), DataType::Utf8);
-        assert_eq!(ty("TIMESTAMP(3)"), DataType::Timestamp(TimeUnit::Millisecond, None));
-        assert_eq!(ty("TIMESTAMP"), DataType::Timestamp(TimeUnit::Microsecond, None));
-        assert_eq!(ty("TIMESTAMP_LTZ(3)"), DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())));
+        assert_eq!(
+            ty("TIMESTAMP(3)"),
+            DataType::Timestamp(TimeUnit::Millisecond, None)
+        );
+        assert_eq!(
+            ty("TIMESTAMP"),
+            DataType::Timestamp(TimeUnit::Microsecond, None)
+        );
+        assert_eq!(
+            ty("TIMESTAMP_LTZ(3)"),
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+        );
         assert_eq!(ty("DECIMAL(10, 2)"), DataType::Decimal128(10, 2));
         assert_eq!(ty("DOUBLE"), DataType::Float64);
         assert_eq!(ty("DATE"), DataType::Date32);
@@ -172,7 +209,13 @@ mod tests {
         assert!(implicitly_castable(&DataType::Int64, &DataType::Float64));
         assert!(!implicitly_castable(&DataType::Utf8, &DataType::Int64));
         assert!(!implicitly_castable(&DataType::Float64, &DataType::Int64));
-        assert!(implicitly_castable(&DataType::Decimal128(10, 2), &DataType::Decimal128(12, 2)));
-        assert!(!implicitly_castable(&DataType::Decimal128(10, 2), &DataType::Decimal128(10, 0)));
+        assert!(implicitly_castable(
+            &DataType::Decimal128(10, 2),
+            &DataType::Decimal128(12, 2)
+        ));
+        assert!(!implicitly_castable(
+            &DataType::Decimal128(10, 2),
+            &DataType::Decimal128(10, 0)
+        ));
     }
 }

@@ -7,17 +7,24 @@
 //! planner turns the node and the aggregate above it into an event-time window operator.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, Field};
-use datafusion::common::{plan_err, Column, DFSchema, DFSchemaRef, Result, ScalarValue};
+use datafusion::common::{
+    plan_err, Column, DFSchema, DFSchemaRef, Result, ScalarValue, TableReference,
+};
 use datafusion::logical_expr::planner::{
     PlannedRelation, RelationPlanner, RelationPlannerContext, RelationPlanning,
 };
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, LogicalPlanBuilder, TableSource, UserDefinedLogicalNodeCore,
+};
 use meltwater_sql::sqlparser::ast::{
-    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart, TableFactor,
+    visit_expressions, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    ObjectName, ObjectNamePart, Query, TableFactor,
 };
 use meltwater_sql::tokens::{PARTITION_KEYS, WINDOW_FUNCTIONS};
 
@@ -39,9 +46,13 @@ impl fmt::Display for WindowKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WindowKind::Tumble { size, offset: 0 } => write!(f, "TUMBLE(size={size}ms)"),
-            WindowKind::Tumble { size, offset } => write!(f, "TUMBLE(size={size}ms, offset={offset}ms)"),
+            WindowKind::Tumble { size, offset } => {
+                write!(f, "TUMBLE(size={size}ms, offset={offset}ms)")
+            }
             WindowKind::Hop { slide, size } => write!(f, "HOP(slide={slide}ms, size={size}ms)"),
-            WindowKind::Cumulate { step, size } => write!(f, "CUMULATE(step={step}ms, size={size}ms)"),
+            WindowKind::Cumulate { step, size } => {
+                write!(f, "CUMULATE(step={step}ms, size={size}ms)")
+            }
             WindowKind::Session { gap } => write!(f, "SESSION(gap={gap}ms)"),
         }
     }
@@ -72,7 +83,12 @@ impl PartialOrd for WindowTvf {
 }
 
 impl WindowTvf {
-    pub fn try_new(input: LogicalPlan, kind: WindowKind, time_column: Column, partition_keys: Vec<Column>) -> Result<Self> {
+    pub fn try_new(
+        input: LogicalPlan,
+        kind: WindowKind,
+        time_column: Column,
+        partition_keys: Vec<Column>,
+    ) -> Result<Self> {
         let input_schema = input.schema();
         let time_field = input_schema.qualified_field_from_column(&time_column)?.1;
         let time_type = time_field.data_type().clone();
@@ -90,16 +106,30 @@ impl WindowTvf {
                 return plan_err!("the input of a window function already has a column '{name}'");
             }
         }
-        let mut fields: Vec<_> = input_schema.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
+        let mut fields: Vec<_> = input_schema
+            .iter()
+            .map(|(q, f)| (q.cloned(), f.clone()))
+            .collect();
         for name in WINDOW_COLUMNS {
             fields.push((None, Arc::new(Field::new(name, time_type.clone(), false))));
         }
-        let schema = Arc::new(DFSchema::new_with_metadata(fields, input_schema.metadata().clone())?);
-        Ok(Self { input, kind, time_column, partition_keys, schema })
+        let schema = Arc::new(DFSchema::new_with_metadata(
+            fields,
+            input_schema.metadata().clone(),
+        )?);
+        Ok(Self {
+            input,
+            kind,
+            time_column,
+            partition_keys,
+            schema,
+        })
     }
 
     pub fn into_plan(self) -> LogicalPlan {
-        LogicalPlan::Extension(Extension { node: Arc::new(self) })
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(self),
+        })
     }
 
     /// The node, if `plan` is one.
@@ -134,12 +164,18 @@ impl UserDefinedLogicalNodeCore for WindowTvf {
         }
         Ok(())
     }
-    fn with_exprs_and_inputs(&self, exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
         let mut columns = exprs.into_iter().map(|e| match e {
             Expr::Column(c) => Ok(c),
             other => plan_err!("WindowTvf expects columns, got {other}"),
         });
-        let time_column = columns.next().unwrap_or_else(|| Ok(self.time_column.clone()))?;
+        let time_column = columns
+            .next()
+            .unwrap_or_else(|| Ok(self.time_column.clone()))?;
         let keys = columns.collect::<Result<Vec<_>>>()?;
         WindowTvf::try_new(inputs.swap_remove(0), self.kind, time_column, keys)
     }
@@ -147,12 +183,101 @@ impl UserDefinedLogicalNodeCore for WindowTvf {
 
 /// Plans `TABLE(TUMBLE(t, DESCRIPTOR(ts), INTERVAL ...))` (after the token rewrite in
 /// `meltwater-sql`) into a [`WindowTvf`].
-#[derive(Debug, Default)]
-pub struct WindowRelationPlanner;
+///
+/// DataFusion resolves the tables a statement names before planning it, and a window
+/// function's table argument is hidden inside an expression, so the job planner
+/// resolves those tables itself ([`window_inputs`]) and hands them over with
+/// [`WindowRelationPlanner::preload`]. Names that are CTEs or already-resolved tables go
+/// through DataFusion's own relation planning first.
+#[derive(Default)]
+pub struct WindowRelationPlanner {
+    tables: Mutex<HashMap<TableReference, Arc<dyn TableSource>>>,
+}
+
+impl fmt::Debug for WindowRelationPlanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .tables
+            .lock()
+            .map(|t| t.keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        f.debug_struct("WindowRelationPlanner")
+            .field("tables", &names)
+            .finish()
+    }
+}
+
+impl WindowRelationPlanner {
+    /// Makes `table` resolvable as a window function's input.
+    pub fn preload(&self, name: TableReference, table: Arc<dyn TableSource>) {
+        self.tables
+            .lock()
+            .expect("window inputs poisoned")
+            .insert(name, table);
+    }
+
+    fn plan_input(
+        &self,
+        name: ObjectName,
+        context: &mut dyn RelationPlannerContext,
+    ) -> Result<LogicalPlan> {
+        match context.plan(table_factor(name.clone())) {
+            Ok(plan) => Ok(plan),
+            Err(e) => {
+                let reference = context.object_name_to_table_reference(name)?;
+                let tables = self.tables.lock().expect("window inputs poisoned");
+                let found = tables
+                    .iter()
+                    .find(|(k, _)| k.resolved_eq(&reference))
+                    .map(|(k, v)| (k.clone(), v.clone()));
+                drop(tables);
+                match found {
+                    Some((k, source)) => LogicalPlanBuilder::scan(k, source, None)?.build(),
+                    None => Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// The table names used as window function inputs in `query`.
+pub fn window_inputs(query: &Query) -> Vec<ObjectName> {
+    let mut names = Vec::new();
+    let _ = visit_expressions(query, |e: &SqlExpr| {
+        if let SqlExpr::Function(f) = e {
+            let fname = f.name.to_string().to_uppercase();
+            if WINDOW_FUNCTIONS.contains(&fname.as_str()) {
+                if let FunctionArguments::List(list) = &f.args {
+                    match list.args.first() {
+                        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Identifier(
+                            i,
+                        )))) => names.push(ObjectName(vec![ObjectNamePart::Identifier(i.clone())])),
+                        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(
+                            SqlExpr::CompoundIdentifier(p),
+                        ))) => names.push(ObjectName(
+                            p.iter().cloned().map(ObjectNamePart::Identifier).collect(),
+                        )),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    names
+}
 
 impl RelationPlanner for WindowRelationPlanner {
-    fn plan_relation(&self, relation: TableFactor, context: &mut dyn RelationPlannerContext) -> Result<RelationPlanning> {
-        let TableFactor::TableFunction { expr: SqlExpr::Function(function), alias } = &relation else {
+    fn plan_relation(
+        &self,
+        relation: TableFactor,
+        context: &mut dyn RelationPlannerContext,
+    ) -> Result<RelationPlanning> {
+        let TableFactor::TableFunction {
+            expr: SqlExpr::Function(function),
+            alias,
+        } = &relation
+        else {
             return Ok(RelationPlanning::Original(Box::new(relation)));
         };
         let fname = function.name.to_string().to_uppercase();
@@ -160,7 +285,9 @@ impl RelationPlanner for WindowRelationPlanner {
             return Ok(RelationPlanning::Original(Box::new(relation)));
         }
         let FunctionArguments::List(list) = &function.args else {
-            return plan_err!("{fname} needs arguments: {fname}(TABLE t, DESCRIPTOR(time_column), ...)");
+            return plan_err!(
+                "{fname} needs arguments: {fname}(TABLE t, DESCRIPTOR(time_column), ...)"
+            );
         };
         let mut args: Vec<SqlExpr> = Vec::new();
         for a in &list.args {
@@ -175,8 +302,14 @@ impl RelationPlanner for WindowRelationPlanner {
         }
         let table = match args.remove(0) {
             SqlExpr::Identifier(i) => ObjectName(vec![ObjectNamePart::Identifier(i)]),
-            SqlExpr::CompoundIdentifier(parts) => ObjectName(parts.into_iter().map(ObjectNamePart::Identifier).collect()),
-            other => return plan_err!("{fname}: the first argument must be TABLE <name>, got {other}; {usage}"),
+            SqlExpr::CompoundIdentifier(parts) => {
+                ObjectName(parts.into_iter().map(ObjectNamePart::Identifier).collect())
+            }
+            other => {
+                return plan_err!(
+                    "{fname}: the first argument must be TABLE <name>, got {other}; {usage}"
+                )
+            }
         };
         let mut keys_sql = Vec::new();
         if let Some(SqlExpr::Function(f)) = args.first() {
@@ -199,7 +332,7 @@ impl RelationPlanner for WindowRelationPlanner {
             _ => return plan_err!("{fname}: the time column comes as DESCRIPTOR(column); {usage}"),
         };
         args.remove(0);
-        let input = context.plan(table_factor(table))?;
+        let input = self.plan_input(table, context)?;
         let schema = input.schema().clone();
         let mut column = |e: SqlExpr, what: &str| -> Result<Column> {
             match context.sql_to_expr(e, &schema)? {
@@ -208,7 +341,10 @@ impl RelationPlanner for WindowRelationPlanner {
             }
         };
         let time_column = column(time_sql, "the DESCRIPTOR argument")?;
-        let keys = keys_sql.into_iter().map(|k| column(k, "a PARTITION BY key")).collect::<Result<Vec<_>>>()?;
+        let keys = keys_sql
+            .into_iter()
+            .map(|k| column(k, "a PARTITION BY key"))
+            .collect::<Result<Vec<_>>>()?;
         let empty = DFSchema::empty();
         let mut durations = Vec::new();
         for a in args {
@@ -219,25 +355,40 @@ impl RelationPlanner for WindowRelationPlanner {
             })?);
         }
         let kind = match (fname.as_str(), durations.as_slice()) {
-            ("TUMBLE", [size]) => WindowKind::Tumble { size: *size, offset: 0 },
-            ("TUMBLE", [size, offset]) => WindowKind::Tumble { size: *size, offset: offset.rem_euclid(*size) },
+            ("TUMBLE", [size]) => WindowKind::Tumble {
+                size: *size,
+                offset: 0,
+            },
+            ("TUMBLE", [size, offset]) => WindowKind::Tumble {
+                size: *size,
+                offset: offset.rem_euclid(*size),
+            },
             ("HOP", [slide, size]) => {
                 if size % slide != 0 {
                     return plan_err!("HOP: the size ({size} ms) must be a whole multiple of the slide ({slide} ms)");
                 }
-                WindowKind::Hop { slide: *slide, size: *size }
+                WindowKind::Hop {
+                    slide: *slide,
+                    size: *size,
+                }
             }
             ("CUMULATE", [step, size]) => {
                 if size % step != 0 {
                     return plan_err!("CUMULATE: the max size ({size} ms) must be a whole multiple of the step ({step} ms)");
                 }
-                WindowKind::Cumulate { step: *step, size: *size }
+                WindowKind::Cumulate {
+                    step: *step,
+                    size: *size,
+                }
             }
             ("SESSION", [gap]) => WindowKind::Session { gap: *gap },
             _ => return plan_err!("{fname}: wrong number of intervals; {usage}"),
         };
         let node = WindowTvf::try_new(input, kind, time_column, keys)?;
-        Ok(RelationPlanning::Planned(Box::new(PlannedRelation::new(node.into_plan(), alias.clone()))))
+        Ok(RelationPlanning::Planned(Box::new(PlannedRelation::new(
+            node.into_plan(),
+            alias.clone(),
+        ))))
     }
 }
 
@@ -286,7 +437,9 @@ fn interval_ms(expr: &Expr) -> std::result::Result<i64, String> {
     let ms = match value {
         ScalarValue::IntervalMonthDayNano(Some(v)) => {
             if v.months != 0 {
-                return Err("windows in months or years are not supported (their length varies)".into());
+                return Err(
+                    "windows in months or years are not supported (their length varies)".into(),
+                );
             }
             v.days as i64 * 86_400_000 + v.nanoseconds / 1_000_000
         }

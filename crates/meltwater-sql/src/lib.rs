@@ -50,7 +50,11 @@ pub struct JobFile {
 impl JobFile {
     /// An error at `loc` in this file.
     pub fn error_at(&self, loc: SourceLoc, message: impl Into<String>) -> JobSyntaxError {
-        JobSyntaxError { file: self.file.clone(), loc, message: message.into() }
+        JobSyntaxError {
+            file: self.file.clone(),
+            loc,
+            message: message.into(),
+        }
     }
 
     /// The `INSERT` statements, in file order.
@@ -75,9 +79,17 @@ pub enum JobStatement {
     /// `CREATE [TEMPORARY] TABLE ...`: a connector table, or a table in an Iceberg catalog.
     CreateTable(CreateTable),
     /// `CREATE [TEMPORARY] VIEW name [(cols)] AS query`.
-    CreateView { name: ObjectName, columns: Vec<Ident>, query: Box<Query>, or_replace: bool },
+    CreateView {
+        name: ObjectName,
+        columns: Vec<Ident>,
+        query: Box<Query>,
+        or_replace: bool,
+    },
     /// `CREATE DATABASE [IF NOT EXISTS] catalog.namespace`.
-    CreateDatabase { name: ObjectName, if_not_exists: bool },
+    CreateDatabase {
+        name: ObjectName,
+        if_not_exists: bool,
+    },
     /// `SET 'key' = 'value'`.
     Set { key: String, value: String },
     /// `INSERT INTO` / `INSERT OVERWRITE`.

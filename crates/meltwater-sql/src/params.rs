@@ -42,11 +42,17 @@ impl ParamMap {
             }
             if loc.column < e.out_start + e.out_len {
                 // Inside a substituted value: point at the `${` that produced it.
-                return SourceLoc { line: loc.line, column: e.orig_start };
+                return SourceLoc {
+                    line: loc.line,
+                    column: e.orig_start,
+                };
             }
             delta += e.orig_len as i64 - e.out_len as i64;
         }
-        SourceLoc { line: loc.line, column: (loc.column as i64 + delta).max(1) as u64 }
+        SourceLoc {
+            line: loc.line,
+            column: (loc.column as i64 + delta).max(1) as u64,
+        }
     }
 }
 
@@ -88,22 +94,33 @@ pub fn substitute(
                 let close = chars[i + 2..].iter().position(|&c| c == '}');
                 let Some(close) = close else {
                     return Err(ParamError {
-                        loc: SourceLoc { line: line_no, column: orig_col },
+                        loc: SourceLoc {
+                            line: line_no,
+                            column: orig_col,
+                        },
                         message: "unterminated parameter: '${' without a closing '}'".into(),
                     });
                 };
                 let name: String = chars[i + 2..i + 2 + close].iter().collect();
                 let valid = !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
                 if !valid {
                     return Err(ParamError {
-                        loc: SourceLoc { line: line_no, column: orig_col },
+                        loc: SourceLoc {
+                            line: line_no,
+                            column: orig_col,
+                        },
                         message: format!("invalid parameter name '{name}'"),
                     });
                 }
                 let Some(value) = params.get(&name) else {
                     return Err(ParamError {
-                        loc: SourceLoc { line: line_no, column: orig_col },
+                        loc: SourceLoc {
+                            line: line_no,
+                            column: orig_col,
+                        },
                         message: format!(
                             "parameter '{name}' has no value; pass --param {name}=VALUE"
                         ),
@@ -111,7 +128,10 @@ pub fn substitute(
                 };
                 if value.contains('\n') {
                     return Err(ParamError {
-                        loc: SourceLoc { line: line_no, column: orig_col },
+                        loc: SourceLoc {
+                            line: line_no,
+                            column: orig_col,
+                        },
                         message: format!("the value of parameter '{name}' contains a newline"),
                     });
                 }
@@ -141,20 +161,39 @@ mod tests {
     use super::*;
 
     fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn substitutes_and_maps_positions_back() {
         let text = "SELECT 1\nWHERE d = '${date}' AND x = ${n} AND y = bad\n";
         let (out, map) = substitute(text, &params(&[("date", "2026-03-01"), ("n", "7")])).unwrap();
-        assert_eq!(out, "SELECT 1\nWHERE d = '2026-03-01' AND x = 7 AND y = bad\n");
+        assert_eq!(
+            out,
+            "SELECT 1\nWHERE d = '2026-03-01' AND x = 7 AND y = bad\n"
+        );
         // `bad` is at column 45 of the output line; in the original it is at column 46.
         let out_col = out.lines().nth(1).unwrap().find("bad").unwrap() as u64 + 1;
         let orig_col = text.lines().nth(1).unwrap().find("bad").unwrap() as u64 + 1;
-        assert_eq!(map.original(SourceLoc { line: 2, column: out_col }).column, orig_col);
+        assert_eq!(
+            map.original(SourceLoc {
+                line: 2,
+                column: out_col
+            })
+            .column,
+            orig_col
+        );
         // Inside the value: the `$` of `${date}`.
-        assert_eq!(map.original(SourceLoc { line: 2, column: 13 }).column, 12);
+        assert_eq!(
+            map.original(SourceLoc {
+                line: 2,
+                column: 13
+            })
+            .column,
+            12
+        );
         // Other lines are untouched.
         assert_eq!(map.original(SourceLoc { line: 1, column: 3 }).column, 3);
     }

@@ -15,13 +15,22 @@ use crate::{CreateTable, Insert, JobFile, JobStatement, LocatedStatement, Waterm
 
 /// Parses a job file. `params` fill its `${name}` placeholders.
 pub fn parse_job(file: &str, text: &str, params: &BTreeMap<String, String>) -> Result<JobFile> {
-    let err = |loc: SourceLoc, message: String| JobSyntaxError { file: file.to_string(), loc, message };
+    let err = |loc: SourceLoc, message: String| JobSyntaxError {
+        file: file.to_string(),
+        loc,
+        message,
+    };
     let (text, map) = substitute(text, params).map_err(|e| err(e.loc, e.message))?;
     let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, &text).tokenize_with_location().map_err(|e| {
-        let loc = map.original(SourceLoc { line: e.location.line, column: e.location.column });
-        err(loc, e.message)
-    })?;
+    let tokens = Tokenizer::new(&dialect, &text)
+        .tokenize_with_location()
+        .map_err(|e| {
+            let loc = map.original(SourceLoc {
+                line: e.location.line,
+                column: e.location.column,
+            });
+            err(loc, e.message)
+        })?;
     let tokens = rewrite_window_table_args(tokens);
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let ctx = Ctx { file, map: &map };
@@ -32,16 +41,25 @@ pub fn parse_job(file: &str, text: &str, params: &BTreeMap<String, String>) -> R
         if next.token == Token::EOF {
             break;
         }
-        let loc = map.original(SourceLoc { line: next.span.start.line, column: next.span.start.column });
+        let loc = map.original(SourceLoc {
+            line: next.span.start.line,
+            column: next.span.start.column,
+        });
         let statement = parse_statement(&mut parser).map_err(|e| ctx.error(&parser, e))?;
         statements.push(LocatedStatement { loc, statement });
         let after = parser.peek_token();
         if after.token != Token::EOF && after.token != Token::SemiColon {
-            let e = ParserError::ParserError(format!("expected ';' after the statement, found {}", after.token));
+            let e = ParserError::ParserError(format!(
+                "expected ';' after the statement, found {}",
+                after.token
+            ));
             return Err(ctx.error(&parser, e));
         }
     }
-    Ok(JobFile { file: file.to_string(), statements })
+    Ok(JobFile {
+        file: file.to_string(),
+        statements,
+    })
 }
 
 struct Ctx<'a> {
@@ -60,9 +78,16 @@ impl Ctx<'_> {
         let (message, loc) = split_location(&raw);
         let loc = loc.unwrap_or_else(|| {
             let t = parser.peek_token();
-            SourceLoc { line: t.span.start.line, column: t.span.start.column }
+            SourceLoc {
+                line: t.span.start.line,
+                column: t.span.start.column,
+            }
         });
-        JobSyntaxError { file: self.file.to_string(), loc: self.map.original(loc), message }
+        JobSyntaxError {
+            file: self.file.to_string(),
+            loc: self.map.original(loc),
+            message,
+        }
     }
 }
 
@@ -78,7 +103,9 @@ fn split_location(message: &str) -> (String, Option<SourceLoc>) {
     let column = parts.next().and_then(|c| c.trim().parse::<u64>().ok());
     match (line, column) {
         (Some(line), Some(column)) if line > 0 => {
-            let msg = message[..at].trim_start_matches("sql parser error: ").to_string();
+            let msg = message[..at]
+                .trim_start_matches("sql parser error: ")
+                .to_string();
             (msg, Some(SourceLoc { line, column }))
         }
         _ => (message.to_string(), None),
@@ -111,9 +138,13 @@ fn parse_statement(parser: &mut Parser) -> std::result::Result<JobStatement, Par
         if is_kw(&kind, Keyword::DATABASE) || is_kw(&kind, Keyword::SCHEMA) {
             parser.expect_keyword(Keyword::CREATE)?;
             parser.next_token();
-            let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let if_not_exists =
+                parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
             let name = parser.parse_object_name(false)?;
-            return Ok(JobStatement::CreateDatabase { name, if_not_exists });
+            return Ok(JobStatement::CreateDatabase {
+                name,
+                if_not_exists,
+            });
         }
         if is_kw(&kind, Keyword::VIEW) {
             // `TEMPORARY` is accepted and means nothing more: every view lives for the job.
@@ -144,7 +175,12 @@ fn parse_statement(parser: &mut Parser) -> std::result::Result<JobStatement, Par
             let source = insert.source.ok_or_else(|| {
                 ParserError::ParserError("INSERT needs a query (SELECT or VALUES)".into())
             })?;
-            Ok(JobStatement::Insert(Insert { table, columns: insert.columns, source, overwrite: insert.overwrite }))
+            Ok(JobStatement::Insert(Insert {
+                table,
+                columns: insert.columns,
+                source,
+                overwrite: insert.overwrite,
+            }))
         }
         Statement::Query(q) => Ok(JobStatement::Query(q)),
         other => Ok(JobStatement::Other(Box::new(other))),
@@ -200,10 +236,13 @@ fn parse_create_table(parser: &mut Parser) -> std::result::Result<CreateTable, P
             parser.expect_keyword(Keyword::AS)?;
             let expr = parser.parse_expr()?;
             if watermark.is_some() {
-                return Err(ParserError::ParserError("a table has at most one WATERMARK".into()));
+                return Err(ParserError::ParserError(
+                    "a table has at most one WATERMARK".into(),
+                ));
             }
             watermark = Some(Watermark { column, expr });
-        } else if parser.peek_keyword(Keyword::PRIMARY) || parser.peek_keyword(Keyword::CONSTRAINT) {
+        } else if parser.peek_keyword(Keyword::PRIMARY) || parser.peek_keyword(Keyword::CONSTRAINT)
+        {
             if parser.parse_keyword(Keyword::CONSTRAINT) {
                 parser.parse_identifier()?;
             }
@@ -213,18 +252,25 @@ fn parse_create_table(parser: &mut Parser) -> std::result::Result<CreateTable, P
             parser.expect_token(&Token::RParen)?;
             let _not_enforced = parser.parse_keywords(&[Keyword::NOT, Keyword::ENFORCED]);
             if !primary_key.is_empty() {
-                return Err(ParserError::ParserError("a table has at most one PRIMARY KEY".into()));
+                return Err(ParserError::ParserError(
+                    "a table has at most one PRIMARY KEY".into(),
+                ));
             }
             primary_key = keys;
         } else {
             let column = parser.parse_column_def()?;
             let column_pk = column.options.iter().any(|o| {
-                matches!(o.option, datafusion::sql::sqlparser::ast::ColumnOption::PrimaryKey(_))
+                matches!(
+                    o.option,
+                    datafusion::sql::sqlparser::ast::ColumnOption::PrimaryKey(_)
+                )
             });
             let _not_enforced = parser.parse_keywords(&[Keyword::NOT, Keyword::ENFORCED]);
             if column_pk {
                 if !primary_key.is_empty() {
-                    return Err(ParserError::ParserError("a table has at most one PRIMARY KEY".into()));
+                    return Err(ParserError::ParserError(
+                        "a table has at most one PRIMARY KEY".into(),
+                    ));
                 }
                 primary_key = vec![column.name.clone()];
             }
@@ -261,7 +307,9 @@ fn parse_create_table(parser: &mut Parser) -> std::result::Result<CreateTable, P
         }
     }
     if columns.is_empty() {
-        return Err(ParserError::ParserError(format!("table {name} declares no columns")));
+        return Err(ParserError::ParserError(format!(
+            "table {name} declares no columns"
+        )));
     }
     Ok(CreateTable {
         name,
@@ -300,13 +348,21 @@ mod tests {
             "CREATE TABLE bids (\n  auction BIGINT, bidder BIGINT NOT NULL, price BIGINT, date_time TIMESTAMP(3),\n  WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND,\n  PRIMARY KEY (auction, bidder) NOT ENFORCED\n) WITH ('connector' = 'kafka', 'topic' = 'bids', 'format' = 'json');",
         )
         .unwrap();
-        let JobStatement::CreateTable(t) = &job.statements[0].statement else { panic!() };
+        let JobStatement::CreateTable(t) = &job.statements[0].statement else {
+            panic!()
+        };
         assert_eq!(t.name.to_string(), "bids");
         assert_eq!(t.columns.len(), 4);
         let wm = t.watermark.as_ref().unwrap();
         assert_eq!(wm.column.value, "date_time");
         assert_eq!(wm.expr.to_string(), "date_time - INTERVAL '5' SECOND");
-        assert_eq!(t.primary_key.iter().map(|i| i.value.as_str()).collect::<Vec<_>>(), ["auction", "bidder"]);
+        assert_eq!(
+            t.primary_key
+                .iter()
+                .map(|i| i.value.as_str())
+                .collect::<Vec<_>>(),
+            ["auction", "bidder"]
+        );
         assert_eq!(t.options_map()["topic"], "bids");
     }
 
@@ -316,11 +372,19 @@ mod tests {
             "CREATE TABLE IF NOT EXISTS lake.db.t (id BIGINT PRIMARY KEY NOT ENFORCED, ts TIMESTAMP(6)) PARTITIONED BY (days(ts), bucket(16, id)) WITH ('write.upsert' = 'true')",
         )
         .unwrap();
-        let JobStatement::CreateTable(t) = &job.statements[0].statement else { panic!() };
+        let JobStatement::CreateTable(t) = &job.statements[0].statement else {
+            panic!()
+        };
         assert!(t.if_not_exists);
         assert_eq!(t.name.to_string(), "lake.db.t");
         assert_eq!(t.primary_key[0].value, "id");
-        assert_eq!(t.partitioned_by.iter().map(|e| e.to_string()).collect::<Vec<_>>(), ["days(ts)", "bucket(16, id)"]);
+        assert_eq!(
+            t.partitioned_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>(),
+            ["days(ts)", "bucket(16, id)"]
+        );
     }
 
     #[test]
@@ -329,21 +393,31 @@ mod tests {
             "SET 'execution.checkpointing.interval' = '10 s';\nSET parallelism = 4;\nCREATE TEMPORARY VIEW v AS SELECT 1 AS x;\nINSERT INTO a SELECT * FROM v;\nINSERT OVERWRITE b SELECT * FROM v;\nCREATE DATABASE IF NOT EXISTS lake.db;",
         )
         .unwrap();
-        let kinds: Vec<_> = job.statements.iter().map(|s| match &s.statement {
-            JobStatement::Set { key, value } => format!("set {key}={value}"),
-            JobStatement::CreateView { name, .. } => format!("view {name}"),
-            JobStatement::Insert(i) => format!("insert {} overwrite={}", i.table, i.overwrite),
-            JobStatement::CreateDatabase { name, if_not_exists } => format!("db {name} {if_not_exists}"),
-            _ => "other".into(),
-        }).collect();
-        assert_eq!(kinds, [
-            "set execution.checkpointing.interval=10 s",
-            "set parallelism=4",
-            "view v",
-            "insert a overwrite=false",
-            "insert b overwrite=true",
-            "db lake.db true",
-        ]);
+        let kinds: Vec<_> = job
+            .statements
+            .iter()
+            .map(|s| match &s.statement {
+                JobStatement::Set { key, value } => format!("set {key}={value}"),
+                JobStatement::CreateView { name, .. } => format!("view {name}"),
+                JobStatement::Insert(i) => format!("insert {} overwrite={}", i.table, i.overwrite),
+                JobStatement::CreateDatabase {
+                    name,
+                    if_not_exists,
+                } => format!("db {name} {if_not_exists}"),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "set execution.checkpointing.interval=10 s",
+                "set parallelism=4",
+                "view v",
+                "insert a overwrite=false",
+                "insert b overwrite=true",
+                "db lake.db true",
+            ]
+        );
         assert_eq!(job.statements[3].loc, SourceLoc { line: 4, column: 1 });
     }
 
@@ -353,8 +427,16 @@ mod tests {
             "INSERT INTO out SELECT window_start, COUNT(*) FROM TABLE(\n  TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) GROUP BY window_start, window_end",
         )
         .unwrap();
-        let JobStatement::Insert(i) = &job.statements[0].statement else { panic!() };
-        assert!(i.source.to_string().contains("TABLE(TUMBLE(bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))"), "{}", i.source);
+        let JobStatement::Insert(i) = &job.statements[0].statement else {
+            panic!()
+        };
+        assert!(
+            i.source
+                .to_string()
+                .contains("TABLE(TUMBLE(bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))"),
+            "{}",
+            i.source
+        );
     }
 
     #[test]
@@ -371,7 +453,14 @@ mod tests {
         let params = BTreeMap::from([("d".to_string(), "'2026-03-01'".to_string())]);
         let err = parse_job("j.sql", "SELECT ${d} FROM t WHERE )", &params).unwrap_err();
         // The `)` is at column 26 in the file as written.
-        assert_eq!(err.loc, SourceLoc { line: 1, column: 26 }, "{err}");
+        assert_eq!(
+            err.loc,
+            SourceLoc {
+                line: 1,
+                column: 26
+            },
+            "{err}"
+        );
     }
 
     #[test]

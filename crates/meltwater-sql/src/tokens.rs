@@ -36,7 +36,11 @@ fn is_word(t: &TokenWithSpan, value: &str) -> bool {
 
 fn word(value: &str, span: &TokenWithSpan) -> TokenWithSpan {
     TokenWithSpan::new(
-        Token::Word(Word { value: value.to_string(), quote_style: None, keyword: Keyword::NoKeyword }),
+        Token::Word(Word {
+            value: value.to_string(),
+            quote_style: None,
+            keyword: Keyword::NoKeyword,
+        }),
         span.span,
     )
 }
@@ -139,8 +143,13 @@ mod tests {
     use super::*;
 
     fn rewrite(sql: &str) -> String {
-        let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location().unwrap();
-        rewrite_window_table_args(tokens).iter().map(|t| t.token.to_string()).collect()
+        let tokens = Tokenizer::new(&GenericDialect {}, sql)
+            .tokenize_with_location()
+            .unwrap();
+        rewrite_window_table_args(tokens)
+            .iter()
+            .map(|t| t.token.to_string())
+            .collect()
     }
 
     #[test]
@@ -157,7 +166,9 @@ mod tests {
     #[test]
     fn session_partition_by_becomes_an_argument() {
         assert_eq!(
-            rewrite("SESSION(TABLE bids PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '5' MINUTE)"),
+            rewrite(
+                "SESSION(TABLE bids PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '5' MINUTE)"
+            ),
             "SESSION(bids,PARTITION_KEYS(auction), DESCRIPTOR(ts), INTERVAL '5' MINUTE)"
         );
         assert_eq!(

@@ -1,0 +1,104 @@
+//! What a run prints: a progress line while it works, a summary when it is done.
+
+use std::time::Duration;
+
+use meltwater_batch::RunReport;
+use meltwater_connectors::SourceMetrics;
+use meltwater_plan::source::SourceRef;
+
+/// Prints rows read so far every `every`, on stderr, until aborted.
+pub fn spawn_progress(sources: Vec<SourceRef>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let rows: u64 = sources
+                .iter()
+                .map(|s| SourceMetrics::get(&s.metrics.rows))
+                .sum();
+            let bytes: u64 = sources
+                .iter()
+                .map(|s| SourceMetrics::get(&s.metrics.bytes))
+                .sum();
+            eprintln!(
+                "… {:.0} s: read {} rows, {}",
+                started.elapsed().as_secs_f64(),
+                count(rows),
+                size(bytes)
+            );
+        }
+    })
+}
+
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn print_run(sources: &[SourceRef], report: &RunReport) {
+    for s in sources {
+        let m = &s.metrics;
+        let skipped = SourceMetrics::get(&m.records_skipped);
+        let mut line = format!(
+            "read  {} ({}): {} rows, {}",
+            s.name,
+            s.connector,
+            count(SourceMetrics::get(&m.rows)),
+            size(SourceMetrics::get(&m.bytes))
+        );
+        let files = SourceMetrics::get(&m.files);
+        if files > 0 {
+            line.push_str(&format!(", {} files", count(files)));
+        }
+        if skipped > 0 {
+            line.push_str(&format!(", {} malformed records skipped", count(skipped)));
+        }
+        println!("{line}");
+    }
+    for i in &report.inserts {
+        println!(
+            "insert {}: {} rows in {:.2} s",
+            i.target,
+            count(i.rows),
+            i.elapsed.as_secs_f64()
+        );
+    }
+    for c in &report.commits {
+        match c.snapshot_id {
+            Some(id) if c.already_committed => {
+                println!("wrote {}: already committed as snapshot {id}", c.table)
+            }
+            Some(id) => println!(
+                "wrote {}: {} rows, {} files, {}, snapshot {id}",
+                c.table,
+                count(c.rows),
+                count(c.files as u64),
+                size(c.bytes)
+            ),
+            None => println!("wrote {}: no rows, no snapshot", c.table),
+        }
+    }
+    println!("done in {:.2} s", report.elapsed.as_secs_f64());
+}
