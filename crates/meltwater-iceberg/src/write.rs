@@ -15,16 +15,18 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::{stream, StreamExt};
 use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
-use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::spec::{DataFile, DataFileFormat, Transform};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
@@ -128,6 +130,37 @@ impl ExecutionPlan for IcebergWriteExec {
     }
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
+    }
+    /// Rows of one identity-partition value go to one task, so a run writes about one
+    /// file per partition value rather than one per task and value (Iceberg's
+    /// `write.distribution-mode = hash`).
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        let metadata = self.table.metadata();
+        let schema = metadata.current_schema();
+        let input_schema = self.input.schema();
+        let keys: Vec<Arc<dyn PhysicalExpr>> = metadata
+            .default_partition_spec()
+            .fields()
+            .iter()
+            .filter(|f| f.transform == Transform::Identity)
+            .filter_map(|f| schema.name_by_field_id(f.source_id))
+            .filter_map(|name| {
+                input_schema
+                    .index_of(name)
+                    .ok()
+                    .map(|i| (name.to_string(), i))
+            })
+            .map(|(name, i)| Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>)
+            .collect();
+        let hash = metadata
+            .properties()
+            .get("write.distribution-mode")
+            .is_none_or(|m| m == "hash");
+        if keys.is_empty() || !hash {
+            vec![Distribution::UnspecifiedDistribution]
+        } else {
+            vec![Distribution::HashPartitioned(keys)]
+        }
     }
     fn with_new_children(
         self: Arc<Self>,
