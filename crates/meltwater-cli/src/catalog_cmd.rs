@@ -120,8 +120,8 @@ pub async fn run(catalog_file: Option<&Path>, command: CatalogCommand) -> Result
                 println!("{table} has no snapshots");
             }
             println!(
-                "{:<20} {:<20} {:<24} {:<10} {:>12} {}",
-                "snapshot", "parent", "committed at", "operation", "added rows", "job"
+                "{:<20} {:<20} {:<24} {:<10} {:>12} job",
+                "snapshot", "parent", "committed at", "operation", "added rows"
             );
             for s in snapshots {
                 let summary = s.summary();

@@ -9,7 +9,7 @@ pub enum IcebergError {
     Iceberg {
         context: String,
         #[source]
-        source: iceberg::Error,
+        source: Box<iceberg::Error>,
     },
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),

@@ -74,6 +74,8 @@ pub struct LocatedStatement {
 }
 
 /// The statements a job file may hold.
+// A job has a handful of statements: boxing the large variants buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum JobStatement {
     /// `CREATE [TEMPORARY] TABLE ...`: a connector table, or a table in an Iceberg catalog.
