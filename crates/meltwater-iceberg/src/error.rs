@@ -26,7 +26,7 @@ impl<T> IcebergContext<T> for iceberg::Result<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|source| IcebergError::Iceberg {
             context: context(),
-            source,
+            source: Box::new(source),
         })
     }
 }
