@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end tests in `tests/`.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -8,4 +11,172 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("integration/ has a parent")
         .to_path_buf()
+}
+
+/// The `meltwater` binary, built by `cargo build -p meltwater-cli` into the target directory
+/// this test executable lives in (`target/<profile>/deps/<test>` → `target/<profile>/meltwater`).
+///
+/// `CARGO_BIN_EXE_meltwater` exists only inside `meltwater-cli`, so tests here locate the
+/// binary themselves. `MELTWATER_BIN` overrides the lookup. The build runs once per test
+/// process, so an edited engine is never tested through a stale binary; cargo makes it a
+/// no-op when nothing changed.
+pub fn meltwater_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("MELTWATER_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("the test executable's path");
+        // target/<profile>/deps/<test-exe>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable lives in target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a UTF-8 profile directory name");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(repo_root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "meltwater-cli",
+                "--bin",
+                "meltwater",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile != "debug" {
+            build.args(["--profile", profile]);
+        }
+        // `cargo test` sets these for the test process; build scripts that track them (ring's
+        // tracks CARGO_MANIFEST_DIR) would see a change and rebuild half the dependency graph,
+        // and the next plain `cargo build` would rebuild it back.
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with("CARGO_PKG_")
+                || matches!(
+                    name,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                )
+            {
+                build.env_remove(name);
+            }
+        }
+        let status = build
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run `cargo build -p meltwater-cli`: {e}"));
+        assert!(
+            status.success(),
+            "`cargo build -p meltwater-cli` failed: {status}"
+        );
+        let bin = profile_dir.join(format!("meltwater{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            bin.is_file(),
+            "cargo built meltwater-cli but {} is missing",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// Runs `meltwater ARGS` with `dir` as its working directory.
+pub fn meltwater(dir: &Path, args: &[&str]) -> Output {
+    Command::new(meltwater_bin())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", meltwater_bin().display()))
+}
+
+/// The Python interpreter of the venv with pyiceberg and DuckDB: `MELTWATER_PYTHON`, else
+/// `~/.cache/meltwater/venv/bin/python`.
+///
+/// Panics when `MELTWATER_PYTHON` names no file, or when there is no interpreter under CI
+/// (`CI=true`), so interop checks never vanish there silently. Elsewhere, without the venv,
+/// it says loudly on stderr (past the test harness's capture) that `what` is skipped and
+/// returns `None`.
+pub fn interop_python(what: &str) -> Option<PathBuf> {
+    let explicit = std::env::var_os("MELTWATER_PYTHON").map(PathBuf::from);
+    let candidate = explicit.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/meltwater/venv/bin/python"))
+            .unwrap_or_default()
+    });
+    if candidate.is_file() {
+        return Some(candidate);
+    }
+    let help = format!(
+        "no Python with pyiceberg and DuckDB at '{}': create it with \
+         `bash integration/python/setup_venv.sh` (or `bash .ci/run`), or point \
+         MELTWATER_PYTHON at a python that has them",
+        candidate.display()
+    );
+    if explicit.is_some() || std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{help}");
+    }
+    // Straight to the process's stderr: `eprintln!` would be captured by the test harness.
+    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPING {what}: {help}\n");
+    None
+}
+
+/// Reads `namespace.table` of the catalog `lake` under `<dir>/meltwater-data` with
+/// `integration/python/read_iceberg.py --reader READER`: its rows as sorted JSON lines.
+pub fn read_iceberg(python: &Path, dir: &Path, table: &str, reader: &str) -> Vec<String> {
+    let data = dir.join("meltwater-data");
+    let out = Command::new(python)
+        .arg(repo_root().join("integration/python/read_iceberg.py"))
+        .arg("--catalog-db")
+        .arg(data.join("catalog.db"))
+        .arg("--warehouse")
+        .arg(data.join("warehouse"))
+        .args([
+            "--catalog-name",
+            "lake",
+            "--table",
+            table,
+            "--reader",
+            reader,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "read_iceberg.py --reader {reader} --table {table} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("read_iceberg.py prints UTF-8")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Copies the directory tree `from` to `to` (created if needed).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()))
+    {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
 }

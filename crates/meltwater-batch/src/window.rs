@@ -6,8 +6,9 @@
 //!
 //! [`SessionWindowExec`] handles SESSION: it asks for its input hash-partitioned by the
 //! partition keys and sorted by keys and time, then closes a session when the key changes
-//! or the gap to the next row reaches the session gap. It buffers the rows of the open
-//! session only.
+//! or the next row is more than the gap after the last one (as in Flink, where each row
+//! opens a window `[t, t + gap)` and windows that touch merge). It buffers the rows of
+//! the open session only.
 //!
 //! Rows with a NULL time belong to no window and are dropped, as in Flink.
 
@@ -281,10 +282,12 @@ impl DisplayAs for SessionWindowExec {
 
 /// The open session of a partition: its key, bounds and buffered rows.
 struct OpenSession {
-    key: OwnedRow,
+    /// `None` when sessions are not partitioned by key.
+    key: Option<OwnedRow>,
     start: i64,
     last: i64,
-    rows: Vec<(RecordBatch, Vec<u32>)>,
+    /// Rows of the session: (input batch number, batch, row indices).
+    rows: Vec<(u64, RecordBatch, Vec<u32>)>,
 }
 
 struct SessionState {
@@ -294,6 +297,8 @@ struct SessionState {
     schema: SchemaRef,
     converter: RowConverter,
     open: Option<OpenSession>,
+    /// Number of the batch being pushed, to group a session's rows per batch.
+    batch_no: u64,
 }
 
 impl SessionState {
@@ -302,7 +307,7 @@ impl SessionState {
             return Ok(());
         };
         let end = s.last + self.gap;
-        for (batch, indices) in s.rows {
+        for (_, batch, indices) in s.rows {
             let n = indices.len();
             let time_type = batch.column(self.time_index).data_type().clone();
             out.push(emit(
@@ -319,22 +324,30 @@ impl SessionState {
 
     fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        let keys: Vec<ArrayRef> = self
-            .key_indices
-            .iter()
-            .map(|&i| batch.column(i).clone())
-            .collect();
-        let rows = self.converter.convert_columns(&keys)?;
+        self.batch_no += 1;
+        let rows = if self.key_indices.is_empty() {
+            None
+        } else {
+            let keys: Vec<ArrayRef> = self
+                .key_indices
+                .iter()
+                .map(|&i| batch.column(i).clone())
+                .collect();
+            Some(self.converter.convert_columns(&keys)?)
+        };
         let ts = millis(batch.column(self.time_index))?;
         for (i, t) in ts.into_iter().enumerate() {
             let Some(t) = t else { continue };
-            let key = rows.row(i);
-            let continues =
-                matches!(&self.open, Some(s) if s.key.row() == key && t < s.last + self.gap);
+            let key = rows.as_ref().map(|r| r.row(i));
+            let continues = match &self.open {
+                Some(s) => s.key.as_ref().map(|k| k.row()) == key && t <= s.last + self.gap,
+                None => false,
+            };
             if !continues {
                 self.close(&mut out)?;
+                let key = key.map(|k| k.owned());
                 self.open = Some(OpenSession {
-                    key: key.owned(),
+                    key,
                     start: t,
                     last: t,
                     rows: Vec::new(),
@@ -343,10 +356,8 @@ impl SessionState {
             let s = self.open.as_mut().expect("opened above");
             s.last = s.last.max(t);
             match s.rows.last_mut() {
-                Some((b, idx)) if std::ptr::eq(b.columns().as_ptr(), batch.columns().as_ptr()) => {
-                    idx.push(i as u32)
-                }
-                _ => s.rows.push((batch.clone(), vec![i as u32])),
+                Some((n, _, idx)) if *n == self.batch_no => idx.push(i as u32),
+                _ => s.rows.push((self.batch_no, batch.clone(), vec![i as u32])),
             }
         }
         Ok(out)
@@ -418,6 +429,7 @@ impl ExecutionPlan for SessionWindowExec {
             schema: self.schema.clone(),
             converter: RowConverter::new(fields)?,
             open: None,
+            batch_no: 0,
         };
         let schema = self.schema.clone();
         // Feed batches through the state; after the input ends, flush the open session.

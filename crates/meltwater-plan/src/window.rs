@@ -38,7 +38,8 @@ pub enum WindowKind {
     /// Windows growing by `step` from the start of each `size` period: a row at offset `o`
     /// into its period is in the windows ending at every step boundary after `o`.
     Cumulate { step: i64, size: i64 },
-    /// Per key, rows closer than `gap` form one window.
+    /// Per key, rows at most `gap` apart form one window, ending `gap` after its last
+    /// row (Flink's merging of touching `[t, t + gap)` windows).
     Session { gap: i64 },
 }
 
