@@ -101,35 +101,55 @@ pub fn meltwater(dir: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", meltwater_bin().display()))
 }
 
-/// The Python interpreter of the venv with pyiceberg and DuckDB: `MELTWATER_PYTHON`, else
-/// `~/.cache/meltwater/venv/bin/python`.
+/// The Python interpreter with pyiceberg and DuckDB: `MELTWATER_PYTHON`, else the project's
+/// venv, created on first use by `integration/python/setup_venv.sh` (about 30 s once; a
+/// no-op after), so `cargo test --workspace` runs the interop checks on a fresh machine.
 ///
-/// Panics when `MELTWATER_PYTHON` names no file, or when there is no interpreter under CI
-/// (`CI=true`), so interop checks never vanish there silently. Elsewhere, without the venv,
-/// it says loudly on stderr (past the test harness's capture) that `what` is skipped and
-/// returns `None`.
+/// Panics when `MELTWATER_PYTHON` names no file, or when the venv cannot be made under CI
+/// (`CI=true`), so interop checks never vanish there silently. Elsewhere, when the venv
+/// cannot be made (no network to PyPI), it says loudly on stderr (past the test harness's
+/// capture) that `what` is skipped and returns `None`.
 pub fn interop_python(what: &str) -> Option<PathBuf> {
-    let explicit = std::env::var_os("MELTWATER_PYTHON").map(PathBuf::from);
-    let candidate = explicit.clone().unwrap_or_else(|| {
-        std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cache/meltwater/venv/bin/python"))
-            .unwrap_or_default()
-    });
-    if candidate.is_file() {
-        return Some(candidate);
+    static SETUP: OnceLock<Option<PathBuf>> = OnceLock::new();
+    if let Some(explicit) = std::env::var_os("MELTWATER_PYTHON").map(PathBuf::from) {
+        assert!(
+            explicit.is_file(),
+            "MELTWATER_PYTHON points at '{}', which does not exist",
+            explicit.display()
+        );
+        return Some(explicit);
     }
-    let help = format!(
-        "no Python with pyiceberg and DuckDB at '{}': create it with \
-         `bash integration/python/setup_venv.sh` (or `bash .ci/run`), or point \
-         MELTWATER_PYTHON at a python that has them",
-        candidate.display()
-    );
-    if explicit.is_some() || std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{help}");
-    }
-    // Straight to the process's stderr: `eprintln!` would be captured by the test harness.
-    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPING {what}: {help}\n");
-    None
+    // No interpreter given: create (or reuse) the project's venv, as `.ci/run` does.
+    SETUP
+        .get_or_init(|| {
+            let script = repo_root().join("integration/python/setup_venv.sh");
+            let out = Command::new("bash").arg(&script).stdin(std::process::Stdio::null()).output();
+            let help = format!("`bash {}` failed", script.display());
+            match out {
+                Ok(out) if out.status.success() => {
+                    let venv = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+                    Some(PathBuf::from(venv).join("bin/python"))
+                }
+                Ok(out) => {
+                    let _ = writeln!(std::io::stderr(), "{help}: {}", String::from_utf8_lossy(&out.stderr));
+                    None
+                }
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "{help}: {e}");
+                    None
+                }
+            }
+        })
+        .clone()
+        .or_else(|| {
+            let help = "no Python with pyiceberg and DuckDB: run `bash integration/python/setup_venv.sh`, or point MELTWATER_PYTHON at a python that has them";
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("{help}");
+            }
+            // Straight to the process's stderr: `eprintln!` would be captured by the harness.
+            let _ = writeln!(std::io::stderr(), "\n!!! SKIPPING {what}: {help}\n");
+            None
+        })
 }
 
 /// Reads `namespace.table` of the catalog `lake` under `<dir>/meltwater-data` with

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use iceberg::{NamespaceIdent, TableIdent};
-use meltwater_iceberg::open_catalog;
+use meltwater_iceberg::open_catalog_readonly as open_catalog;
 
 use crate::load_catalogs;
 
@@ -26,6 +26,29 @@ fn split_name(name: &str) -> Result<(String, String, String)> {
             Ok((c.to_string(), ns.to_string(), t.to_string()))
         }
         _ => bail!("'{name}' is not a table name of the form catalog.namespace.table"),
+    }
+}
+
+async fn load(
+    catalog: &dyn iceberg::Catalog,
+    name: &str,
+    ns: String,
+    t: String,
+) -> Result<iceberg::table::Table> {
+    match catalog
+        .load_table(&TableIdent::new(NamespaceIdent::new(ns), t))
+        .await
+    {
+        Ok(t) => Ok(t),
+        Err(e)
+            if matches!(
+                e.kind(),
+                iceberg::ErrorKind::TableNotFound | iceberg::ErrorKind::NamespaceNotFound
+            ) =>
+        {
+            bail!("no table {name}; `meltwater catalog tables` lists the tables")
+        }
+        Err(e) => Err(e).with_context(|| format!("loading {name}")),
     }
 }
 
@@ -66,10 +89,7 @@ pub async fn run(catalog_file: Option<&Path>, command: CatalogCommand) -> Result
         CatalogCommand::Describe { table } => {
             let (c, ns, t) = split_name(&table)?;
             let catalog = open_catalog(find(&c)?).await?;
-            let loaded = catalog
-                .load_table(&TableIdent::new(NamespaceIdent::new(ns), t))
-                .await
-                .with_context(|| format!("loading {table}"))?;
+            let loaded = load(catalog.as_ref(), &table, ns, t).await?;
             let m = loaded.metadata();
             println!("table     {table}");
             println!("location  {}", m.location());
@@ -109,10 +129,7 @@ pub async fn run(catalog_file: Option<&Path>, command: CatalogCommand) -> Result
         CatalogCommand::Snapshots { table } => {
             let (c, ns, t) = split_name(&table)?;
             let catalog = open_catalog(find(&c)?).await?;
-            let loaded = catalog
-                .load_table(&TableIdent::new(NamespaceIdent::new(ns), t))
-                .await
-                .with_context(|| format!("loading {table}"))?;
+            let loaded = load(catalog.as_ref(), &table, ns, t).await?;
             let m = loaded.metadata();
             let mut snapshots: Vec<_> = m.snapshots().collect();
             snapshots.sort_by_key(|s| (s.sequence_number(), s.timestamp_ms()));

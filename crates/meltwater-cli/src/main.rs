@@ -183,6 +183,15 @@ async fn run(cli: Cli) -> Result<()> {
             if mode == Mode::Stream {
                 bail!("--mode stream is not yet supported: the streaming runtime has not landed yet; run with --mode batch");
             }
+            // Plan without touching catalogs first, so a job that cannot run in this mode
+            // changes nothing; then plan for real, creating the tables the job declares.
+            let dry = plan(catalog, &job, mode, false).await?;
+            for s in dry.inserts.iter().chain(&dry.queries) {
+                if let Some(reason) = mode_rejection(&s.plan, mode) {
+                    bail!("{}:{}: {reason}", dry.file, s.loc);
+                }
+            }
+            drop(dry);
             let planned = plan(catalog, &job, mode, true).await?;
             for a in &planned.actions {
                 println!("{a}");
@@ -226,7 +235,7 @@ async fn run(cli: Cli) -> Result<()> {
                     Mode::Batch => {
                         let physical = meltwater_batch::physical_plan(&planned, s).await?;
                         let partitions = physical.properties().output_partitioning().partition_count();
-                        println!("-- physical plan (batch, {partitions} output partitions)");
+                        println!("-- physical plan (batch, {})", report::plural(partitions as u64, "output partition"));
                         print!("{}", meltwater_batch::display_physical(&physical));
                     }
                     Mode::Stream => println!("-- stream mode: not yet supported: the streaming runtime has not landed yet"),

@@ -42,6 +42,15 @@ pub fn count(n: u64) -> String {
     out
 }
 
+/// `n thing` or `n things`, with `n` grouped by thousands.
+pub fn plural(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{} {thing}s", count(n))
+    }
+}
+
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
@@ -62,26 +71,29 @@ pub fn print_run(sources: &[SourceRef], report: &RunReport) {
         let m = &s.metrics;
         let skipped = SourceMetrics::get(&m.records_skipped);
         let mut line = format!(
-            "read  {} ({}): {} rows, {}",
+            "read  {} ({}): {}, {}",
             s.name,
             s.connector,
-            count(SourceMetrics::get(&m.rows)),
+            plural(SourceMetrics::get(&m.rows), "row"),
             size(SourceMetrics::get(&m.bytes))
         );
         let files = SourceMetrics::get(&m.files);
         if files > 0 {
-            line.push_str(&format!(", {} files", count(files)));
+            line.push_str(&format!(", {}", plural(files, "file")));
         }
         if skipped > 0 {
-            line.push_str(&format!(", {} malformed records skipped", count(skipped)));
+            line.push_str(&format!(
+                ", {} skipped",
+                plural(skipped, "malformed record")
+            ));
         }
         println!("{line}");
     }
     for i in &report.inserts {
         println!(
-            "insert {}: {} rows in {:.2} s",
+            "insert {}: {} in {:.2} s",
             i.target,
-            count(i.rows),
+            plural(i.rows, "row"),
             i.elapsed.as_secs_f64()
         );
     }
@@ -91,10 +103,10 @@ pub fn print_run(sources: &[SourceRef], report: &RunReport) {
                 println!("wrote {}: already committed as snapshot {id}", c.table)
             }
             Some(id) => println!(
-                "wrote {}: {} rows, {} files, {}, snapshot {id}",
+                "wrote {}: {}, {}, {}, snapshot {id}",
                 c.table,
-                count(c.rows),
-                count(c.files as u64),
+                plural(c.rows, "row"),
+                plural(c.files as u64, "file"),
                 size(c.bytes)
             ),
             None => println!("wrote {}: no rows, no snapshot", c.table),

@@ -31,9 +31,6 @@ struct Inner {
     listing: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Tables loaded by this job, so every statement of a run sees the same snapshot.
     loaded: Mutex<HashMap<(String, String), Arc<IcebergTable>>>,
-    /// Tables a job declares but that were not created (`validate`, `explain`): empty
-    /// stand-ins with the declared columns, so the job's statements can be planned.
-    declared: Mutex<HashMap<(String, String), Arc<dyn TableProvider>>>,
 }
 
 impl IcebergCatalogProvider {
@@ -63,7 +60,6 @@ impl IcebergCatalogProvider {
             commits,
             listing: Mutex::new(listing),
             loaded: Mutex::new(HashMap::new()),
-            declared: Mutex::new(HashMap::new()),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -150,20 +146,45 @@ impl IcebergCatalogProvider {
     }
 
     /// Declares a table that does not exist yet, for planning without changing the
-    /// catalog: lookups of it get an empty table with `schema`.
-    pub fn declare(
-        &self,
-        namespace: &str,
-        table: &str,
-        schema: datafusion::arrow::datatypes::SchemaRef,
-    ) {
-        let empty = datafusion::datasource::empty::EmptyTable::new(schema);
-        let key = (namespace.to_string(), table.to_string());
+    /// catalog (`validate`, `explain`): lookups of it get the table as `creation` would
+    /// make it, with in-memory metadata and no files; writing to it is never committed.
+    pub fn declare(&self, namespace: &str, creation: TableCreation) -> Result<()> {
+        let table = creation.name.clone();
+        let full = format!("{}.{namespace}.{table}", self.inner.name);
+        let location = format!("memory://declared/{namespace}/{table}");
+        let creation = TableCreation {
+            location: Some(location.clone()),
+            ..creation
+        };
+        let metadata = iceberg::spec::TableMetadataBuilder::from_table_creation(creation)
+            .and_then(|b| b.build())
+            .context(|| format!("declaring {full}"))?
+            .metadata;
+        let loaded = iceberg::table::Table::builder()
+            .metadata(metadata)
+            .identifier(TableIdent::new(
+                NamespaceIdent::new(namespace.to_string()),
+                table.clone(),
+            ))
+            .file_io(iceberg::io::FileIO::new_with_memory())
+            .metadata_location(format!("{location}/metadata/v0.metadata.json"))
+            .readonly(true)
+            .runtime(iceberg::Runtime::try_current().context(|| format!("declaring {full}"))?)
+            .build()
+            .context(|| format!("declaring {full}"))?;
+        let provider = IcebergTable::try_new(
+            full,
+            self.inner.catalog.clone(),
+            loaded,
+            self.inner.commits.clone(),
+        )?;
+        let key = (namespace.to_string(), table);
         self.inner
-            .declared
+            .loaded
             .lock()
-            .expect("declared poisoned")
-            .insert(key, Arc::new(empty));
+            .expect("tables poisoned")
+            .insert(key, Arc::new(provider));
+        Ok(())
     }
 
     /// Loads a table (once per job run).
@@ -253,13 +274,11 @@ impl SchemaProvider for IcebergSchemaProvider {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if let Some(t) = self.inner.load(&self.namespace, name).await? {
-            return Ok(Some(t as Arc<dyn TableProvider>));
-        }
-        let declared = self.inner.declared.lock().expect("declared poisoned");
-        Ok(declared
-            .get(&(self.namespace.clone(), name.to_string()))
-            .cloned())
+        Ok(self
+            .inner
+            .load(&self.namespace, name)
+            .await?
+            .map(|t| t as Arc<dyn TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+// The SQLite driver and tokio runtime of the catalog's sqlx `Any` pool are enabled
+// through this dependency's features (see Cargo.toml).
+use sqlx as _;
 
 use crate::error::{IcebergError, Result};
 
@@ -75,6 +78,16 @@ fn normalize(path: &Path) -> PathBuf {
 
 /// Opens a catalog, creating the embedded catalog's file and warehouse on first use.
 pub async fn open_catalog(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> {
+    open(config, true).await
+}
+
+/// Opens a catalog without creating anything: an embedded catalog whose file does not
+/// exist yet opens as an empty in-memory catalog (for `validate`, `explain`, listings).
+pub async fn open_catalog_readonly(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> {
+    open(config, false).await
+}
+
+async fn open(config: &IcebergCatalogConfig, create: bool) -> Result<Arc<dyn Catalog>> {
     let err = |message: String| IcebergError::Catalog {
         catalog: config.name.clone(),
         message,
@@ -85,21 +98,24 @@ pub async fn open_catalog(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catal
             warehouse,
             catalog_name,
         } => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-            }
-            std::fs::create_dir_all(warehouse).map_err(|e| {
-                err(format!(
-                    "cannot create warehouse {}: {e}",
-                    warehouse.display()
-                ))
-            })?;
+            let uri = if create || path.exists() {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+                }
+                std::fs::create_dir_all(warehouse).map_err(|e| {
+                    err(format!(
+                        "cannot create warehouse {}: {e}",
+                        warehouse.display()
+                    ))
+                })?;
+                format!("sqlite:{}?mode=rwc", path.display())
+            } else {
+                "sqlite::memory:".to_string()
+            };
+            let in_memory = uri.starts_with("sqlite::memory:");
             let props = HashMap::from([
-                (
-                    "uri".to_string(),
-                    format!("sqlite:{}?mode=rwc", path.display()),
-                ),
+                ("uri".to_string(), uri),
                 (
                     "warehouse".to_string(),
                     format!("file://{}", warehouse.display()),
@@ -108,8 +124,12 @@ pub async fn open_catalog(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catal
                     "sql_bind_style".to_string(),
                     SqlBindStyle::QMark.to_string(),
                 ),
-                // SQLite allows one writer: a small pool avoids lock contention.
-                ("pool.max-connections".to_string(), "2".to_string()),
+                // SQLite allows one writer: a small pool avoids lock contention; an
+                // in-memory database exists per connection, so it gets exactly one.
+                (
+                    "pool.max-connections".to_string(),
+                    if in_memory { "1" } else { "2" }.to_string(),
+                ),
             ]);
             let catalog = SqlCatalogBuilder::default()
                 .with_storage_factory(Arc::new(LocalFsStorageFactory))

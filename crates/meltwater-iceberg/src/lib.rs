@@ -20,7 +20,7 @@ pub mod write;
 
 pub use catalog::IcebergCatalogProvider;
 pub use commit::{CommitSummary, JobCommits, JobIdentity};
-pub use config::{open_catalog, IcebergCatalogConfig, IcebergCatalogKind};
+pub use config::{open_catalog, open_catalog_readonly, IcebergCatalogConfig, IcebergCatalogKind};
 pub use error::{IcebergError, Result};
 pub use table::IcebergTable;
 

@@ -28,7 +28,8 @@ use datafusion::sql::parser::Statement as DfStatement;
 use meltwater_connectors::{create_connector_table, Boundedness, TableDef};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
 use meltwater_iceberg::{
-    open_catalog, IcebergCatalogConfig, IcebergCatalogProvider, JobCommits, JobIdentity,
+    open_catalog, open_catalog_readonly, IcebergCatalogConfig, IcebergCatalogProvider, JobCommits,
+    JobIdentity,
 };
 use meltwater_sql::sqlparser::ast::{
     Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Query, Statement,
@@ -190,9 +191,12 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
 
     let mut iceberg: HashMap<String, IcebergCatalogProvider> = HashMap::new();
     for c in &options.catalogs {
-        let catalog = open_catalog(c)
-            .await
-            .map_err(|e| at(start, e.to_string()))?;
+        let catalog = if options.create_tables {
+            open_catalog(c).await
+        } else {
+            open_catalog_readonly(c).await
+        };
+        let catalog = catalog.map_err(|e| at(start, e.to_string()))?;
         let provider = IcebergCatalogProvider::try_new(&c.name, catalog, commits.clone())
             .await
             .map_err(|e| at(start, e.to_string()))?;
@@ -368,9 +372,9 @@ impl StatementPlanner<'_> {
                     .await
                     .map_err(|e| e.to_string())?;
                 if exists.is_none() {
-                    let schema = meltwater_iceberg::schema::arrow_schema(&creation.schema)
+                    self.iceberg[&catalog]
+                        .declare(&namespace, creation)
                         .map_err(|e| e.to_string())?;
-                    self.iceberg[&catalog].declare(&namespace, &table, schema);
                     job.actions.push(format!("would create table {full}"));
                 }
                 return Ok(());
