@@ -146,8 +146,17 @@ pub fn implicitly_castable(from: &DataType, to: &DataType) -> bool {
     match (from, to) {
         (f, t) if int_width(f).is_some() && int_width(t).is_some() => int_width(f) <= int_width(t),
         (f, Float32 | Float64) if int_width(f).is_some() => true,
+        // An integer fits when the decimal keeps as many integer digits as the type's
+        // largest value has: 3, 5, 10 or 19 (20 for UInt64).
         (f, Decimal128(p, s)) if int_width(f).is_some() => {
-            (*p as i32 - *s as i32) >= 19 || int_width(f).unwrap() < 64
+            let digits = match f {
+                Int8 | UInt8 => 3,
+                Int16 | UInt16 => 5,
+                Int32 | UInt32 => 10,
+                UInt64 => 20,
+                _ => 19,
+            };
+            *p as i32 - *s as i32 >= digits
         }
         (Float16 | Float32, Float64) | (Float16, Float32) => true,
         (Decimal128(..), Float32 | Float64) => true,
@@ -216,6 +225,18 @@ mod tests {
         assert!(!implicitly_castable(
             &DataType::Decimal128(10, 2),
             &DataType::Decimal128(10, 0)
+        ));
+        assert!(implicitly_castable(
+            &DataType::Int32,
+            &DataType::Decimal128(12, 2)
+        ));
+        assert!(!implicitly_castable(
+            &DataType::Int32,
+            &DataType::Decimal128(5, 2)
+        ));
+        assert!(!implicitly_castable(
+            &DataType::Int64,
+            &DataType::Decimal128(20, 2)
         ));
     }
 }
