@@ -105,6 +105,10 @@ pub enum ConnectorError {
         message: String,
     },
 
+    /// Something the connector cannot do (e.g. be read in stream mode).
+    #[error("table '{table}': {message}")]
+    Unsupported { table: String, message: String },
+
     /// An Arrow error while building batches (not caused by a single record).
     #[error("arrow error: {0}")]
     Arrow(#[from] ArrowError),

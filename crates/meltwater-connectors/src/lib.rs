@@ -17,6 +17,7 @@ pub mod datagen;
 pub mod error;
 pub mod filesystem;
 pub mod format;
+pub mod stream;
 mod options;
 
 pub use error::{ConnectorError, Result};
@@ -87,6 +88,13 @@ pub trait ConnectorTable: TableProvider {
     fn boundedness(&self) -> Boundedness;
     /// Counters shared by every scan of this table.
     fn metrics(&self) -> Arc<SourceMetrics>;
+    /// The table as a streaming source (splits with positions).
+    fn stream_source(&self) -> Result<Arc<dyn stream::StreamSource>> {
+        Err(ConnectorError::Unsupported {
+            table: String::new(),
+            message: format!("the '{}' connector cannot be read in stream mode yet", self.connector()),
+        })
+    }
 }
 
 /// Builds the provider for a `CREATE TABLE ... WITH ('connector' = ...)` definition.

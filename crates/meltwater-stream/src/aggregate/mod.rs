@@ -1,0 +1,1 @@
+//! Aggregates over streams (window and updating).
