@@ -16,9 +16,9 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -33,66 +33,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
 };
 use futures::{stream, StreamExt};
-use meltwater_plan::window::WindowKind;
-
-/// Milliseconds per unit of a timestamp column, as (multiply, divide) to go unit → ms.
-fn unit_scale(unit: &TimeUnit) -> (i64, i64) {
-    match unit {
-        TimeUnit::Second => (1000, 1),
-        TimeUnit::Millisecond => (1, 1),
-        TimeUnit::Microsecond => (1, 1000),
-        TimeUnit::Nanosecond => (1, 1_000_000),
-    }
-}
-
-/// A timestamp column's values in milliseconds (floored), nulls as `None`.
-fn millis(column: &ArrayRef) -> Result<Vec<Option<i64>>> {
-    let DataType::Timestamp(unit, _) = column.data_type() else {
-        return Err(DataFusionError::Internal(format!(
-            "window time column has type {}",
-            column.data_type()
-        )));
-    };
-    let (mul, div) = unit_scale(unit);
-    let ints = cast(column, &DataType::Int64)?;
-    let ints = ints.as_primitive::<Int64Type>();
-    Ok(ints
-        .iter()
-        .map(|v| v.map(|v| (v * mul).div_euclid(div)))
-        .collect())
-}
-
-/// Window bounds in milliseconds → a timestamp array of the time column's type.
-fn bounds_array(ms: Vec<i64>, time_type: &DataType) -> Result<ArrayRef> {
-    let DataType::Timestamp(unit, _) = time_type else {
-        unreachable!("checked by the planner")
-    };
-    let (mul, div) = unit_scale(unit);
-    let values: Int64Array = ms.into_iter().map(|v| Some(v * div / mul)).collect();
-    Ok(cast(&(Arc::new(values) as ArrayRef), time_type)?)
-}
-
-/// Appends window_start/window_end/window_time to the rows `indices` of `batch`.
-fn emit(
-    batch: &RecordBatch,
-    schema: &SchemaRef,
-    time_type: &DataType,
-    indices: Vec<u32>,
-    starts: Vec<i64>,
-    ends: Vec<i64>,
-) -> Result<RecordBatch> {
-    let indices = UInt32Array::from(indices);
-    let mut columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| take(c.as_ref(), &indices, None))
-        .collect::<std::result::Result<_, _>>()?;
-    let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
-    columns.push(bounds_array(starts, time_type)?);
-    columns.push(bounds_array(ends, time_type)?);
-    columns.push(bounds_array(times, time_type)?);
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
+use meltwater_plan::window::{append_windows as emit, assign_windows, timestamps_to_ms as millis, WindowKind};
 
 /// TUMBLE, HOP and CUMULATE window assignment.
 #[derive(Debug)]
@@ -132,55 +73,6 @@ impl WindowAssignExec {
         })
     }
 
-    /// The windows (start, end) in ms a row at `ts` belongs to.
-    fn windows(kind: WindowKind, ts: i64, out: &mut Vec<(i64, i64)>) {
-        match kind {
-            WindowKind::Tumble { size, offset } => {
-                let start = ts - (ts - offset).rem_euclid(size);
-                out.push((start, start + size));
-            }
-            WindowKind::Hop { slide, size } => {
-                let last = ts - ts.rem_euclid(slide);
-                let mut start = last;
-                while start + size > ts {
-                    out.push((start, start + size));
-                    start -= slide;
-                }
-            }
-            WindowKind::Cumulate { step, size } => {
-                let period = ts - ts.rem_euclid(size);
-                let first = (ts - period) / step + 1;
-                for j in first..=size / step {
-                    out.push((period, period + j * step));
-                }
-            }
-            WindowKind::Session { .. } => {}
-        }
-    }
-
-    fn assign(
-        kind: WindowKind,
-        time_index: usize,
-        schema: &SchemaRef,
-        batch: &RecordBatch,
-    ) -> Result<RecordBatch> {
-        let time = batch.column(time_index);
-        let time_type = time.data_type().clone();
-        let ts = millis(time)?;
-        let (mut indices, mut starts, mut ends) = (Vec::new(), Vec::new(), Vec::new());
-        let mut windows = Vec::new();
-        for (row, t) in ts.into_iter().enumerate() {
-            let Some(t) = t else { continue };
-            windows.clear();
-            Self::windows(kind, t, &mut windows);
-            for &(s, e) in &windows {
-                indices.push(row as u32);
-                starts.push(s);
-                ends.push(e);
-            }
-        }
-        emit(batch, schema, &time_type, indices, starts, ends)
-    }
 }
 
 impl DisplayAs for WindowAssignExec {
@@ -220,7 +112,7 @@ impl ExecutionPlan for WindowAssignExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let (kind, time_index, schema) = (self.kind, self.time_index, self.schema.clone());
-        let out = input.map(move |batch| Self::assign(kind, time_index, &schema, &batch?));
+        let out = input.map(move |batch| assign_windows(&batch?, kind, time_index, &schema));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             out,
@@ -478,7 +370,7 @@ mod tests {
 
     fn windows(kind: WindowKind, ts: i64) -> Vec<(i64, i64)> {
         let mut out = Vec::new();
-        WindowAssignExec::windows(kind, ts, &mut out);
+        meltwater_plan::window::window_bounds(kind, ts, &mut out);
         out.sort();
         out
     }

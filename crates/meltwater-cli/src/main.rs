@@ -3,6 +3,7 @@
 
 mod catalog_cmd;
 mod report;
+mod stream_cmd;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,22 @@ struct JobArgs {
     job_id: Option<String>,
 }
 
+/// Options of stream mode.
+#[derive(clap::Args, Clone, Default)]
+struct StreamArgs {
+    /// The checkpoint store (default: `SET 'execution.checkpointing.dir'`, else
+    /// ./meltwater-data/checkpoints).
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Restore from this checkpoint directory (`.../<job>/chk-<n>`) instead of the
+    /// newest one; the parallelism may differ from the run that wrote it.
+    #[arg(long, value_name = "PATH")]
+    from_checkpoint: Option<PathBuf>,
+    /// Start from the beginning of the sources, ignoring earlier checkpoints.
+    #[arg(long)]
+    fresh: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a job.
@@ -69,6 +86,17 @@ enum Command {
         job: JobArgs,
         #[arg(long, value_enum)]
         mode: ModeArg,
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// List a stream job's complete checkpoints.
+    Checkpoints {
+        #[command(flatten)]
+        job: JobArgs,
+        /// The checkpoint store (default: `SET 'execution.checkpointing.dir'`, else
+        /// ./meltwater-data/checkpoints).
+        #[arg(long, value_name = "DIR")]
+        checkpoint_dir: Option<PathBuf>,
     },
     /// Print a job's logical plans and the physical plans of a mode.
     Explain {
@@ -178,10 +206,10 @@ async fn plan(
 async fn run(cli: Cli) -> Result<()> {
     let catalog = cli.catalog.as_deref();
     match cli.command {
-        Command::Run { job, mode } => {
+        Command::Run { job, mode, stream } => {
             let mode = Mode::from(mode);
             if mode == Mode::Stream {
-                bail!("--mode stream is not yet supported: the streaming runtime has not landed yet; run with --mode batch");
+                return run_stream(catalog, &job, &stream).await;
             }
             // Plan without touching catalogs first, so a job that cannot run in this mode
             // changes nothing; then plan for real, creating the tables the job declares.
@@ -238,8 +266,14 @@ async fn run(cli: Cli) -> Result<()> {
                         println!("-- physical plan (batch, {})", report::plural(partitions as u64, "output partition"));
                         print!("{}", meltwater_batch::display_physical(&physical));
                     }
-                    Mode::Stream => println!("-- stream mode: not yet supported: the streaming runtime has not landed yet"),
+                    Mode::Stream => {}
                 }
+            }
+            if mode == Mode::Stream {
+                let parallelism = meltwater_stream::job::job_parallelism(&planned);
+                let graph = meltwater_stream::plan_stream(&planned, parallelism)?;
+                println!("== dataflow (stream, parallelism {parallelism})");
+                print!("{}", stream_cmd::explain(&graph));
             }
             Ok(())
         }
@@ -272,5 +306,61 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Catalog { command } => catalog_cmd::run(catalog, command).await,
+        Command::Checkpoints {
+            job,
+            checkpoint_dir,
+        } => {
+            let planned = plan(catalog, &job, Mode::Stream, false).await?;
+            let opts = stream_cmd::options(&planned, checkpoint_dir.as_deref(), None, false)?;
+            stream_cmd::list_checkpoints(&planned, &opts)
+        }
     }
+}
+
+async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) -> Result<()> {
+    // Plan the dataflow without touching catalogs first, so a job that cannot run in
+    // stream mode changes nothing.
+    let dry = plan(catalog, job, Mode::Stream, false).await?;
+    let parallelism = meltwater_stream::job::job_parallelism(&dry);
+    meltwater_stream::plan_stream(&dry, parallelism)?;
+    drop(dry);
+    let planned = plan(catalog, job, Mode::Stream, true).await?;
+    for a in &planned.actions {
+        println!("{a}");
+    }
+    if planned.inserts.is_empty() {
+        bail!(
+            "{}: the job has no INSERT statement, so there is nothing to run",
+            planned.file
+        );
+    }
+    let opts = stream_cmd::options(
+        &planned,
+        args.checkpoint_dir.as_deref(),
+        args.from_checkpoint.as_deref(),
+        args.fresh,
+    )?;
+    println!(
+        "running {} (job {}) in stream mode, parallelism {parallelism}, checkpoints every {} ms in {}",
+        planned.file,
+        planned.identity.job_id,
+        opts.checkpoint_interval.as_millis(),
+        opts.checkpoint_dir.display()
+    );
+    let sources = planned.sources();
+    let plan = meltwater_stream::plan_stream(&planned, parallelism)?;
+    let mut status = None;
+    let result = meltwater_stream::run_plan(&planned, plan, &opts, |plan, metrics| {
+        status = Some(stream_cmd::spawn_status(plan, metrics, Duration::from_secs(2)));
+    })
+    .await;
+    if let Some(s) = status {
+        s.abort();
+    }
+    let (report, _) = result?;
+    if let Some(id) = report.restored_from {
+        println!("restored from checkpoint {id}");
+    }
+    report::print_stream(&sources, &report);
+    Ok(())
 }

@@ -66,7 +66,7 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
-pub fn print_run(sources: &[SourceRef], report: &RunReport) {
+fn print_sources(sources: &[SourceRef]) {
     for s in sources {
         let m = &s.metrics;
         let skipped = SourceMetrics::get(&m.records_skipped);
@@ -89,6 +89,10 @@ pub fn print_run(sources: &[SourceRef], report: &RunReport) {
         }
         println!("{line}");
     }
+}
+
+pub fn print_run(sources: &[SourceRef], report: &RunReport) {
+    print_sources(sources);
     for i in &report.inserts {
         println!(
             "insert {}: {} in {:.2} s",
@@ -97,7 +101,12 @@ pub fn print_run(sources: &[SourceRef], report: &RunReport) {
             i.elapsed.as_secs_f64()
         );
     }
-    for c in &report.commits {
+    print_commits(&report.commits);
+    println!("done in {:.2} s", report.elapsed.as_secs_f64());
+}
+
+fn print_commits(commits: &[meltwater_iceberg::CommitSummary]) {
+    for c in commits {
         match c.snapshot_id {
             Some(id) if c.already_committed => {
                 println!("wrote {}: already committed as snapshot {id}", c.table)
@@ -112,5 +121,19 @@ pub fn print_run(sources: &[SourceRef], report: &RunReport) {
             None => println!("wrote {}: no rows, no snapshot", c.table),
         }
     }
+}
+
+/// The summary of a stream run that ended (its sources ended).
+pub fn print_stream(sources: &[SourceRef], report: &meltwater_stream::StreamReport) {
+    print_sources(sources);
+    print_commits(&report.commits);
+    println!(
+        "{}{}",
+        plural(report.checkpoints, "checkpoint"),
+        report
+            .last_checkpoint
+            .map(|c| format!(", last {c}"))
+            .unwrap_or_default()
+    );
     println!("done in {:.2} s", report.elapsed.as_secs_f64());
 }

@@ -20,7 +20,8 @@
 //! | option | meaning |
 //! |---|---|
 //! | `number-of-rows` | rows to generate; without it (and without sequence columns) the table is unbounded |
-//! | `rows-per-second` | rate of an unbounded scan (default 10000); bounded scans ignore it and generate as fast as the query consumes |
+//! | `rows-per-second` | rate of an unbounded scan (default 10000), over all partitions or splits; bounded scans generate as fast as the query consumes, except in stream mode when the option is set |
+//! | `source.splits` | splits of the table in stream mode, 1 to 65536 (default 4); see [`DataGenSource`] |
 //! | `seed` | `u64`, default 0 |
 //! | `datagen.base-time` | the instant random dates and timestamps count back from (ISO-8601, default `2026-01-01T00:00:00Z`) |
 //! | `fields.<col>.kind` | `random` (default) or `sequence` (integer, floating point, decimal and string columns) |
@@ -38,6 +39,11 @@
 //! produces batches of `batch_size` rows. An unbounded scan gives partition `p` the
 //! chunks `p, p + P, p + 2P, ...` of a fixed chunk size and paces them to
 //! `rows-per-second` over all partitions. Memory is one batch per partition.
+//!
+//! # Stream mode
+//! [`ConnectorTable::stream_source`] splits the rows into `'source.splits'` splits read
+//! from row positions; see [`DataGenSource`]. Every split yields the rows
+//! [`DataGenTable::generate`] gives for its row numbers.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -70,7 +76,11 @@ use datafusion::physical_plan::{
 };
 
 use crate::options::{parse_duration_ms, OptionReader};
+use crate::stream::StreamSource;
 use crate::{Boundedness, ConnectorError, ConnectorTable, Result, SourceMetrics, TableDef};
+
+mod source;
+pub use source::{DataGenSource, UNBOUNDED_BLOCK_ROWS};
 
 const CONNECTOR: &str = "datagen";
 const TABLE_OPTIONS: &[&str] = &[
@@ -79,6 +89,7 @@ const TABLE_OPTIONS: &[&str] = &[
     "rows-per-second",
     "seed",
     "datagen.base-time",
+    "source.splits",
 ];
 const FIELD_OPTIONS: &[&str] = &[
     "kind",
@@ -90,6 +101,10 @@ const FIELD_OPTIONS: &[&str] = &[
     "max-past",
     "null-rate",
 ];
+/// Default of `'source.splits'`.
+pub const DEFAULT_SOURCE_SPLITS: u64 = 4;
+/// Largest `'source.splits'`.
+pub const MAX_SOURCE_SPLITS: u64 = 65_536;
 /// Default of `'rows-per-second'`, as in Flink.
 pub const DEFAULT_ROWS_PER_SECOND: u64 = 10_000;
 /// Default of `'fields.<col>.length'`, as in Flink.
@@ -366,6 +381,9 @@ pub struct DataGenTable {
     generator: Arc<Generator>,
     rows: Option<u64>,
     rows_per_second: u64,
+    /// Whether `'rows-per-second'` was set (a bounded stream source is paced only then).
+    rate_set: bool,
+    splits: u64,
     seed: u64,
     metrics: Arc<SourceMetrics>,
 }
@@ -418,12 +436,17 @@ impl DataGenTable {
             .unwrap_or(0);
         let number_of_rows: Option<u64> =
             options.parse("number-of-rows", "a non-negative integer")?;
-        let rows_per_second = options
-            .parse_with("rows-per-second", |v| match v.trim().parse::<u64>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err("expected a positive integer".to_string()),
+        let rate = options.parse_with("rows-per-second", |v| match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err("expected a positive integer".to_string()),
+        })?;
+        let rows_per_second = rate.unwrap_or(DEFAULT_ROWS_PER_SECOND);
+        let splits = options
+            .parse_with("source.splits", |v| match v.trim().parse::<u64>() {
+                Ok(n) if (1..=MAX_SOURCE_SPLITS).contains(&n) => Ok(n),
+                _ => Err(format!("expected an integer from 1 to {MAX_SOURCE_SPLITS}")),
             })?
-            .unwrap_or(DEFAULT_ROWS_PER_SECOND);
+            .unwrap_or(DEFAULT_SOURCE_SPLITS);
         let base_ms = options
             .parse_with("datagen.base-time", |v| {
                 string_to_datetime(&Utc, v.trim())
@@ -460,9 +483,16 @@ impl DataGenTable {
             }),
             rows,
             rows_per_second,
+            rate_set: rate.is_some(),
+            splits,
             seed,
             metrics: Arc::default(),
         })
+    }
+
+    /// `'source.splits'`: the number of splits in stream mode.
+    pub fn source_splits(&self) -> u64 {
+        self.splits
     }
 
     /// Rows the table holds, `None` when it is unbounded.
@@ -810,6 +840,22 @@ impl ConnectorTable for DataGenTable {
 
     fn metrics(&self) -> Arc<SourceMetrics> {
         self.metrics.clone()
+    }
+
+    /// `'source.splits'` splits of generated rows; see [`DataGenSource`].
+    fn stream_source(&self) -> Result<Arc<dyn StreamSource>> {
+        let rate = match self.rows {
+            Some(_) => self.rate_set.then_some(self.rows_per_second),
+            None => Some(self.rows_per_second),
+        };
+        Ok(Arc::new(DataGenSource::new(
+            self.name.clone(),
+            self.generator.clone(),
+            self.rows,
+            self.splits,
+            rate,
+            self.metrics.clone(),
+        )))
     }
 }
 

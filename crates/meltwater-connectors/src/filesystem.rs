@@ -33,6 +33,11 @@
 //!
 //! Every scan adds the rows it produces, the bytes it reads (the file size for Parquet)
 //! and the files it opens to the table's [`SourceMetrics`].
+//!
+//! # Stream mode
+//! [`ConnectorTable::stream_source`] reads the table one file (split) at a time from a
+//! record position, and with `'source.monitor-interval'` lists the path again at that
+//! interval; see [`FileSystemSource`].
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -65,9 +70,13 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::format::{self, CsvOptions, RecordDecoder, RecordFramer, TextFormat};
 use crate::options::{parse_duration_ms, OptionReader};
+use crate::stream::StreamSource;
 use crate::{
     Boundedness, ConnectorError, ConnectorTable, ErrorPolicy, Result, SourceMetrics, TableDef,
 };
+
+mod source;
+pub use source::FileSystemSource;
 
 /// Size of one ranged read of a CSV or JSON file.
 pub const READ_BLOCK_BYTES: u64 = 1 << 20;
@@ -525,6 +534,21 @@ impl ConnectorTable for FileSystemTable {
     fn metrics(&self) -> Arc<SourceMetrics> {
         self.metrics.clone()
     }
+
+    /// One split per file; see [`FileSystemSource`].
+    fn stream_source(&self) -> Result<Arc<dyn StreamSource>> {
+        Ok(Arc::new(FileSystemSource::new(Self {
+            name: self.name.clone(),
+            schema: self.schema.clone(),
+            path: self.path.clone(),
+            location: self.location.clone(),
+            format: self.format.clone(),
+            policy: self.policy,
+            monitor_interval_ms: self.monitor_interval_ms,
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        })))
+    }
 }
 
 /// What a [`FileScanExec`] reads, apart from the files.
@@ -681,6 +705,7 @@ impl ExecutionPlan for FileScanExec {
             remaining: self.config.limit,
             decoder,
             skipped_reported: 0,
+            skip_records: 0,
             current: None,
             done: false,
         };
@@ -737,6 +762,9 @@ struct PartitionReader {
     /// The text decoder, kept across the partition's files so batches can span them.
     decoder: Option<RecordDecoder>,
     skipped_reported: u64,
+    /// Records of the next file opened to leave out (a stream split resuming at a
+    /// position); reset to 0 once that file is open.
+    skip_records: u64,
     current: Option<OpenFile>,
     done: bool,
 }
@@ -762,7 +790,11 @@ impl PartitionReader {
                             batch_size: self.batch_size,
                             remaining: self.remaining,
                         };
-                        self.current = Some(context.open(file).await?);
+                        let skip = std::mem::take(&mut self.skip_records);
+                        if let Some(decoder) = self.decoder.as_mut() {
+                            decoder.ignore_records(skip);
+                        }
+                        self.current = Some(context.open(file, skip).await?);
                     }
                     None => return self.flush_decoder(),
                 },
@@ -927,7 +959,9 @@ struct OpenContext<'a> {
 }
 
 impl OpenContext<'_> {
-    async fn open(&self, file: SourceFile) -> Result<OpenFile> {
+    /// Opens `file`; a parquet file starts at row `skip` (text files are framed from
+    /// their start, their decoder ignores the records to skip).
+    async fn open(&self, file: SourceFile, skip: u64) -> Result<OpenFile> {
         let display = file.path.display().to_string();
         match &self.config.format {
             FileFormat::Text(format) => Ok(OpenFile::Text {
@@ -938,11 +972,19 @@ impl OpenContext<'_> {
                 block: Buffer::from_vec(Vec::<u8>::new()),
                 block_pos: 0,
             }),
-            FileFormat::Parquet => self.open_parquet(file, display).await,
+            FileFormat::Parquet => {
+                let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+                self.open_parquet(file, display, skip).await
+            }
         }
     }
 
-    async fn open_parquet(&self, file: SourceFile, display: String) -> Result<OpenFile> {
+    async fn open_parquet(
+        &self,
+        file: SourceFile,
+        display: String,
+        skip: usize,
+    ) -> Result<OpenFile> {
         let mismatch = |message: String| ConnectorError::SchemaMismatch {
             table: self.config.table.clone(),
             path: display.clone(),
@@ -962,7 +1004,7 @@ impl OpenContext<'_> {
         if self.projected_schema.fields().is_empty() {
             let rows = builder.metadata().file_metadata().num_rows();
             return Ok(OpenFile::RowCount {
-                rows_left: usize::try_from(rows).unwrap_or(0),
+                rows_left: usize::try_from(rows).unwrap_or(0).saturating_sub(skip),
             });
         }
         let file_schema = builder.schema().clone();
@@ -994,6 +1036,9 @@ impl OpenContext<'_> {
         let mut builder = builder
             .with_projection(mask)
             .with_batch_size(self.batch_size);
+        if skip > 0 {
+            builder = builder.with_offset(skip);
+        }
         if let Some(limit) = self.remaining {
             builder = builder.with_limit(limit);
         }

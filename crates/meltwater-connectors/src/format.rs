@@ -615,6 +615,10 @@ pub struct RecordDecoder {
     rows: usize,
     batch_size: usize,
     records_skipped: u64,
+    /// Records handed to the decoder so far: decoded, skipped or ignored.
+    records_seen: u64,
+    /// Records still to drop unparsed (see [`Self::ignore_records`]).
+    records_to_ignore: u64,
     /// Framer reused by [`Self::decode_message`] for CSV messages.
     message_framer: Option<CsvFramer>,
 }
@@ -672,6 +676,8 @@ impl RecordDecoder {
             rows: 0,
             batch_size,
             records_skipped: 0,
+            records_seen: 0,
+            records_to_ignore: 0,
             message_framer: None,
         })
     }
@@ -699,6 +705,32 @@ impl RecordDecoder {
     /// Records dropped under [`ErrorPolicy::Skip`] since the decoder was created.
     pub fn records_skipped(&self) -> u64 {
         self.records_skipped
+    }
+
+    /// Records handed to the decoder since it was created (through any `decode_*`
+    /// method): the rows it decoded, the malformed records it skipped and the records it
+    /// ignored. Right after a [`flush`](Self::flush) every one of them is accounted for,
+    /// so this is the position in the input that a resumed read starts from.
+    pub fn records_seen(&self) -> u64 {
+        self.records_seen
+    }
+
+    /// Drops the next `n` records handed to the decoder without parsing them: neither
+    /// rows nor errors nor skipped records. A reader resuming an input at record `n`
+    /// frames the input from its start and lets the decoder ignore what it already read.
+    pub fn ignore_records(&mut self, n: u64) {
+        self.records_to_ignore += n;
+    }
+
+    /// Counts a record handed to the decoder; `true` when it is to be ignored.
+    fn ignore_next(&mut self) -> bool {
+        self.records_seen += 1;
+        if self.records_to_ignore > 0 {
+            self.records_to_ignore -= 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// Hands out the buffered rows as a batch, `None` when there are none.
@@ -738,6 +770,9 @@ impl RecordDecoder {
 
     /// Decodes one framed CSV record that starts on `line` of `source`.
     pub fn decode_csv(&mut self, record: CsvRecord<'_>, source: &str, line: u64) -> Result<()> {
+        if self.ignore_next() {
+            return Ok(());
+        }
         let null_literal = match &self.format {
             TextFormat::Csv(o) => o.null_literal.as_deref(),
             TextFormat::Json => None,
@@ -756,6 +791,9 @@ impl RecordDecoder {
     /// Decodes one JSON object (one line of JSON-lines input) starting on `line` of
     /// `source`.
     pub fn decode_json(&mut self, record: &[u8], source: &str, line: u64) -> Result<()> {
+        if self.ignore_next() {
+            return Ok(());
+        }
         self.scratch.clear();
         self.cells.fill(Cell::Null);
         let parsed = parse_json_cells(

@@ -13,7 +13,7 @@ use crate::Result;
 /// A unit of a source read by one subtask at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Split {
-    /// Stable across runs: a file's path, `rows-3` for datagen, ...
+    /// Stable across runs: a file's absolute path, `rows-3-of-4` for datagen, ...
     pub id: String,
 }
 
@@ -50,5 +50,7 @@ pub trait StreamSource: Send + Sync + std::fmt::Debug {
 pub trait SplitReader: Send {
     /// The next batch and the position after it; `None` when the split is exhausted
     /// (never, for an unbounded split). Unbounded rate-limited splits wait inside.
+    /// Batches hold at most the `batch_size` the split was opened with and at least one
+    /// row. Once it has returned `None` it keeps returning `None`.
     async fn next_batch(&mut self) -> Result<Option<(RecordBatch, SplitPosition)>>;
 }

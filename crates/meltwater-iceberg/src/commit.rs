@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iceberg::spec::DataFile;
+use iceberg::spec::{DataFile, TableMetadata};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, ErrorKind, TableIdent};
 
@@ -125,75 +125,97 @@ impl JobCommits {
     }
 
     async fn commit_table(&self, name: &str, pending: PendingTable) -> Result<CommitSummary> {
-        let rows = pending.files.iter().map(|f| f.record_count()).sum();
-        let bytes = pending.files.iter().map(|f| f.file_size_in_bytes()).sum();
-        let files = pending.files.len();
-        let mut summary = CommitSummary {
-            table: name.to_string(),
-            snapshot_id: None,
-            files,
-            rows,
-            bytes,
-            already_committed: false,
-        };
-        if files == 0 {
-            return Ok(summary);
-        }
         let properties = HashMap::from([
             (SUMMARY_JOB_ID.to_string(), self.identity.job_id.clone()),
             (SUMMARY_RUN_ID.to_string(), self.identity.run_id.clone()),
         ]);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let table = pending
-                .catalog
-                .load_table(&pending.ident)
-                .await
-                .context(|| format!("loading {name}"))?;
-            if let Some(id) = self.find_own_snapshot(table.metadata()) {
-                summary.snapshot_id = Some(id);
-                summary.already_committed = true;
+        commit_fast_append(
+            pending.catalog.as_ref(),
+            &pending.ident,
+            name,
+            pending.files,
+            properties,
+        )
+        .await
+    }
+}
+
+/// The snapshot of `metadata` whose summary holds every pair of `marker`, if any.
+pub(crate) fn find_marked_snapshot(
+    metadata: &TableMetadata,
+    marker: &HashMap<String, String>,
+) -> Option<i64> {
+    metadata
+        .snapshots()
+        .find(|s| {
+            let p = &s.summary().additional_properties;
+            marker.iter().all(|(k, v)| p.get(k) == Some(v))
+        })
+        .map(|s| s.snapshot_id())
+}
+
+/// Commits `files` to the table `ident` (named `name` in summaries and errors) as one
+/// fast-append snapshot carrying `properties` in its summary, unless the table's
+/// history already holds a snapshot carrying all of them (then nothing is written and
+/// the summary says `already_committed`). Compare-and-swap conflicts reload the table,
+/// look for the marker again (the earlier attempt may have landed) and rebase onto
+/// the new head, with exponential backoff. No files: no snapshot.
+pub(crate) async fn commit_fast_append(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    name: &str,
+    files: Vec<DataFile>,
+    properties: HashMap<String, String>,
+) -> Result<CommitSummary> {
+    let mut summary = CommitSummary {
+        table: name.to_string(),
+        snapshot_id: None,
+        files: files.len(),
+        rows: files.iter().map(|f| f.record_count()).sum(),
+        bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
+        already_committed: false,
+    };
+    if files.is_empty() {
+        return Ok(summary);
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let table = catalog
+            .load_table(ident)
+            .await
+            .context(|| format!("loading {name}"))?;
+        if let Some(id) = find_marked_snapshot(table.metadata(), &properties) {
+            summary.snapshot_id = Some(id);
+            summary.already_committed = true;
+            return Ok(summary);
+        }
+        let tx = Transaction::new(&table);
+        let action = tx
+            .fast_append()
+            .set_snapshot_properties(properties.clone())
+            .add_data_files(files.clone());
+        let tx = action
+            .apply(tx)
+            .context(|| format!("preparing the commit to {name}"))?;
+        match tx.commit(catalog).await {
+            Ok(committed) => {
+                summary.snapshot_id = committed
+                    .metadata()
+                    .current_snapshot()
+                    .map(|s| s.snapshot_id());
                 return Ok(summary);
             }
-            let tx = Transaction::new(&table);
-            let action = tx
-                .fast_append()
-                .set_snapshot_properties(properties.clone())
-                .add_data_files(pending.files.clone());
-            let tx = action
-                .apply(tx)
-                .context(|| format!("preparing the commit to {name}"))?;
-            match tx.commit(pending.catalog.as_ref()).await {
-                Ok(committed) => {
-                    summary.snapshot_id = committed
-                        .metadata()
-                        .current_snapshot()
-                        .map(|s| s.snapshot_id());
-                    return Ok(summary);
-                }
-                Err(e)
-                    if attempt < MAX_ATTEMPTS
-                        && (e.kind() == ErrorKind::CatalogCommitConflicts || e.retryable()) =>
-                {
-                    // Another writer moved the table: reload and rebase.
-                    tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
-                }
-                Err(e) => {
-                    return Err(e).context(|| format!("committing to {name} (attempt {attempt})"))
-                }
+            Err(e)
+                if attempt < MAX_ATTEMPTS
+                    && (e.kind() == ErrorKind::CatalogCommitConflicts || e.retryable()) =>
+            {
+                // Another writer moved the table: reload and rebase.
+                tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
+            }
+            Err(e) => {
+                return Err(e).context(|| format!("committing to {name} (attempt {attempt})"))
             }
         }
-    }
-
-    fn find_own_snapshot(&self, metadata: &iceberg::spec::TableMetadata) -> Option<i64> {
-        metadata
-            .snapshots()
-            .find(|s| {
-                let p = &s.summary().additional_properties;
-                p.get(SUMMARY_JOB_ID) == Some(&self.identity.job_id)
-                    && p.get(SUMMARY_RUN_ID) == Some(&self.identity.run_id)
-            })
-            .map(|s| s.snapshot_id())
     }
 }

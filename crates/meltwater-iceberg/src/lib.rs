@@ -7,6 +7,9 @@
 //! file groups in parallel ([`scan::IcebergScanExec`]), a partitioned parallel writer
 //! ([`write::IcebergWriteExec`]) whose data files wait in [`commit::JobCommits`] until the
 //! runtime commits them, and `CREATE TABLE` support with partition transforms.
+//! Streaming jobs write through [`stream::IcebergStreamWriter`] (two-phase: files are
+//! prepared on a checkpoint barrier and committed with [`stream::commit_checkpoint`]
+//! once the checkpoint is complete, idempotently per job and checkpoint id).
 
 pub mod catalog;
 pub mod commit;
@@ -15,6 +18,7 @@ pub mod error;
 pub mod predicate;
 pub mod scan;
 pub mod schema;
+pub mod stream;
 pub mod table;
 pub mod write;
 
@@ -22,9 +26,15 @@ pub use catalog::IcebergCatalogProvider;
 pub use commit::{CommitSummary, JobCommits, JobIdentity};
 pub use config::{open_catalog, open_catalog_readonly, IcebergCatalogConfig, IcebergCatalogKind};
 pub use error::{IcebergError, Result};
+pub use stream::{
+    commit_checkpoint, commit_checkpoint_to, last_committed_checkpoint, IcebergStreamWriter,
+    PendingDataFile,
+};
 pub use table::IcebergTable;
 
 /// Snapshot summary key: the job that wrote a snapshot.
 pub const SUMMARY_JOB_ID: &str = "meltwater.job-id";
-/// Snapshot summary key: the run (batch) or checkpoint (stream) that wrote a snapshot.
+/// Snapshot summary key: the run of a batch job that wrote a snapshot.
 pub const SUMMARY_RUN_ID: &str = "meltwater.run-id";
+/// Snapshot summary key: the checkpoint of a streaming job that wrote a snapshot.
+pub const SUMMARY_CHECKPOINT_ID: &str = "meltwater.checkpoint-id";

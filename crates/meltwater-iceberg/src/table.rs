@@ -23,7 +23,7 @@ use crate::schema::arrow_schema;
 use crate::write::IcebergWriteExec;
 
 /// An Iceberg table as loaded when the job was planned.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IcebergTable {
     name: String,
     catalog: Arc<dyn Catalog>,
@@ -57,6 +57,11 @@ impl IcebergTable {
     /// The table as loaded.
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    /// The catalog the table was loaded from (and commits go to).
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.catalog
     }
 }
 

@@ -40,6 +40,7 @@ use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::Catalog;
 
 use crate::commit::JobCommits;
+use crate::error::IcebergContext;
 
 /// Writes its input into data files of one table and registers them for commit.
 pub struct IcebergWriteExec {
@@ -226,68 +227,116 @@ struct WriteTask {
     partition: usize,
 }
 
-fn ice(context: &str, e: iceberg::Error) -> DataFusionError {
-    DataFusionError::External(format!("{context}: {e}").into())
-}
-
 impl WriteTask {
     async fn run(&self, mut input: SendableRecordBatchStream) -> Result<Vec<DataFile>> {
-        let metadata = self.table.metadata();
+        let prefix = format!("{}-{:05}", self.commits.identity().run_id, self.partition);
+        let mut writer = TaskFileWriter::try_new(&self.table_name, &self.table, prefix)?;
+        while let Some(batch) = input.next().await {
+            writer.write(&batch?).await?;
+        }
+        Ok(writer.close().await?)
+    }
+}
+
+type FileWriterBuilder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+// One per task: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum PartitionedWriter {
+    Unpartitioned(UnpartitionedWriter<FileWriterBuilder>),
+    Fanout {
+        splitter: RecordBatchPartitionSplitter,
+        writer: FanoutWriter<FileWriterBuilder>,
+    },
+}
+
+/// The data file writer of one task (a batch write partition or a streaming sink
+/// subtask): Parquet files rolling at the table's target file size, named
+/// `<prefix>-<counter>.parquet` under the table's data location; partitioned tables
+/// split each batch by the default partition spec and keep one open file per
+/// partition value (fan-out).
+pub(crate) struct TaskFileWriter {
+    table_name: String,
+    file_schema: SchemaRef,
+    inner: PartitionedWriter,
+}
+
+impl TaskFileWriter {
+    /// `prefix` must make the file names unique in the table.
+    pub(crate) fn try_new(table_name: &str, table: &Table, prefix: String) -> crate::Result<Self> {
+        let metadata = table.metadata();
         let schema = metadata.current_schema().clone();
-        let target = |what: &str| format!("writing {} ({what})", self.table_name);
+        let target = |what: &str| format!("writing {table_name} ({what})");
         let file_schema: SchemaRef =
-            Arc::new(schema_to_arrow_schema(&schema).map_err(|e| ice(&target("schema"), e))?);
+            Arc::new(schema_to_arrow_schema(&schema).context(|| target("schema"))?);
         let table_props = metadata
             .table_properties()
-            .map_err(|e| ice(&target("table properties"), e))?;
+            .context(|| target("table properties"))?;
         let parquet = ParquetWriterBuilder::from_table_properties(&table_props, schema.clone());
-        let location = DefaultLocationGenerator::new(metadata)
-            .map_err(|e| ice(&target("data location"), e))?;
-        let prefix = format!("{}-{:05}", self.commits.identity().run_id, self.partition);
+        let location =
+            DefaultLocationGenerator::new(metadata).context(|| target("data location"))?;
         let names = DefaultFileNameGenerator::new(prefix, None, DataFileFormat::Parquet);
         let rolling = RollingFileWriterBuilder::new(
             parquet,
             table_props.write_target_file_size_bytes,
-            self.table.file_io().clone(),
+            table.file_io().clone(),
             location,
             names,
         );
         let builder = DataFileWriterBuilder::new(rolling);
         let spec = metadata.default_partition_spec().clone();
-        if spec.is_unpartitioned() {
-            let mut writer = UnpartitionedWriter::new(builder);
-            while let Some(batch) = input.next().await {
-                writer
-                    .write(with_schema(&batch?, &file_schema)?)
-                    .await
-                    .map_err(|e| ice(&target("data"), e))?;
-            }
-            writer
-                .close()
-                .await
-                .map_err(|e| ice(&target("closing files"), e))
+        let inner = if spec.is_unpartitioned() {
+            PartitionedWriter::Unpartitioned(UnpartitionedWriter::new(builder))
         } else {
             let splitter =
                 RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)
-                    .map_err(|e| ice(&target("partition spec"), e))?;
-            let mut writer = FanoutWriter::new(builder);
-            while let Some(batch) = input.next().await {
-                let batch = with_schema(&batch?, &file_schema)?;
-                for (key, part) in splitter
+                    .context(|| target("partition spec"))?;
+            PartitionedWriter::Fanout {
+                splitter,
+                writer: FanoutWriter::new(builder),
+            }
+        };
+        Ok(Self {
+            table_name: table_name.to_string(),
+            file_schema,
+            inner,
+        })
+    }
+
+    /// Writes one batch with the table's columns (cast where only the representation
+    /// differs).
+    pub(crate) async fn write(&mut self, batch: &RecordBatch) -> crate::Result<()> {
+        let batch = with_schema(batch, &self.file_schema)?;
+        let name = &self.table_name;
+        match &mut self.inner {
+            PartitionedWriter::Unpartitioned(writer) => writer
+                .write(batch)
+                .await
+                .context(|| format!("writing {name} (data)")),
+            PartitionedWriter::Fanout { splitter, writer } => {
+                let parts = splitter
                     .split(&batch)
-                    .map_err(|e| ice(&target("partitioning"), e))?
-                {
+                    .context(|| format!("writing {name} (partitioning)"))?;
+                for (key, part) in parts {
                     writer
                         .write(key, part)
                         .await
-                        .map_err(|e| ice(&target("data"), e))?;
+                        .context(|| format!("writing {name} (data)"))?;
                 }
+                Ok(())
             }
-            writer
-                .close()
-                .await
-                .map_err(|e| ice(&target("closing files"), e))
         }
+    }
+
+    /// Closes the open files and returns every file written.
+    pub(crate) async fn close(self) -> crate::Result<Vec<DataFile>> {
+        let name = self.table_name;
+        match self.inner {
+            PartitionedWriter::Unpartitioned(writer) => writer.close().await,
+            PartitionedWriter::Fanout { writer, .. } => writer.close().await,
+        }
+        .context(|| format!("writing {name} (closing files)"))
     }
 }
 

@@ -414,10 +414,26 @@ impl StatementPlanner<'_> {
             primary_key,
         };
         let inner = create_connector_table(def.clone()).map_err(|e| e.to_string())?;
+        let watermark = match &t.watermark {
+            Some(w) => {
+                let column = normalize_ident(&w.column);
+                if def.schema.index_of(&column).is_err() {
+                    return Err(format!(
+                        "WATERMARK FOR {column}: the table has no column '{column}'"
+                    ));
+                }
+                Some(source::WatermarkDef {
+                    column,
+                    expr_sql: w.expr.to_string(),
+                })
+            }
+            None => None,
+        };
         let table = SourceTable {
             name: t.name.to_string(),
             def,
             inner,
+            watermark,
         };
         job.session
             .register_table(table_reference(&t.name), Arc::new(table))

@@ -17,12 +17,21 @@ use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use meltwater_connectors::{Boundedness, ConnectorTable, SourceMetrics, TableDef};
 
+/// `WATERMARK FOR column AS expr`: the event-time column and the watermark expression
+/// (SQL text, planned against the table's schema by the stream planner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkDef {
+    pub column: String,
+    pub expr_sql: String,
+}
+
 /// A connector table in a job.
 #[derive(Debug)]
 pub struct SourceTable {
     pub name: String,
     pub def: TableDef,
     pub inner: Arc<dyn ConnectorTable>,
+    pub watermark: Option<WatermarkDef>,
 }
 
 impl SourceTable {

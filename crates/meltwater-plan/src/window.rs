@@ -12,9 +12,11 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, SchemaRef, TimeUnit};
 use datafusion::common::{
-    plan_err, Column, DFSchema, DFSchemaRef, Result, ScalarValue, TableReference,
+    internal_err, plan_err, Column, DFSchema, DFSchemaRef, Result, ScalarValue, TableReference,
 };
 use datafusion::logical_expr::planner::{
     PlannedRelation, RelationPlanner, RelationPlannerContext, RelationPlanning,
@@ -454,4 +456,117 @@ fn interval_ms(expr: &Expr) -> std::result::Result<i64, String> {
         return Err("the interval must be positive".into());
     }
     Ok(ms)
+}
+
+/// Milliseconds per unit of a timestamp column, as (multiply, divide) to go unit → ms.
+fn unit_scale(unit: &TimeUnit) -> (i64, i64) {
+    match unit {
+        TimeUnit::Second => (1000, 1),
+        TimeUnit::Millisecond => (1, 1),
+        TimeUnit::Microsecond => (1, 1000),
+        TimeUnit::Nanosecond => (1, 1_000_000),
+    }
+}
+
+/// A timestamp column's values in milliseconds (floored), nulls as `None`.
+pub fn timestamps_to_ms(column: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    let DataType::Timestamp(unit, _) = column.data_type() else {
+        return internal_err!("window time column has type {}", column.data_type());
+    };
+    let (mul, div) = unit_scale(unit);
+    let ints = cast(column, &DataType::Int64)?;
+    let ints = ints.as_primitive::<Int64Type>();
+    Ok(ints
+        .iter()
+        .map(|v| v.map(|v| (v * mul).div_euclid(div)))
+        .collect())
+}
+
+/// Window bounds in milliseconds → a timestamp array of the time column's type.
+pub fn ms_to_timestamps(ms: Vec<i64>, time_type: &DataType) -> Result<ArrayRef> {
+    let DataType::Timestamp(unit, _) = time_type else {
+        return internal_err!("window bounds of type {time_type}; expected a timestamp");
+    };
+    let (mul, div) = unit_scale(unit);
+    let values: Int64Array = ms.into_iter().map(|v| Some(v * div / mul)).collect();
+    Ok(cast(&(Arc::new(values) as ArrayRef), time_type)?)
+}
+
+/// Appends window_start/window_end/window_time (= end - 1 ms) to the rows `indices` of
+/// `batch`, giving a batch of `schema` (the [`WindowTvf`]'s output schema).
+pub fn append_windows(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    time_type: &DataType,
+    indices: Vec<u32>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+) -> Result<RecordBatch> {
+    let indices = UInt32Array::from(indices);
+    let mut columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &indices, None))
+        .collect::<std::result::Result<_, _>>()?;
+    let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
+    columns.push(ms_to_timestamps(starts, time_type)?);
+    columns.push(ms_to_timestamps(ends, time_type)?);
+    columns.push(ms_to_timestamps(times, time_type)?);
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The windows `(start, end)` in ms a row at `ts` (ms) belongs to, pushed onto `out`.
+/// SESSION gives the row's own window `[ts, ts + gap)`, which merges with the touching
+/// windows of the same key downstream.
+pub fn window_bounds(kind: WindowKind, ts: i64, out: &mut Vec<(i64, i64)>) {
+    match kind {
+        WindowKind::Tumble { size, offset } => {
+            let start = ts - (ts - offset).rem_euclid(size);
+            out.push((start, start + size));
+        }
+        WindowKind::Hop { slide, size } => {
+            let last = ts - ts.rem_euclid(slide);
+            let mut start = last;
+            while start + size > ts {
+                out.push((start, start + size));
+                start -= slide;
+            }
+        }
+        WindowKind::Cumulate { step, size } => {
+            let period = ts - ts.rem_euclid(size);
+            let first = (ts - period) / step + 1;
+            for j in first..=size / step {
+                out.push((period, period + j * step));
+            }
+        }
+        WindowKind::Session { gap } => out.push((ts, ts + gap)),
+    }
+}
+
+/// Window assignment shared by batch and stream mode: copies each row of `batch` into
+/// every window it belongs to ([`window_bounds`]) with the window columns appended, in
+/// input row order. Rows with a NULL time belong to no window and are dropped (as in
+/// Flink). `schema` is the [`WindowTvf`]'s output schema.
+pub fn assign_windows(
+    batch: &RecordBatch,
+    kind: WindowKind,
+    time_index: usize,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let time = batch.column(time_index);
+    let time_type = time.data_type().clone();
+    let ts = timestamps_to_ms(time)?;
+    let (mut indices, mut starts, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    let mut windows = Vec::new();
+    for (row, t) in ts.into_iter().enumerate() {
+        let Some(t) = t else { continue };
+        windows.clear();
+        window_bounds(kind, t, &mut windows);
+        for &(s, e) in &windows {
+            indices.push(row as u32);
+            starts.push(s);
+            ends.push(e);
+        }
+    }
+    append_windows(batch, schema, &time_type, indices, starts, ends)
 }

@@ -34,7 +34,7 @@ pub trait ModeRunner: Send + Sync {
 
 /// The modes every file runs in.
 pub fn modes() -> Vec<Arc<dyn ModeRunner>> {
-    vec![Arc::new(BatchRunner)]
+    vec![Arc::new(BatchRunner), Arc::new(StreamRunner)]
 }
 
 /// Batch mode: `meltwater_batch`.
@@ -61,5 +61,57 @@ impl ModeRunner for BatchRunner {
         meltwater_batch::run_query(job, query)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Stream mode: `meltwater_stream`, over the same bounded sources. The run ends when
+/// every source ended and the final watermark flushed the windows; a query's rows are
+/// its changelog materialized. Checkpoints go to a temporary directory, every 200 ms,
+/// so the files also exercise barriers in the middle of the data.
+pub struct StreamRunner;
+
+impl StreamRunner {
+    async fn run(
+        job: &PlannedJob,
+        inserts: &[&PlannedStatement],
+        queries: &[&PlannedStatement],
+    ) -> Result<(meltwater_stream::StreamReport, Vec<meltwater_stream::QueryResult>), String> {
+        let parallelism = meltwater_stream::job::job_parallelism(job);
+        let plan = meltwater_stream::plan_statements(job, inserts, queries, parallelism)
+            .map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut options = meltwater_stream::StreamOptions::from_settings(
+            &job.identity.job_id,
+            &job.settings,
+            dir.path().to_path_buf(),
+        )?;
+        options.checkpoint_dir = dir.path().to_path_buf();
+        options.checkpoint_interval = std::time::Duration::from_millis(200);
+        options.resume = false;
+        meltwater_stream::run_plan(job, plan, &options, |_, _| {})
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl ModeRunner for StreamRunner {
+    fn mode(&self) -> Mode {
+        Mode::Stream
+    }
+
+    async fn run_inserts(&self, job: &PlannedJob) -> Result<u64, String> {
+        let inserts: Vec<&PlannedStatement> = job.inserts.iter().collect();
+        let (report, _) = Self::run(job, &inserts, &[]).await?;
+        Ok(report.commits.iter().map(|c| c.rows).sum())
+    }
+
+    async fn query(
+        &self,
+        job: &PlannedJob,
+        query: &PlannedStatement,
+    ) -> Result<Vec<RecordBatch>, String> {
+        let (_, mut results) = Self::run(job, &[], &[query]).await?;
+        Ok(results.pop().map(|r| r.batches).unwrap_or_default())
     }
 }

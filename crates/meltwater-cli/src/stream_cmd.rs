@@ -1,0 +1,166 @@
+//! `run --mode stream`, `explain --mode stream` and `checkpoints`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use meltwater_plan::PlannedJob;
+use meltwater_state::CheckpointStore;
+use meltwater_stream::metrics::JobMetrics;
+use meltwater_stream::{StreamOptions, StreamPlan};
+
+use crate::report::{count, plural, size};
+
+/// Where checkpoints go unless `SET 'execution.checkpointing.dir'` says otherwise.
+pub fn default_checkpoint_dir() -> PathBuf {
+    PathBuf::from("meltwater-data/checkpoints")
+}
+
+/// The stream options of a planned job and the command line.
+pub fn options(
+    job: &PlannedJob,
+    checkpoint_dir: Option<&Path>,
+    from_checkpoint: Option<&Path>,
+    fresh: bool,
+) -> Result<StreamOptions> {
+    let mut o = StreamOptions::from_settings(
+        &job.identity.job_id,
+        &job.settings,
+        default_checkpoint_dir(),
+    )
+    .map_err(|e| anyhow!("{}: {e}", job.file))?;
+    if let Some(d) = checkpoint_dir {
+        o.checkpoint_dir = d.to_path_buf();
+    }
+    o.from_checkpoint = from_checkpoint.map(Path::to_path_buf);
+    o.resume = !fresh;
+    Ok(o)
+}
+
+/// The dataflow as `explain --mode stream` prints it.
+pub fn explain(plan: &StreamPlan) -> String {
+    plan.graph.to_string()
+}
+
+/// Prints a status line every `every` on stderr: rows/s in and out, watermark lag, the
+/// last checkpoint and backpressured operators.
+pub fn spawn_status(
+    plan: &StreamPlan,
+    metrics: Arc<JobMetrics>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let sources: Vec<usize> = plan
+        .graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.kind.is_source())
+        .map(|(i, _)| i)
+        .collect();
+    let sinks: Vec<usize> = plan
+        .graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.kind, meltwater_stream::graph::NodeKind::Sink { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last_in = 0u64;
+        let mut last_out = 0u64;
+        let mut last_bp: Vec<u64> = vec![0; metrics.operators.len()];
+        loop {
+            tokio::time::sleep(every).await;
+            let rin: u64 = sources
+                .iter()
+                .map(|i| JobMetrics::get(&metrics.operators[*i].rows_out))
+                .sum();
+            let rout: u64 = sinks
+                .iter()
+                .map(|i| JobMetrics::get(&metrics.operators[*i].rows_in))
+                .sum();
+            let secs = every.as_secs_f64();
+            let wm = metrics.watermark.load(Ordering::Relaxed);
+            let lag = if wm == i64::MIN {
+                "no watermark yet".to_string()
+            } else {
+                let now = chrono::Utc::now().timestamp_millis();
+                format!("watermark lag {:.1} s", (now - wm) as f64 / 1000.0)
+            };
+            let ckpt = match metrics.last_checkpoint.lock().ok().and_then(|c| c.clone()) {
+                Some(c) => format!(
+                    "checkpoint {} ({} ms, {}, {:.0} s ago)",
+                    c.id,
+                    c.duration_ms,
+                    size(c.bytes),
+                    c.completed_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
+                ),
+                None => "no checkpoint yet".into(),
+            };
+            let mut bp = Vec::new();
+            for (i, op) in metrics.operators.iter().enumerate() {
+                let ns = JobMetrics::get(&op.backpressure_ns);
+                let delta = ns - last_bp[i];
+                last_bp[i] = ns;
+                if delta as f64 > every.as_nanos() as f64 * 0.1 {
+                    bp.push(format!(
+                        "{} {:.0}%",
+                        op.id,
+                        100.0 * delta as f64 / every.as_nanos() as f64
+                    ));
+                }
+            }
+            eprintln!(
+                "… {:.0} s: in {} rows/s, out {} rows/s (total {} in, {} out), {lag}, {ckpt}{}",
+                started.elapsed().as_secs_f64(),
+                count(((rin - last_in) as f64 / secs) as u64),
+                count(((rout - last_out) as f64 / secs) as u64),
+                count(rin),
+                count(rout),
+                if bp.is_empty() {
+                    String::new()
+                } else {
+                    format!(", backpressured: {}", bp.join(", "))
+                }
+            );
+            last_in = rin;
+            last_out = rout;
+        }
+    })
+}
+
+/// `meltwater checkpoints JOB`: the job's complete checkpoints.
+pub fn list_checkpoints(job: &PlannedJob, opts: &StreamOptions) -> Result<()> {
+    let store = CheckpointStore::new(&opts.checkpoint_dir);
+    let list = store
+        .list(&job.identity.job_id)
+        .map_err(|e| anyhow!(e.to_string()))?;
+    println!(
+        "job {}: {} in {}",
+        job.identity.job_id,
+        plural(list.len() as u64, "complete checkpoint"),
+        store.job_dir(&job.identity.job_id).display()
+    );
+    if list.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<32}  {:>10}  {:>9}  {:>9}  path",
+        "id", "triggered", "size", "duration", "operators"
+    );
+    for m in list {
+        println!(
+            "{:>6}  {:<32}  {:>10}  {:>7} ms  {:>9}  {}",
+            m.checkpoint_id,
+            m.triggered_at,
+            size(m.size_bytes()),
+            m.duration_ms,
+            m.operators.len(),
+            m.dir.display()
+        );
+    }
+    Ok(())
+}

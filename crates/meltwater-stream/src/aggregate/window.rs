@@ -1,0 +1,844 @@
+//! Event-time window aggregation: rows arrive with their window's bounds (appended by
+//! [`super::WindowAssignOperator`]); the operator keeps accumulators per (window, key)
+//! and emits a window's rows once the watermark passes the window's last millisecond
+//! (`end - 1`, Flink's window max timestamp), then frees the window.
+//!
+//! SESSION: each row arrives with its own window `[t, t + gap)`; windows of one key that
+//! overlap or touch merge (their accumulators merged through `state()`/`merge_batch`), and
+//! a session fires once the watermark passes its (merged) end - 1, when no later row can
+//! extend it any more without being late.
+//!
+//! Late rows (whose window has already fired when they arrive) are dropped and counted.
+//! A SESSION row is late only if its window is late *and* touches no open session of its
+//! key (Flink merges first, then checks lateness).
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::common::{internal_err, plan_err, ScalarValue};
+use datafusion::error::Result;
+use meltwater_plan::window::{ms_to_timestamps, timestamps_to_ms, WindowKind};
+
+use super::{
+    checkpoint_accumulators, evaluate, merge_accumulators, merge_state_row, scalars_to_array,
+    snapshot_batch, state_lens, transpose_to_columns, Accumulators, AggregateSpec, GroupedRows,
+    KeyCodec, NO_GROUP,
+};
+use crate::message::{EventTime, MIN_WATERMARK};
+use crate::operator::{
+    Operator, OperatorCounters, OperatorSnapshot, Output, RestoredState, SubtaskInfo,
+};
+
+/// Which window an aggregate is over, and where the window bounds are among its group
+/// expressions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub kind: WindowKind,
+    /// Index into the spec's group expressions of `window_start`.
+    pub window_start_group: usize,
+    /// Index into the spec's group expressions of `window_end`.
+    pub window_end_group: usize,
+}
+
+/// Window bounds in ms, ordered by end first (the firing order).
+type WindowKey = (i64, i64);
+
+/// Aggregates per event-time window and key; see the module docs.
+pub struct WindowAggregateOperator {
+    spec: AggregateSpec,
+    window: WindowSpec,
+    info: SubtaskInfo,
+    /// Group expression indices of the key (the non-window group expressions).
+    key_indices: Vec<usize>,
+    keys: KeyCodec,
+    state_lens: Vec<usize>,
+    /// Open windows by (end, start), then key.
+    windows: BTreeMap<WindowKey, HashMap<Box<[u8]>, Accumulators>>,
+    /// SESSION: each key's open sessions as (start, end), sorted, disjoint, not touching.
+    sessions: HashMap<Box<[u8]>, Vec<(i64, i64)>>,
+    watermark: EventTime,
+    late_records: u64,
+    /// HOP: late (row, window) pairs; each input row is in `size / slide` windows.
+    late_hop_windows: u64,
+}
+
+impl std::fmt::Debug for WindowAggregateOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowAggregateOperator")
+            .field("window", &self.window)
+            .field("open_windows", &self.windows.len())
+            .field("watermark", &self.watermark)
+            .finish()
+    }
+}
+
+impl WindowAggregateOperator {
+    pub fn try_new(spec: AggregateSpec, window: WindowSpec, info: SubtaskInfo) -> Result<Self> {
+        let n = spec.group_exprs.len();
+        if window.window_start_group >= n
+            || window.window_end_group >= n
+            || window.window_start_group == window.window_end_group
+        {
+            return plan_err!(
+                "window aggregate: window_start/window_end group indices {}/{} out of {n} group expressions",
+                window.window_start_group,
+                window.window_end_group
+            );
+        }
+        if spec.is_updating_input() {
+            return plan_err!(
+                "a window aggregate needs an append-only input; its input is an updating stream"
+            );
+        }
+        let types = spec.group_types()?;
+        for i in [window.window_start_group, window.window_end_group] {
+            if !matches!(types[i], DataType::Timestamp(..)) {
+                return plan_err!(
+                    "window aggregate: group expression {} ({}) has type {}, expected a timestamp",
+                    i,
+                    spec.group_exprs[i].1,
+                    types[i]
+                );
+            }
+        }
+        let key_indices: Vec<usize> = (0..n)
+            .filter(|i| *i != window.window_start_group && *i != window.window_end_group)
+            .collect();
+        let keys = KeyCodec::new(key_indices.iter().map(|&i| types[i].clone()).collect())?;
+        let mut op = Self {
+            spec,
+            window,
+            info,
+            key_indices,
+            keys,
+            state_lens: vec![],
+            windows: BTreeMap::new(),
+            sessions: HashMap::new(),
+            watermark: MIN_WATERMARK,
+            late_records: 0,
+            late_hop_windows: 0,
+        };
+        op.state_lens = state_lens(&|| op.new_accumulators())?;
+        Ok(op)
+    }
+
+    fn new_accumulators(&self) -> Result<Accumulators> {
+        self.spec
+            .aggr_exprs
+            .iter()
+            .map(|a| a.create_accumulator())
+            .collect()
+    }
+
+    fn is_late(&self, end: i64) -> bool {
+        end - 1 <= self.watermark
+    }
+
+    /// Counts a late (row, window) pair of an aligned window.
+    fn count_late(&mut self, start: i64, end: i64) {
+        match self.window.kind {
+            WindowKind::Hop { .. } => self.late_hop_windows += 1,
+            // Every row is in exactly one full-size window, its last one: the row is
+            // dropped entirely iff that one is late.
+            WindowKind::Cumulate { size, .. } => {
+                if end - start == size {
+                    self.late_records += 1
+                }
+            }
+            _ => self.late_records += 1,
+        }
+    }
+
+    /// Assigns each row of an aligned-window batch its (window, key) group.
+    fn group_aligned(
+        &mut self,
+        starts: &[Option<i64>],
+        ends: &[Option<i64>],
+        keys: &super::EncodedKeys,
+        groups: &mut Vec<(WindowKey, Box<[u8]>)>,
+    ) -> Vec<usize> {
+        let mut ids = Vec::with_capacity(starts.len());
+        let mut local: HashMap<(i64, i64, &[u8]), usize> = HashMap::new();
+        for row in 0..starts.len() {
+            let (Some(s), Some(e)) = (starts[row], ends[row]) else {
+                ids.push(NO_GROUP);
+                continue;
+            };
+            if self.is_late(e) {
+                self.count_late(s, e);
+                ids.push(NO_GROUP);
+                continue;
+            }
+            let key = keys.key(row);
+            let id = *local.entry((e, s, key)).or_insert_with(|| {
+                groups.push(((e, s), key.into()));
+                groups.len() - 1
+            });
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Merges each row's session window into its key's sessions; returns each row's
+    /// group (the merged session it ended up in).
+    fn group_sessions(
+        &mut self,
+        starts: &[Option<i64>],
+        ends: &[Option<i64>],
+        keys: &super::EncodedKeys,
+        groups: &mut Vec<(WindowKey, Box<[u8]>)>,
+    ) -> Result<Vec<usize>> {
+        let mut ids = vec![NO_GROUP; starts.len()];
+        let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        for row in 0..starts.len() {
+            if starts[row].is_some() && ends[row].is_some() {
+                by_key.entry(keys.key(row)).or_default().push(row);
+            }
+        }
+        for (key, rows) in by_key {
+            let key: Box<[u8]> = key.into();
+            let existing = self.sessions.remove(&key).unwrap_or_default();
+            // (start, end, Some(row) | None for an existing session)
+            let mut intervals: Vec<(i64, i64, Option<usize>)> =
+                existing.iter().map(|&(s, e)| (s, e, None)).collect();
+            intervals.extend(
+                rows.iter()
+                    .map(|&r| (starts[r].unwrap_or_default(), ends[r].unwrap_or_default(), Some(r))),
+            );
+            intervals.sort_by_key(|&(s, e, _)| (s, e));
+            let mut sessions = Vec::new();
+            let mut i = 0;
+            while i < intervals.len() {
+                let (start, mut end) = (intervals[i].0, intervals[i].1);
+                let mut j = i + 1;
+                while j < intervals.len() && intervals[j].0 <= end {
+                    end = end.max(intervals[j].1);
+                    j += 1;
+                }
+                let component = &intervals[i..j];
+                let old: Vec<(i64, i64)> = component
+                    .iter()
+                    .filter(|c| c.2.is_none())
+                    .map(|c| (c.0, c.1))
+                    .collect();
+                if old.is_empty() && self.is_late(end) {
+                    self.late_records += component.len() as u64;
+                    i = j;
+                    continue;
+                }
+                // The merged session's accumulators: the existing sessions' merged.
+                let mut merged: Option<Accumulators> = None;
+                for (s, e) in old {
+                    let Some(mut accs) = self.take_window((e, s), &key) else {
+                        return internal_err!("session window [{s}, {e}) has no state");
+                    };
+                    match &mut merged {
+                        None => merged = Some(accs),
+                        Some(m) => merge_accumulators(m, &mut accs)?,
+                    }
+                }
+                let merged = match merged {
+                    Some(m) => m,
+                    None => self.new_accumulators()?,
+                };
+                self.windows
+                    .entry((end, start))
+                    .or_default()
+                    .insert(key.clone(), merged);
+                let id = groups.len();
+                groups.push(((end, start), key.clone()));
+                for c in component {
+                    if let Some(r) = c.2 {
+                        ids[r] = id;
+                    }
+                }
+                sessions.push((start, end));
+                i = j;
+            }
+            if !sessions.is_empty() {
+                self.sessions.insert(key, sessions);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn take_window(&mut self, window: WindowKey, key: &[u8]) -> Option<Accumulators> {
+        let keys = self.windows.get_mut(&window)?;
+        let accs = keys.remove(key);
+        if keys.is_empty() {
+            self.windows.remove(&window);
+        }
+        accs
+    }
+
+    /// Output rows for `windows` (in order), keys sorted within a window.
+    fn emit(
+        &mut self,
+        windows: BTreeMap<WindowKey, HashMap<Box<[u8]>, Accumulators>>,
+    ) -> Result<Option<RecordBatch>> {
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
+        let mut values: Vec<Vec<ScalarValue>> = Vec::new();
+        let is_session = matches!(self.window.kind, WindowKind::Session { .. });
+        for ((end, start), groups) in windows {
+            let mut groups: Vec<_> = groups.into_iter().collect();
+            groups.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, mut accs) in groups {
+                if is_session {
+                    if let Some(list) = self.sessions.get_mut(&key) {
+                        list.retain(|w| *w != (start, end));
+                        if list.is_empty() {
+                            self.sessions.remove(&key);
+                        }
+                    }
+                }
+                starts.push(start);
+                ends.push(end);
+                values.push(evaluate(&mut accs)?);
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let mut key_columns = self.keys.decode(&refs)?.into_iter();
+        let schema = self.spec.output_schema.clone();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for i in 0..self.spec.group_exprs.len() {
+            let field_type = schema.field(i).data_type();
+            if i == self.window.window_start_group {
+                columns.push(ms_to_timestamps(std::mem::take(&mut starts), field_type)?);
+            } else if i == self.window.window_end_group {
+                columns.push(ms_to_timestamps(std::mem::take(&mut ends), field_type)?);
+            } else {
+                let Some(c) = key_columns.next() else {
+                    return internal_err!("window aggregate: missing key column {i}");
+                };
+                columns.push(c);
+            }
+        }
+        let groups = self.spec.group_exprs.len();
+        let aggregates = self.spec.aggr_exprs.len();
+        let mut per_agg: Vec<Vec<ScalarValue>> = (0..aggregates).map(|_| Vec::new()).collect();
+        for row in values {
+            for (a, v) in row.into_iter().enumerate() {
+                per_agg[a].push(v);
+            }
+        }
+        for (a, v) in per_agg.into_iter().enumerate() {
+            columns.push(scalars_to_array(v, schema.field(groups + a).data_type())?);
+        }
+        Ok(Some(RecordBatch::try_new(schema, columns)?))
+    }
+}
+
+#[async_trait]
+impl Operator for WindowAggregateOperator {
+    fn name(&self) -> String {
+        format!("WindowAggregate[{}]", self.window.kind)
+    }
+
+    async fn restore(&mut self, state: RestoredState) -> Result<()> {
+        let key_count = self.key_indices.len();
+        for batch in state.keyed {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let starts = batch.column(0).as_primitive::<Int64Type>().clone();
+            let ends = batch.column(1).as_primitive::<Int64Type>().clone();
+            let keys = self.keys.encode(&batch.columns()[2..2 + key_count])?;
+            let states = &batch.columns()[2 + key_count..];
+            for row in 0..batch.num_rows() {
+                let window = (ends.value(row), starts.value(row));
+                let key: Box<[u8]> = keys.key(row).into();
+                if !self
+                    .windows
+                    .get(&window)
+                    .is_some_and(|w| w.contains_key(&key))
+                {
+                    let accs = self.new_accumulators()?;
+                    self.windows
+                        .entry(window)
+                        .or_default()
+                        .insert(key.clone(), accs);
+                    if matches!(self.window.kind, WindowKind::Session { .. }) {
+                        let list = self.sessions.entry(key.clone()).or_default();
+                        list.push((window.1, window.0));
+                        list.sort();
+                    }
+                }
+                let accs = self
+                    .windows
+                    .get_mut(&window)
+                    .and_then(|w| w.get_mut(&key))
+                    .expect("inserted above");
+                merge_state_row(accs, states, row, &self.state_lens)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn process(&mut self, _input: usize, batch: RecordBatch, _out: &mut Output) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let group_values = self.spec.evaluate_groups(&batch)?;
+        let starts = timestamps_to_ms(&group_values[self.window.window_start_group])?;
+        let ends = timestamps_to_ms(&group_values[self.window.window_end_group])?;
+        let key_columns: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| group_values[i].clone())
+            .collect();
+        let keys = self.keys.encode(&key_columns)?;
+        let mut groups = Vec::new();
+        let ids = if matches!(self.window.kind, WindowKind::Session { .. }) {
+            self.group_sessions(&starts, &ends, &keys, &mut groups)?
+        } else {
+            self.group_aligned(&starts, &ends, &keys, &mut groups)
+        };
+        let args = self.spec.evaluate_args(&batch)?;
+        let filters = self.spec.evaluate_filters(&batch)?;
+        let grouped = GroupedRows::new(&args, &filters, &ids, groups.len())?;
+        for (g, (window, key)) in groups.into_iter().enumerate() {
+            let accs = match self.windows.entry(window).or_default().entry(key) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let accs = self
+                        .spec
+                        .aggr_exprs
+                        .iter()
+                        .map(|a| a.create_accumulator())
+                        .collect::<Result<Accumulators>>()?;
+                    v.insert(accs)
+                }
+            };
+            grouped.update(g, accs, false)?;
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) -> Result<EventTime> {
+        if watermark <= self.watermark {
+            return Ok(watermark);
+        }
+        self.watermark = watermark;
+        // Fire windows with end - 1 <= watermark, i.e. end <= watermark + 1.
+        let fired = match watermark.checked_add(2) {
+            Some(limit) => {
+                let rest = self.windows.split_off(&(limit, i64::MIN));
+                std::mem::replace(&mut self.windows, rest)
+            }
+            None => std::mem::take(&mut self.windows),
+        };
+        if let Some(batch) = self.emit(fired)? {
+            out.push(batch);
+        }
+        Ok(watermark)
+    }
+
+    async fn snapshot(&mut self, _checkpoint_id: u64, _out: &mut Output) -> Result<OperatorSnapshot> {
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
+        let mut states: Vec<Vec<ScalarValue>> = Vec::new();
+        let aggr_exprs = self.spec.aggr_exprs.clone();
+        let make = || -> Result<Accumulators> {
+            aggr_exprs.iter().map(|a| a.create_accumulator()).collect()
+        };
+        for (&(end, start), groups) in self.windows.iter_mut() {
+            for (key, accs) in groups.iter_mut() {
+                starts.push(start);
+                ends.push(end);
+                keys.push(key.clone());
+                states.push(checkpoint_accumulators(accs, &make, &self.state_lens)?);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(OperatorSnapshot::default());
+        }
+        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let key_columns = self.keys.decode(&refs)?;
+        let mut names = vec!["__window_start".to_string(), "__window_end".to_string()];
+        let mut columns: Vec<ArrayRef> = vec![
+            std::sync::Arc::new(Int64Array::from(starts)),
+            std::sync::Arc::new(Int64Array::from(ends)),
+        ];
+        for (i, c) in self.key_indices.iter().zip(&key_columns) {
+            names.push(self.spec.group_exprs[*i].1.clone());
+            columns.push(c.clone());
+        }
+        let width: usize = self.state_lens.iter().sum();
+        let mut c = 0;
+        for (a, n) in self.state_lens.iter().enumerate() {
+            for f in 0..*n {
+                names.push(format!("__acc{a}_{f}"));
+                c += 1;
+            }
+        }
+        debug_assert_eq!(c, width);
+        columns.extend(transpose_to_columns(states, width)?);
+        let batch = snapshot_batch(&key_columns, self.info.key_groups, names, columns)?;
+        Ok(OperatorSnapshot {
+            keyed: vec![batch],
+            state: serde_json::Value::Null,
+        })
+    }
+
+    fn counters(&self) -> OperatorCounters {
+        let per_row = match self.window.kind {
+            WindowKind::Hop { slide, size } => (size / slide).max(1) as u64,
+            _ => 1,
+        };
+        OperatorCounters {
+            late_records: self.late_records + self.late_hop_windows / per_row,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::test_util::*;
+    use crate::aggregate::WindowAssignOperator;
+
+    const SQL: &str = "SELECT k, window_start, window_end, count(*) AS c, sum(v) AS s \
+                       FROM t GROUP BY k, window_start, window_end";
+
+    async fn operator(kind: WindowKind, sql: &str, index: usize, parallelism: usize) -> WindowAggregateOperator {
+        let spec = spec_for(windowed_schema(), sql).await;
+        WindowAggregateOperator::try_new(
+            spec,
+            WindowSpec {
+                kind,
+                window_start_group: 1,
+                window_end_group: 2,
+            },
+            info(index, parallelism),
+        )
+        .unwrap()
+    }
+
+    async fn assign(kind: WindowKind, batch: RecordBatch) -> RecordBatch {
+        let mut a = WindowAssignOperator::try_new(kind, 2, windowed_schema()).unwrap();
+        let out = feed(&mut a, batch).await;
+        datafusion::arrow::compute::concat_batches(&windowed_schema(), &out).unwrap()
+    }
+
+    /// Assigns and aggregates `rows`, returns what each watermark in `wms` fires.
+    async fn run(
+        op: &mut WindowAggregateOperator,
+        kind: WindowKind,
+        rows: &[(Option<&str>, Option<i64>, Option<i64>)],
+    ) {
+        let b = assign(kind, source(rows)).await;
+        assert!(feed(op, b).await.is_empty());
+    }
+
+    const TUMBLE: WindowKind = WindowKind::Tumble { size: 10, offset: 0 };
+
+    #[tokio::test]
+    async fn tumble_fires_on_watermark() {
+        let mut op = operator(TUMBLE, SQL, 0, 1).await;
+        run(
+            &mut op,
+            TUMBLE,
+            &[
+                (Some("a"), Some(1), Some(1)),
+                (Some("a"), Some(2), Some(9)),
+                (Some("b"), Some(5), Some(3)),
+                (Some("a"), Some(4), Some(10)),
+                (None, Some(7), Some(12)),
+                (Some("b"), None, Some(15)),
+                (Some("b"), Some(1), None),
+            ],
+        )
+        .await;
+        // Nothing before end - 1 = 9.
+        assert!(watermark(&mut op, 8).await.is_empty());
+        let fired = watermark(&mut op, 9).await;
+        assert_eq!(
+            rows(&fired),
+            [
+                "a,1970-01-01T00:00:00,1970-01-01T00:00:00.010,2,3",
+                "b,1970-01-01T00:00:00,1970-01-01T00:00:00.010,1,5",
+            ]
+        );
+        let fired = watermark(&mut op, i64::MAX).await;
+        // NULL key sorts first in the row format; NULL value: COUNT(*) counts, SUM ignores.
+        assert_eq!(
+            rows(&fired),
+            [
+                "null,1970-01-01T00:00:00.010,1970-01-01T00:00:00.020,1,7",
+                "a,1970-01-01T00:00:00.010,1970-01-01T00:00:00.020,1,4",
+                "b,1970-01-01T00:00:00.010,1970-01-01T00:00:00.020,1,null",
+            ]
+        );
+        assert!(op.windows.is_empty());
+        assert_eq!(op.counters().late_records, 0);
+    }
+
+    #[tokio::test]
+    async fn late_rows_are_dropped_and_counted() {
+        let mut op = operator(TUMBLE, SQL, 0, 1).await;
+        run(&mut op, TUMBLE, &[(Some("a"), Some(1), Some(1))]).await;
+        assert_eq!(rows(&watermark(&mut op, 12).await).len(), 1);
+        // 5 is in [0, 10) which fired; 13 is in [10, 20), still open.
+        run(
+            &mut op,
+            TUMBLE,
+            &[(Some("a"), Some(10), Some(5)), (Some("a"), Some(20), Some(13))],
+        )
+        .await;
+        assert_eq!(op.counters().late_records, 1);
+        let fired = watermark(&mut op, 19).await;
+        assert_eq!(
+            rows(&fired),
+            ["a,1970-01-01T00:00:00.010,1970-01-01T00:00:00.020,1,20"]
+        );
+
+        // HOP: a row fully late (all 3 windows fired) counts once.
+        let hop = WindowKind::Hop { slide: 5, size: 15 };
+        let mut op = operator(hop, SQL, 0, 1).await;
+        watermark(&mut op, 100).await;
+        run(&mut op, hop, &[(Some("a"), Some(1), Some(3))]).await;
+        assert_eq!(op.counters().late_records, 1);
+        // CUMULATE: a row partly late (its [0,10) fired, [0,20) open) is not counted.
+        let cumulate = WindowKind::Cumulate { step: 10, size: 20 };
+        let mut op = operator(cumulate, SQL, 0, 1).await;
+        watermark(&mut op, 9).await;
+        run(&mut op, cumulate, &[(Some("a"), Some(1), Some(3))]).await;
+        assert_eq!(op.counters().late_records, 0);
+        run(&mut op, cumulate, &[(Some("a"), Some(1), Some(3))]).await;
+        watermark(&mut op, 30).await;
+        run(&mut op, cumulate, &[(Some("a"), Some(1), Some(3))]).await;
+        assert_eq!(op.counters().late_records, 1);
+    }
+
+    #[tokio::test]
+    async fn hop_row_in_several_windows() {
+        let hop = WindowKind::Hop { slide: 5, size: 15 };
+        let mut op = operator(hop, SQL, 0, 1).await;
+        run(
+            &mut op,
+            hop,
+            &[(Some("a"), Some(1), Some(7)), (Some("a"), Some(10), Some(12))],
+        )
+        .await;
+        let fired = watermark(&mut op, i64::MAX).await;
+        // 7 is in [-5,10), [0,15), [5,20); 12 in [0,15), [5,20), [10,25).
+        let expected = [
+            "a,1969-12-31T23:59:59.995,1970-01-01T00:00:00.010,1,1",
+            "a,1970-01-01T00:00:00,1970-01-01T00:00:00.015,2,11",
+            "a,1970-01-01T00:00:00.005,1970-01-01T00:00:00.020,2,11",
+            "a,1970-01-01T00:00:00.010,1970-01-01T00:00:00.025,1,10",
+        ];
+        assert_eq!(rows(&fired), expected);
+    }
+
+    #[tokio::test]
+    async fn cumulate_windows_fire_step_by_step() {
+        let cumulate = WindowKind::Cumulate { step: 10, size: 30 };
+        let mut op = operator(cumulate, SQL, 0, 1).await;
+        run(
+            &mut op,
+            cumulate,
+            &[
+                (Some("a"), Some(1), Some(5)),
+                (Some("a"), Some(2), Some(15)),
+                (Some("a"), Some(4), Some(31)),
+            ],
+        )
+        .await;
+        assert_eq!(
+            rows(&watermark(&mut op, 9).await),
+            ["a,1970-01-01T00:00:00,1970-01-01T00:00:00.010,1,1"]
+        );
+        assert_eq!(
+            rows(&watermark(&mut op, 29).await),
+            [
+                "a,1970-01-01T00:00:00,1970-01-01T00:00:00.020,2,3",
+                "a,1970-01-01T00:00:00,1970-01-01T00:00:00.030,2,3",
+            ]
+        );
+        assert_eq!(
+            rows(&watermark(&mut op, 49).await),
+            [
+                "a,1970-01-01T00:00:00.030,1970-01-01T00:00:00.040,1,4",
+                "a,1970-01-01T00:00:00.030,1970-01-01T00:00:00.050,1,4",
+            ]
+        );
+    }
+
+    const SESSION: WindowKind = WindowKind::Session { gap: 10 };
+
+    #[tokio::test]
+    async fn sessions_merge_touch_and_bridge() {
+        let mut op = operator(SESSION, SQL, 0, 1).await;
+        // a: [0,10) and [30,40) apart; b: [0,10) and [10,20) touch → [0,20).
+        run(
+            &mut op,
+            SESSION,
+            &[
+                (Some("a"), Some(1), Some(0)),
+                (Some("a"), Some(2), Some(30)),
+                (Some("b"), Some(5), Some(0)),
+                (Some("b"), Some(6), Some(10)),
+            ],
+        )
+        .await;
+        assert_eq!(op.sessions.values().map(|s| s.len()).sum::<usize>(), 3);
+        // a@8: [8,18) overlaps [0,10) → [0,18); a@20: [20,30) touches [30,40) → [20,40).
+        run(
+            &mut op,
+            SESSION,
+            &[(Some("a"), Some(10), Some(8)), (Some("a"), Some(100), Some(20))],
+        )
+        .await;
+        assert_eq!(op.sessions.values().map(|s| s.len()).sum::<usize>(), 3);
+        // The bridge: a@18 → [18,28) touches [0,18) and overlaps [20,40): one session.
+        run(&mut op, SESSION, &[(Some("a"), Some(1000), Some(18))]).await;
+        assert_eq!(op.sessions.values().map(|s| s.len()).sum::<usize>(), 2);
+        // b's [0,20) fires at 19, not before.
+        assert!(watermark(&mut op, 18).await.is_empty());
+        assert_eq!(
+            rows(&watermark(&mut op, 19).await),
+            ["b,1970-01-01T00:00:00,1970-01-01T00:00:00.020,2,11"]
+        );
+        // A late row for b touching nothing open is dropped; one for a joins [0,40).
+        run(
+            &mut op,
+            SESSION,
+            &[(Some("b"), Some(7), Some(2)), (Some("a"), Some(0), Some(5))],
+        )
+        .await;
+        assert_eq!(op.counters().late_records, 1);
+        let fired = watermark(&mut op, i64::MAX).await;
+        assert_eq!(
+            rows(&fired),
+            ["a,1970-01-01T00:00:00,1970-01-01T00:00:00.040,6,1113"]
+        );
+    }
+
+    /// Runs `first`, checkpoints, restores into two subtasks with different key-group
+    /// ranges, runs `second` routed by key, and compares with an uninterrupted run.
+    async fn rescale_matches(kind: WindowKind, first: RecordBatch, second: RecordBatch) {
+        let mut reference = operator(kind, SQL, 0, 1).await;
+        feed(&mut reference, assign(kind, first.clone()).await).await;
+        feed(&mut reference, assign(kind, second.clone()).await).await;
+        let mut expected = rows(&watermark(&mut reference, i64::MAX).await);
+        expected.sort();
+
+        let mut old = operator(kind, SQL, 0, 1).await;
+        feed(&mut old, assign(kind, first).await).await;
+        let snap = snapshot(&mut old).await;
+        assert_eq!(snap.keyed[0].schema().field(0).name(), meltwater_state::KEY_GROUP_COLUMN);
+        let mut got = Vec::new();
+        for i in 0..2 {
+            let mut op = operator(kind, SQL, i, 2).await;
+            let state = restored(&snap, i, 2);
+            assert!(state.keyed[0].num_rows() > 0, "subtask {i} restores some keys");
+            op.restore(state).await.unwrap();
+            feed(&mut op, assign(kind, route(&second, 0, i, 2)).await).await;
+            got.extend(rows(&watermark(&mut op, i64::MAX).await));
+        }
+        got.sort();
+        assert_eq!(got, expected);
+        // The old operator still works after its snapshot.
+        feed(&mut old, assign(kind, second).await).await;
+        let mut again = rows(&watermark(&mut old, i64::MAX).await);
+        again.sort();
+        assert_eq!(again, expected);
+    }
+
+    fn keyed_rows(keys: &[&'static str], ts: &[i64]) -> RecordBatch {
+        let mut r = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            for (j, t) in ts.iter().enumerate() {
+                r.push((Some(*k), Some((i * 10 + j) as i64), Some(*t)));
+            }
+        }
+        source(&r)
+    }
+
+    #[tokio::test]
+    async fn snapshot_restores_into_two_subtasks() {
+        let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        rescale_matches(TUMBLE, keyed_rows(&keys, &[1, 12]), keyed_rows(&keys, &[5, 25])).await;
+        let hop = WindowKind::Hop { slide: 5, size: 15 };
+        rescale_matches(hop, keyed_rows(&keys, &[1, 12]), keyed_rows(&keys, &[5, 25])).await;
+        // Sessions: [1,11) and [25,35) restored; 10 → [10,20) bridges to 25? no (20 < 25),
+        // it extends the first; 20 → [20,30) then merges everything.
+        rescale_matches(SESSION, keyed_rows(&keys, &[1, 25]), keyed_rows(&keys, &[10, 20])).await;
+    }
+
+    #[tokio::test]
+    async fn distinct_filter_and_microsecond_time() {
+        use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+        let us = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+            Field::new("ts", us.clone(), true),
+            Field::new("window_start", us.clone(), false),
+            Field::new("window_end", us.clone(), false),
+            Field::new("window_time", us.clone(), false),
+        ]));
+        let sql = "SELECT window_start, window_end, count(DISTINCT v) AS d, \
+                   count(*) FILTER (WHERE v > 1) AS f, approx_distinct(v) AS a \
+                   FROM t GROUP BY window_start, window_end";
+        let spec = spec_for(schema.clone(), sql).await;
+        let mut op = WindowAggregateOperator::try_new(
+            spec,
+            WindowSpec {
+                kind: TUMBLE,
+                window_start_group: 0,
+                window_end_group: 1,
+            },
+            info(0, 1),
+        )
+        .unwrap();
+        let source_schema = std::sync::Arc::new(Schema::new(schema.fields()[..3].to_vec()));
+        let ts = datafusion::arrow::array::TimestampMicrosecondArray::from(vec![
+            1000, 2000, 3000, 4000, 15000,
+        ])
+        .with_timezone("UTC");
+        let batch = RecordBatch::try_new(
+            source_schema,
+            vec![
+                std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec!["x"; 5])),
+                std::sync::Arc::new(Int64Array::from(vec![Some(1), Some(2), Some(2), None, Some(3)])),
+                std::sync::Arc::new(ts),
+            ],
+        )
+        .unwrap();
+        let mut a = WindowAssignOperator::try_new(TUMBLE, 2, schema.clone()).unwrap();
+        let assigned = feed(&mut a, batch).await;
+        for b in assigned {
+            feed(&mut op, b).await;
+        }
+        // Snapshot/restore in the middle keeps distinct values.
+        let snap = snapshot(&mut op).await;
+        let mut op2 = WindowAggregateOperator::try_new(
+            op.spec.clone(),
+            op.window,
+            info(0, 1),
+        )
+        .unwrap();
+        op2.restore(restored(&snap, 0, 1)).await.unwrap();
+        for o in [&mut op, &mut op2] {
+            let fired = watermark(o, 9).await;
+            assert_eq!(fired[0].schema().field(0).data_type(), &us);
+            assert_eq!(
+                rows(&fired),
+                ["1970-01-01T00:00:00Z,1970-01-01T00:00:00.010Z,2,2,2"]
+            );
+        }
+        assert_eq!(
+            rows(&watermark(&mut op, 20).await),
+            ["1970-01-01T00:00:00.010Z,1970-01-01T00:00:00.020Z,1,1,1"]
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Operators that are not aggregates: stateless steps and sinks.
+
+pub mod sink;
+pub mod stateless;

@@ -1,0 +1,165 @@
+//! Sinks: the Iceberg two-phase sink and the collecting sink of queries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::error::{DataFusionError, Result};
+use meltwater_iceberg::stream::{IcebergStreamWriter, PendingDataFile};
+use meltwater_iceberg::IcebergTable;
+
+use crate::changelog::{is_updating, split_ops};
+use crate::operator::{Operator, OperatorSnapshot, Output};
+
+/// Writes an append-only stream into an Iceberg table. Files written between two
+/// barriers are closed on the barrier and listed in the checkpoint; the coordinator
+/// commits them once the checkpoint is complete (exactly once: the snapshot records the
+/// job and checkpoint id, and a replayed commit is skipped).
+pub struct IcebergSinkOperator {
+    table: Arc<IcebergTable>,
+    subtask: usize,
+    writer: Option<IcebergStreamWriter>,
+}
+
+impl IcebergSinkOperator {
+    pub fn new(table: Arc<IcebergTable>, subtask: usize) -> Self {
+        Self {
+            table,
+            subtask,
+            writer: None,
+        }
+    }
+
+    async fn writer(&mut self) -> Result<&mut IcebergStreamWriter> {
+        if self.writer.is_none() {
+            let w = IcebergStreamWriter::try_new(&self.table, self.subtask)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            self.writer = Some(w);
+        }
+        Ok(self.writer.as_mut().expect("writer opened above"))
+    }
+}
+
+/// The sink's entry in a checkpoint: files to commit.
+pub fn pending_files_state(files: &[PendingDataFile]) -> serde_json::Value {
+    serde_json::json!({ "pending_files": files })
+}
+
+/// The files a sink subtask listed in a checkpoint.
+pub fn pending_files_of(state: &serde_json::Value) -> Result<Vec<PendingDataFile>> {
+    match state.get("pending_files") {
+        None => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| DataFusionError::Execution(format!("checkpoint: bad sink state: {e}"))),
+    }
+}
+
+#[async_trait]
+impl Operator for IcebergSinkOperator {
+    fn name(&self) -> String {
+        format!("iceberg sink {}", self.table.name())
+    }
+
+    async fn process(&mut self, _input: usize, batch: RecordBatch, _out: &mut Output) -> Result<()> {
+        let w = self.writer().await?;
+        w.write(&batch)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    async fn snapshot(&mut self, _checkpoint_id: u64, _out: &mut Output) -> Result<OperatorSnapshot> {
+        let files = match self.writer.as_mut() {
+            Some(w) => w
+                .prepare_commit()
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            None => Vec::new(),
+        };
+        Ok(OperatorSnapshot {
+            keyed: Vec::new(),
+            state: pending_files_state(&files),
+        })
+    }
+}
+
+/// Keeps a query's output for the caller.
+pub struct CollectSinkOperator {
+    rows: Arc<Mutex<Vec<RecordBatch>>>,
+}
+
+impl CollectSinkOperator {
+    pub fn new(rows: Arc<Mutex<Vec<RecordBatch>>>) -> Self {
+        Self { rows }
+    }
+}
+
+#[async_trait]
+impl Operator for CollectSinkOperator {
+    fn name(&self) -> String {
+        "collect".into()
+    }
+
+    async fn process(&mut self, _input: usize, batch: RecordBatch, _out: &mut Output) -> Result<()> {
+        self.rows.lock().expect("collect sink lock").push(batch);
+        Ok(())
+    }
+}
+
+/// The result a changelog describes: `+I`/`+U` rows added, `-U`/`-D` rows removed (one
+/// equal row each), in order of first insertion. Append-only batches are returned as is.
+pub fn materialize(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    if !is_updating(&first.schema()) {
+        return Ok(batches.to_vec());
+    }
+    let converter = RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?;
+    // Row bytes -> (count, batch, row) of the first occurrence.
+    let mut live: HashMap<Vec<u8>, (i64, usize, usize, u64)> = HashMap::new();
+    let mut seq = 0u64;
+    let mut plain = Vec::new();
+    for batch in batches {
+        let (rows_batch, ops) = split_ops(batch)?;
+        let rows_batch = RecordBatch::try_new(schema.clone(), rows_batch.columns().to_vec())?;
+        let rows = converter.convert_columns(rows_batch.columns())?;
+        let bi = plain.len();
+        for (r, op) in ops.iter().enumerate() {
+            let key = rows.row(r).as_ref().to_vec();
+            let e = live.entry(key).or_insert((0, bi, r, seq));
+            if op.is_accumulate() {
+                if e.0 <= 0 {
+                    *e = (e.0, bi, r, seq);
+                }
+                e.0 += 1;
+            } else {
+                e.0 -= 1;
+            }
+            seq += 1;
+        }
+        plain.push(rows_batch);
+    }
+    let mut kept: Vec<(u64, usize, usize, i64)> = live
+        .into_values()
+        .filter(|(c, ..)| *c > 0)
+        .map(|(c, b, r, s)| (s, b, r, c))
+        .collect();
+    kept.sort();
+    let mut out = Vec::new();
+    for (_, b, r, c) in kept {
+        let idx = UInt32Array::from(vec![r as u32; c as usize]);
+        out.push(take_record_batch(&plain[b], &idx)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,1112 @@
+//! Runs a [`StreamGraph`]: one tokio task per subtask of each operator chain, bounded
+//! channels between chains, watermarks and barriers in band, and a checkpoint
+//! coordinator.
+//!
+//! Checkpoint `n`: the coordinator asks every source subtask to inject barrier `n`
+//! (recording its split positions). A subtask with several inputs aligns: it stops
+//! reading an input once barrier `n` arrived on it, until it arrived on all, then
+//! snapshots every operator of its chain, forwards the barrier and acknowledges with
+//! what it stored. Subtasks whose input has ended snapshot on the coordinator's direct
+//! request. Once every subtask acknowledged, the coordinator writes the manifest
+//! atomically (the checkpoint is complete) and then commits the sinks' files.
+//! When every source is exhausted, a final checkpoint commits what remains.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::poll_fn;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::SessionState;
+use futures::stream::{SelectAll, Stream, StreamExt};
+use meltwater_connectors::stream::{Split, SplitPosition, StreamSource};
+use meltwater_connectors::SourceMetrics;
+use meltwater_iceberg::CommitSummary;
+use meltwater_state::{
+    key_group_hashes, key_groups, subtask_for_key_group, CheckpointManifest, CheckpointStore,
+    KeyGroupRange, OperatorManifest, SubtaskManifest,
+};
+use tokio::sync::mpsc;
+
+use crate::aggregate::spec::AggregateSpec;
+use crate::aggregate::updating::UpdatingAggregateOperator;
+use crate::aggregate::window::WindowAggregateOperator;
+use crate::aggregate::assign::WindowAssignOperator;
+use crate::graph::{NodeKind, Partitioning, SinkKind, StreamGraph};
+use crate::message::{EventTime, Message, MIN_WATERMARK};
+use crate::metrics::{CheckpointStatus, JobMetrics, OperatorMetrics};
+use crate::operator::{Operator, OperatorSnapshot, Output, RestoredState, SubtaskInfo};
+use crate::ops::sink::{pending_files_of, CollectSinkOperator, IcebergSinkOperator};
+use crate::ops::stateless::StatelessOperator;
+
+/// How a stream job runs.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub job_id: String,
+    /// Root of the checkpoint store (`<dir>/<job>/chk-<n>`).
+    pub checkpoint_dir: PathBuf,
+    pub checkpoint_interval: Duration,
+    /// Complete checkpoints kept.
+    pub retained: usize,
+    /// Restore from this checkpoint directory instead of the newest one.
+    pub from_checkpoint: Option<PathBuf>,
+    /// Resume from the newest complete checkpoint (when `from_checkpoint` is unset).
+    pub resume: bool,
+    pub key_groups: u16,
+    pub channel_capacity: usize,
+    pub batch_size: usize,
+    /// Splits without data for this long stop holding the watermark back.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl StreamOptions {
+    pub fn new(job_id: impl Into<String>, checkpoint_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            job_id: job_id.into(),
+            checkpoint_dir: checkpoint_dir.into(),
+            checkpoint_interval: Duration::from_secs(10),
+            retained: 3,
+            from_checkpoint: None,
+            resume: true,
+            key_groups: meltwater_state::DEFAULT_KEY_GROUPS,
+            channel_capacity: 8,
+            batch_size: 8192,
+            idle_timeout: None,
+        }
+    }
+}
+
+/// What a finished stream run did.
+#[derive(Debug, Clone, Default)]
+pub struct StreamReport {
+    pub restored_from: Option<u64>,
+    pub checkpoints: u64,
+    pub last_checkpoint: Option<u64>,
+    pub commits: Vec<CommitSummary>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{operator}: {message}")]
+    Operator { operator: String, message: String },
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("commit of checkpoint {checkpoint} failed: {message}")]
+    Commit { checkpoint: u64, message: String },
+}
+
+fn df_message(e: &DataFusionError) -> String {
+    let mut s = e.to_string();
+    for prefix in ["External error: ", "Execution error: ", "Arrow error: "] {
+        while let Some(rest) = s.strip_prefix(prefix) {
+            s = rest.to_string();
+        }
+    }
+    s
+}
+
+type TaskKey = (usize, usize); // (chain, subtask)
+
+enum Control {
+    Trigger(u64),
+}
+
+enum Event {
+    Ack {
+        task: TaskKey,
+        checkpoint: u64,
+        operators: Vec<(String, SubtaskManifest)>,
+    },
+    Finished {
+        task: TaskKey,
+    },
+    Failed {
+        operator: String,
+        message: String,
+    },
+}
+
+/// Everything a subtask needs to snapshot.
+#[derive(Clone)]
+struct SnapshotCtx {
+    store: CheckpointStore,
+    job_id: String,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// An operator of a chain with its identity and counters.
+struct ChainOp {
+    info: SubtaskInfo,
+    op: Box<dyn Operator>,
+    metrics: Arc<OperatorMetrics>,
+}
+
+/// Where a chain's output goes.
+struct Outputs {
+    partitioning: Partitioning,
+    senders: Vec<mpsc::Sender<Message>>,
+    key_groups: u16,
+    next: usize,
+    metrics: Arc<OperatorMetrics>,
+}
+
+impl Outputs {
+    async fn send(&mut self, target: usize, msg: Message) -> Result<()> {
+        let tx = &self.senders[target];
+        match tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let t = Instant::now();
+                JobMetrics::add(&self.metrics.backpressure_events, 1);
+                let r = tx.send(msg).await;
+                JobMetrics::add(&self.metrics.backpressure_ns, t.elapsed().as_nanos() as u64);
+                r.map_err(|_| DataFusionError::Execution("downstream task stopped".into()))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(DataFusionError::Execution("downstream task stopped".into()))
+            }
+        }
+    }
+
+    async fn broadcast(&mut self, msg: Message) -> Result<()> {
+        for i in 0..self.senders.len() {
+            self.send(i, msg.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn data(&mut self, own_index: usize, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 || self.senders.is_empty() {
+            return Ok(());
+        }
+        JobMetrics::add(&self.metrics.rows_out, batch.num_rows() as u64);
+        let n = self.senders.len();
+        match &self.partitioning {
+            Partitioning::Forward => self.send(own_index % n, Message::Data(batch)).await,
+            Partitioning::Single => self.send(0, Message::Data(batch)).await,
+            Partitioning::Rebalance => {
+                self.next = (self.next + 1) % n;
+                let t = self.next;
+                self.send(t, Message::Data(batch)).await
+            }
+            Partitioning::Hash { keys, .. } => {
+                let rows = batch.num_rows();
+                let arrays = keys
+                    .iter()
+                    .map(|k| k.evaluate(&batch).and_then(|v| v.into_array(rows)))
+                    .collect::<Result<Vec<ArrayRef>>>()?;
+                let groups = key_groups(&arrays, rows, self.key_groups)?;
+                let mut per: Vec<Vec<u32>> = vec![Vec::new(); n];
+                for (r, g) in groups.iter().enumerate() {
+                    per[subtask_for_key_group(*g, self.key_groups, n)].push(r as u32);
+                }
+                for (t, idx) in per.into_iter().enumerate() {
+                    if idx.is_empty() {
+                        continue;
+                    }
+                    let part = if idx.len() == rows {
+                        batch.clone()
+                    } else {
+                        take_record_batch(&batch, &UInt32Array::from(idx))?
+                    };
+                    self.send(t, Message::Data(part)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A chain of operators in one subtask.
+struct Chain {
+    key: TaskKey,
+    ops: Vec<ChainOp>,
+    outputs: Outputs,
+    ctx: SnapshotCtx,
+    watermark: EventTime,
+}
+
+impl Chain {
+    /// Runs `batches` through operators `from..` and emits what comes out.
+    async fn push_from(&mut self, from: usize, batches: Vec<RecordBatch>) -> Result<()> {
+        let mut batches = batches;
+        let len = self.ops.len();
+        for k in from..len {
+            if batches.is_empty() {
+                return Ok(());
+            }
+            let op = &mut self.ops[k];
+            let mut out = Output::default();
+            for b in batches {
+                JobMetrics::add(&op.metrics.rows_in, b.num_rows() as u64);
+                op.op.process(0, b, &mut out).await?;
+            }
+            batches = out.take();
+            if k + 1 < len {
+                for b in &batches {
+                    JobMetrics::add(&op.metrics.rows_out, b.num_rows() as u64);
+                }
+            }
+        }
+        for b in batches {
+            self.outputs.data(self.key.1, b).await?;
+        }
+        Ok(())
+    }
+
+    async fn watermark(&mut self, wm: EventTime) -> Result<()> {
+        if wm <= self.watermark {
+            return Ok(());
+        }
+        self.watermark = wm;
+        let mut wm = wm;
+        for k in 0..self.ops.len() {
+            let mut out = Output::default();
+            wm = self.ops[k].op.on_watermark(wm, &mut out).await?;
+            let late = self.ops[k].op.counters().late_records;
+            self.ops[k].metrics.late_records.fetch_max(late, Ordering::Relaxed);
+            self.push_from(k + 1, out.take()).await?;
+        }
+        if !self.outputs.senders.is_empty() {
+            self.outputs.broadcast(Message::Watermark(wm)).await?;
+        }
+        Ok(())
+    }
+
+    /// Snapshots every operator; `extra` is the source's state (chain head) if any.
+    async fn snapshot(
+        &mut self,
+        checkpoint: u64,
+        source: Option<(String, serde_json::Value)>,
+    ) -> Result<()> {
+        let mut manifests = Vec::new();
+        if let Some((id, state)) = source {
+            manifests.push((
+                id,
+                SubtaskManifest {
+                    index: self.key.1,
+                    state,
+                    ..Default::default()
+                },
+            ));
+        }
+        for k in 0..self.ops.len() {
+            let mut out = Output::default();
+            let snap: OperatorSnapshot = self.ops[k].op.snapshot(checkpoint, &mut out).await?;
+            self.push_from(k + 1, out.take()).await?;
+            let info = &self.ops[k].info;
+            let mut m = SubtaskManifest {
+                index: info.index,
+                state: snap.state,
+                ..Default::default()
+            };
+            if let Some((file, bytes, rows)) = self
+                .ctx
+                .store
+                .write_keyed(&self.ctx.job_id, checkpoint, &info.operator_id, info.index, &snap.keyed)
+                .map_err(|e| DataFusionError::Execution(e.to_string()))?
+            {
+                m.keyed_file = Some(file);
+                m.bytes = bytes;
+                m.keyed_rows = rows;
+            }
+            manifests.push((info.operator_id.clone(), m));
+        }
+        let _ = self.ctx.events.send(Event::Ack {
+            task: self.key,
+            checkpoint,
+            operators: manifests,
+        });
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.watermark(i64::MAX).await?;
+        for k in 0..self.ops.len() {
+            let mut out = Output::default();
+            self.ops[k].op.finish(&mut out).await?;
+            self.push_from(k + 1, out.take()).await?;
+        }
+        if !self.outputs.senders.is_empty() {
+            self.outputs.broadcast(Message::End).await?;
+        }
+        Ok(())
+    }
+}
+
+/// After a chain finished, it answers the coordinator's requests with snapshots of
+/// its (flushed) operators until the job ends.
+async fn serve_finished(
+    chain: &mut Chain,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    source: Option<&SourceState>,
+) -> Result<()> {
+    while let Some(Control::Trigger(n)) = control.recv().await {
+        chain
+            .snapshot(n, source.map(|s| (s.operator_id.clone(), s.to_json())))
+            .await?;
+    }
+    Ok(())
+}
+
+/// A non-source chain: reads its inputs, aligns barriers, processes.
+async fn run_chain(
+    mut chain: Chain,
+    mut inputs: Vec<mpsc::Receiver<Message>>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> Result<()> {
+    let n = inputs.len();
+    let mut ended = vec![false; n];
+    let mut blocked = vec![false; n];
+    let mut watermarks = vec![MIN_WATERMARK; n];
+    let mut aligning: Option<u64> = None;
+    let mut start = 0usize;
+    loop {
+        if ended.iter().all(|e| *e) {
+            break;
+        }
+        let (j, msg) = poll_fn(|cx| {
+            for o in 0..n {
+                let j = (start + o) % n;
+                if ended[j] || blocked[j] {
+                    continue;
+                }
+                match inputs[j].poll_recv(cx) {
+                    Poll::Ready(Some(m)) => return Poll::Ready((j, m)),
+                    Poll::Ready(None) => return Poll::Ready((j, Message::End)),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        start = (j + 1) % n;
+        match msg {
+            Message::Data(b) => chain.push_from(0, vec![b]).await?,
+            Message::Watermark(w) => {
+                watermarks[j] = watermarks[j].max(w);
+                let min = combined(&watermarks, &ended);
+                if let Some(min) = min {
+                    chain.watermark(min).await?;
+                }
+            }
+            Message::Barrier(id) => {
+                blocked[j] = true;
+                aligning = Some(id);
+            }
+            Message::End => {
+                ended[j] = true;
+                blocked[j] = false;
+                if let Some(min) = combined(&watermarks, &ended) {
+                    chain.watermark(min).await?;
+                }
+            }
+        }
+        if let Some(id) = aligning {
+            if (0..n).all(|k| blocked[k] || ended[k]) {
+                chain.snapshot(id, None).await?;
+                if !chain.outputs.senders.is_empty() {
+                    chain.outputs.broadcast(Message::Barrier(id)).await?;
+                }
+                blocked.iter_mut().for_each(|b| *b = false);
+                aligning = None;
+            }
+        }
+    }
+    chain.finish().await?;
+    let _ = chain.ctx.events.send(Event::Finished { task: chain.key });
+    serve_finished(&mut chain, &mut control, None).await
+}
+
+fn combined(watermarks: &[EventTime], ended: &[bool]) -> Option<EventTime> {
+    watermarks
+        .iter()
+        .zip(ended)
+        .filter(|(_, e)| !**e)
+        .map(|(w, _)| *w)
+        .min()
+}
+
+/// A source subtask's splits and where each stands.
+#[derive(Debug, Clone)]
+struct SourceState {
+    operator_id: String,
+    /// split id -> (position, exhausted)
+    splits: BTreeMap<String, (SplitPosition, bool)>,
+}
+
+impl SourceState {
+    fn to_json(&self) -> serde_json::Value {
+        let splits: serde_json::Map<String, serde_json::Value> = self
+            .splits
+            .iter()
+            .map(|(id, (pos, done))| (id.clone(), serde_json::json!({"position": pos, "done": done})))
+            .collect();
+        serde_json::json!({ "splits": splits })
+    }
+
+    fn merge_json(&mut self, v: &serde_json::Value) {
+        if let Some(map) = v.get("splits").and_then(|s| s.as_object()) {
+            for (id, s) in map {
+                let pos = s.get("position").and_then(|p| p.as_u64()).unwrap_or(0);
+                let done = s.get("done").and_then(|d| d.as_bool()).unwrap_or(false);
+                self.splits.insert(id.clone(), (pos, done));
+            }
+        }
+    }
+}
+
+/// Which source subtask reads a split: stable across runs and parallelism changes only
+/// through the split id.
+fn owner_of(split: &str, parallelism: usize) -> usize {
+    let ids: ArrayRef = Arc::new(StringArray::from(vec![split]));
+    let h = key_group_hashes(&[ids], 1).map(|h| h[0]).unwrap_or(0);
+    (h % parallelism as u64) as usize
+}
+
+type SplitStream = Pin<Box<dyn Stream<Item = (String, Result<Option<(RecordBatch, SplitPosition)>>)> + Send>>;
+
+fn split_stream(id: String, reader: Box<dyn meltwater_connectors::stream::SplitReader>) -> SplitStream {
+    Box::pin(futures::stream::unfold(Some(reader), move |reader| {
+        let id = id.clone();
+        async move {
+            let mut reader = reader?;
+            match reader.next_batch().await {
+                Ok(Some(item)) => Some(((id, Ok(Some(item))), Some(reader))),
+                Ok(None) => Some(((id, Ok(None)), None)),
+                Err(e) => Some((
+                    (id, Err(DataFusionError::External(Box::new(e)))),
+                    None,
+                )),
+            }
+        }
+    }))
+}
+
+/// What the source head of a chain reads.
+struct SourceSpec {
+    operator_id: String,
+    table: String,
+    source: Arc<dyn StreamSource>,
+    read_projection: Option<Vec<usize>>,
+    output_columns: Vec<usize>,
+    watermark: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    metrics: Arc<OperatorMetrics>,
+    source_metrics: Arc<SourceMetrics>,
+    job: Arc<JobMetrics>,
+}
+
+/// The largest value of a timestamp array, in milliseconds.
+fn max_millis(a: &ArrayRef) -> Result<Option<i64>> {
+    let ms = match a.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => a.clone(),
+        DataType::Timestamp(_, _) => cast(a, &DataType::Timestamp(TimeUnit::Millisecond, None))?,
+        other => {
+            return Err(DataFusionError::Plan(format!(
+                "the watermark expression has type {other}; it must be a TIMESTAMP"
+            )))
+        }
+    };
+    let ints = cast(&ms, &DataType::Int64)?;
+    Ok(datafusion::arrow::compute::max(ints.as_primitive::<Int64Type>()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_source_chain(
+    mut chain: Chain,
+    spec: SourceSpec,
+    mut state: SourceState,
+    parallelism: usize,
+    batch_size: usize,
+    idle_timeout: Option<Duration>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> Result<()> {
+    let index = chain.key.1;
+    let mut readers: SelectAll<SplitStream> = SelectAll::new();
+    let mut split_wm: HashMap<String, (EventTime, Instant)> = HashMap::new();
+    let mut open: HashSet<String> = HashSet::new();
+    let discovery = spec.source.discovery_interval_ms();
+    let mut next_discovery = Instant::now();
+    let err = |e: meltwater_connectors::ConnectorError| DataFusionError::External(Box::new(e));
+    loop {
+        // Discover splits (at start, then every interval when the source is monitored).
+        if Instant::now() >= next_discovery {
+            let splits: Vec<Split> = spec.source.discover_splits().await.map_err(err)?;
+            for s in splits {
+                if owner_of(&s.id, parallelism) != index || open.contains(&s.id) {
+                    continue;
+                }
+                let (pos, done) = state.splits.get(&s.id).copied().unwrap_or((0, false));
+                if done {
+                    continue;
+                }
+                state.splits.insert(s.id.clone(), (pos, false));
+                let reader = spec
+                    .source
+                    .open(&s, pos, spec.read_projection.as_deref(), batch_size)
+                    .await
+                    .map_err(err)?;
+                open.insert(s.id.clone());
+                split_wm.insert(s.id.clone(), (MIN_WATERMARK, Instant::now()));
+                readers.push(split_stream(s.id.clone(), reader));
+            }
+            next_discovery = match discovery {
+                Some(ms) => Instant::now() + Duration::from_millis(ms.max(1)),
+                None => Instant::now() + Duration::from_secs(365 * 24 * 3600),
+            };
+        }
+        if readers.is_empty() && discovery.is_none() {
+            break;
+        }
+        let wait = next_discovery.saturating_duration_since(Instant::now());
+        tokio::select! {
+            biased;
+            c = control.recv() => {
+                match c {
+                    Some(Control::Trigger(n)) => {
+                        chain.snapshot(n, Some((spec.operator_id.clone(), state.to_json()))).await?;
+                        chain.outputs.broadcast(Message::Barrier(n)).await?;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            item = readers.next(), if !readers.is_empty() => {
+                let Some((id, item)) = item else { continue };
+                match item? {
+                    Some((batch, pos)) => {
+                        if let Some(e) = state.splits.get_mut(&id) {
+                            e.0 = pos;
+                        }
+                        let rows = batch.num_rows() as u64;
+                        JobMetrics::add(&spec.metrics.rows_in, rows);
+                        if let Some(wm) = &spec.watermark {
+                            let v = wm.evaluate(&batch)?.into_array(batch.num_rows())?;
+                            if let Some(m) = max_millis(&v)? {
+                                let e = split_wm.entry(id.clone()).or_insert((MIN_WATERMARK, Instant::now()));
+                                e.0 = e.0.max(m);
+                            }
+                        }
+                        if let Some(e) = split_wm.get_mut(&id) {
+                            e.1 = Instant::now();
+                        }
+                        let out = batch.project(&spec.output_columns)?;
+                        JobMetrics::add(&spec.metrics.rows_out, rows);
+                        chain.push_from(0, vec![out]).await?;
+                    }
+                    None => {
+                        if let Some(e) = state.splits.get_mut(&id) {
+                            e.1 = true;
+                        }
+                        split_wm.remove(&id);
+                    }
+                }
+                if spec.watermark.is_some() {
+                    let now = Instant::now();
+                    let active = split_wm.values().filter(|(_, last)| {
+                        idle_timeout.is_none_or(|t| now.duration_since(*last) < t)
+                    });
+                    if let Some(min) = active.map(|(w, _)| *w).min() {
+                        if min > chain.watermark && min > MIN_WATERMARK {
+                            chain.watermark(min).await?;
+                            spec.job.watermark.store(min, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep(wait), if discovery.is_some() => {}
+        }
+    }
+    let _ = (&spec.table, &spec.source_metrics);
+    chain.finish().await?;
+    let _ = chain.ctx.events.send(Event::Finished { task: chain.key });
+    serve_finished(&mut chain, &mut control, Some(&state)).await
+}
+
+fn build_operator(
+    graph: &StreamGraph,
+    node: &crate::graph::StreamNode,
+    info: &SubtaskInfo,
+    state: &SessionState,
+) -> Result<Box<dyn Operator>> {
+    let input_updating = node
+        .input
+        .as_ref()
+        .is_some_and(|(from, _)| graph.nodes[*from].updating);
+    Ok(match &node.kind {
+        NodeKind::Stateless(steps) => Box::new(StatelessOperator::new(steps.clone())),
+        NodeKind::WindowAssign { kind, time_index } => {
+            Box::new(WindowAssignOperator::try_new(*kind, *time_index, node.schema.clone())?)
+        }
+        NodeKind::WindowAggregate { aggregate, window } => {
+            let spec = AggregateSpec::try_new(aggregate, state)?;
+            Box::new(WindowAggregateOperator::try_new(spec, window.clone(), info.clone())?)
+        }
+        NodeKind::UpdatingAggregate { aggregate, ttl_ms } => {
+            let mut spec = AggregateSpec::try_new(aggregate, state)?;
+            if input_updating {
+                spec = spec.with_updating_input();
+            }
+            Box::new(UpdatingAggregateOperator::try_new(spec, info.clone(), *ttl_ms)?)
+        }
+        NodeKind::Sink { kind, .. } => match kind {
+            SinkKind::Iceberg { table } => Box::new(IcebergSinkOperator::new(table.clone(), info.index)),
+            SinkKind::Collect(rows) => Box::new(CollectSinkOperator::new(rows.clone())),
+        },
+        NodeKind::Source { .. } => {
+            return Err(DataFusionError::Internal("a source is not a chained operator".into()))
+        }
+    })
+}
+
+/// The state a restored operator subtask receives.
+fn restored_state(manifest: &CheckpointManifest, info: &SubtaskInfo) -> Result<Option<RestoredState>> {
+    let Some(op) = manifest.operators.get(&info.operator_id) else {
+        return Ok(None);
+    };
+    let range: KeyGroupRange = info.key_group_range();
+    let mut keyed = Vec::new();
+    let mut states = Vec::new();
+    for s in &op.subtasks {
+        states.push(s.state.clone());
+        if let Some(file) = &s.keyed_file {
+            for b in manifest
+                .read_keyed(file)
+                .map_err(|e| DataFusionError::Execution(e.to_string()))?
+            {
+                let sel = range.select(&b)?;
+                if sel.num_rows() > 0 {
+                    keyed.push(sel);
+                }
+            }
+        }
+    }
+    Ok(Some(RestoredState { keyed, states }))
+}
+
+/// Commits the files the sinks listed in a complete checkpoint.
+async fn commit_sinks(
+    graph: &StreamGraph,
+    manifest: &CheckpointManifest,
+    job_id: &str,
+) -> std::result::Result<Vec<CommitSummary>, StreamError> {
+    let mut out = Vec::new();
+    for node in &graph.nodes {
+        let NodeKind::Sink { kind: SinkKind::Iceberg { table }, .. } = &node.kind else {
+            continue;
+        };
+        let Some(op) = manifest.operators.get(&node.id) else { continue };
+        let mut files = Vec::new();
+        for s in &op.subtasks {
+            files.extend(pending_files_of(&s.state).map_err(|e| StreamError::Commit {
+                checkpoint: manifest.checkpoint_id,
+                message: e.to_string(),
+            })?);
+        }
+        let summary = meltwater_iceberg::stream::commit_checkpoint(
+            table,
+            files,
+            job_id,
+            manifest.checkpoint_id,
+        )
+        .await
+        .map_err(|e| StreamError::Commit {
+            checkpoint: manifest.checkpoint_id,
+            message: e.to_string(),
+        })?;
+        out.push(summary);
+    }
+    Ok(out)
+}
+
+/// Runs the graph until every source ends (bounded sources) or forever (unbounded).
+pub async fn run_graph(
+    graph: &StreamGraph,
+    state: &SessionState,
+    options: &StreamOptions,
+    metrics: Arc<JobMetrics>,
+) -> std::result::Result<StreamReport, StreamError> {
+    let started = Instant::now();
+    let store = CheckpointStore::new(&options.checkpoint_dir);
+    let restore = match &options.from_checkpoint {
+        Some(dir) => Some(
+            CheckpointManifest::load(dir).map_err(|e| StreamError::Checkpoint(e.to_string()))?,
+        ),
+        None if options.resume => store
+            .latest(&options.job_id)
+            .map_err(|e| StreamError::Checkpoint(e.to_string()))?,
+        None => None,
+    };
+    let mut report = StreamReport::default();
+    if let Some(m) = &restore {
+        if m.key_groups != options.key_groups {
+            return Err(StreamError::Checkpoint(format!(
+                "checkpoint {} has {} key groups but the job has {}; the key-group count cannot change",
+                m.checkpoint_id, m.key_groups, options.key_groups
+            )));
+        }
+        // A crash may have come between completing the checkpoint and committing its
+        // files: commit them now (a commit that already happened is recognised and skipped).
+        report.commits.extend(commit_sinks(graph, m, &options.job_id).await?);
+        report.restored_from = Some(m.checkpoint_id);
+    }
+
+    let chains = graph.chains();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();
+    let ctx = SnapshotCtx {
+        store: store.clone(),
+        job_id: options.job_id.clone(),
+        events: events_tx.clone(),
+    };
+    // Channels: for each chain with an upstream chain, one per (upstream, downstream) subtask pair.
+    let chain_of = |node: usize| chains.iter().position(|c| c.contains(&node)).expect("node in a chain");
+    let mut receivers: HashMap<usize, Vec<Vec<mpsc::Receiver<Message>>>> = HashMap::new();
+    let mut senders: HashMap<usize, Vec<Vec<mpsc::Sender<Message>>>> = HashMap::new();
+    for (c, chain) in chains.iter().enumerate() {
+        let head = &graph.nodes[chain[0]];
+        let Some((from, _)) = &head.input else { continue };
+        let up = chain_of(*from);
+        let p_up = graph.nodes[chains[up][0]].parallelism;
+        let p = head.parallelism;
+        let mut rx: Vec<Vec<mpsc::Receiver<Message>>> = (0..p).map(|_| Vec::new()).collect();
+        let mut tx: Vec<Vec<mpsc::Sender<Message>>> = (0..p_up).map(|_| Vec::new()).collect();
+        for u in 0..p_up {
+            for d in 0..p {
+                let (s, r) = mpsc::channel(options.channel_capacity);
+                tx[u].push(s);
+                rx[d].push(r);
+            }
+        }
+        receivers.insert(c, rx);
+        senders.insert(up, tx);
+    }
+
+    let mut controls: HashMap<TaskKey, mpsc::UnboundedSender<Control>> = HashMap::new();
+    let mut source_tasks: Vec<TaskKey> = Vec::new();
+    let mut handles = Vec::new();
+    let op_metrics = |node: usize| metrics.operators[node].clone();
+    for (c, chain_nodes) in chains.iter().enumerate() {
+        let head = &graph.nodes[chain_nodes[0]];
+        let tail = *chain_nodes.last().expect("non-empty chain");
+        let p = head.parallelism;
+        let out_partitioning = graph
+            .consumers(tail)
+            .first()
+            .and_then(|d| graph.nodes[*d].input.as_ref().map(|(_, part)| part.clone()))
+            .unwrap_or(Partitioning::Forward);
+        let mut chain_senders = senders.remove(&c);
+        let mut chain_receivers = receivers.remove(&c);
+        for i in 0..p {
+            let mut ops = Vec::new();
+            for &n in chain_nodes {
+                let node = &graph.nodes[n];
+                if node.kind.is_source() {
+                    continue;
+                }
+                let info = SubtaskInfo {
+                    operator_id: node.id.clone(),
+                    index: i,
+                    parallelism: node.parallelism,
+                    key_groups: options.key_groups,
+                };
+                let mut op = build_operator(graph, node, &info, state).map_err(|e| {
+                    StreamError::Operator {
+                        operator: node.name.clone(),
+                        message: df_message(&e),
+                    }
+                })?;
+                if let Some(m) = &restore {
+                    if let Some(rs) = restored_state(m, &info).map_err(|e| StreamError::Checkpoint(df_message(&e)))? {
+                        op.restore(rs).await.map_err(|e| StreamError::Checkpoint(format!(
+                            "{}: restoring from checkpoint {}: {}",
+                            node.name,
+                            m.checkpoint_id,
+                            df_message(&e)
+                        )))?;
+                    }
+                }
+                ops.push(ChainOp {
+                    info,
+                    op,
+                    metrics: op_metrics(n),
+                });
+            }
+            let outputs = Outputs {
+                partitioning: out_partitioning.clone(),
+                senders: chain_senders
+                    .as_mut()
+                    .map(|s| std::mem::take(&mut s[i]))
+                    .unwrap_or_default(),
+                key_groups: options.key_groups,
+                next: i,
+                metrics: op_metrics(tail),
+            };
+            let chain = Chain {
+                key: (c, i),
+                ops,
+                outputs,
+                ctx: ctx.clone(),
+                watermark: MIN_WATERMARK,
+            };
+            let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+            controls.insert((c, i), ctl_tx);
+            let events = events_tx.clone();
+            let name = head.name.clone();
+            if let NodeKind::Source {
+                table,
+                source,
+                read_projection,
+                output_columns,
+                watermark,
+                metrics: source_metrics,
+            } = &head.kind
+            {
+                source_tasks.push((c, i));
+                let mut st = SourceState {
+                    operator_id: head.id.clone(),
+                    splits: BTreeMap::new(),
+                };
+                if let Some(m) = &restore {
+                    if let Some(op) = m.operators.get(&head.id) {
+                        for s in &op.subtasks {
+                            st.merge_json(&s.state);
+                        }
+                    }
+                }
+                // Keep only the splits this subtask owns now.
+                st.splits.retain(|id, _| owner_of(id, p) == i);
+                let spec = SourceSpec {
+                    operator_id: head.id.clone(),
+                    table: table.clone(),
+                    source: source.clone(),
+                    read_projection: read_projection.clone(),
+                    output_columns: output_columns.clone(),
+                    watermark: watermark.as_ref().map(|w| w.expr.clone()),
+                    metrics: op_metrics(chain_nodes[0]),
+                    source_metrics: source_metrics.clone(),
+                    job: metrics.clone(),
+                };
+                let (bs, idle) = (options.batch_size, options.idle_timeout);
+                handles.push(tokio::spawn(async move {
+                    if let Err(e) = run_source_chain(chain, spec, st, p, bs, idle, ctl_rx).await {
+                        let _ = events.send(Event::Failed {
+                            operator: name,
+                            message: df_message(&e),
+                        });
+                    }
+                }));
+            } else {
+                let inputs = chain_receivers
+                    .as_mut()
+                    .map(|r| std::mem::take(&mut r[i]))
+                    .unwrap_or_default();
+                handles.push(tokio::spawn(async move {
+                    if let Err(e) = run_chain(chain, inputs, ctl_rx).await {
+                        let _ = events.send(Event::Failed {
+                            operator: name,
+                            message: df_message(&e),
+                        });
+                    }
+                }));
+            }
+        }
+    }
+    drop(events_tx);
+
+    let abort = |handles: &Vec<tokio::task::JoinHandle<()>>| {
+        for h in handles {
+            h.abort();
+        }
+    };
+    let total = controls.len();
+    let mut finished: HashSet<TaskKey> = HashSet::new();
+    let mut next_id = store.highest_id(&options.job_id).max(restore.as_ref().map(|m| m.checkpoint_id).unwrap_or(0)) + 1;
+    struct Pending {
+        id: u64,
+        triggered: Instant,
+        triggered_at: String,
+        acks: HashMap<TaskKey, Vec<(String, SubtaskManifest)>>,
+    }
+    let mut pending: Option<Pending> = None;
+    let mut final_done = false;
+    let mut ticker = tokio::time::interval(options.checkpoint_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let parallelism_of: HashMap<String, (String, usize)> = graph
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), (n.name.clone(), n.parallelism)))
+        .collect();
+    loop {
+        // Trigger the final checkpoint once everything finished.
+        if pending.is_none() && finished.len() == total {
+            if final_done {
+                break;
+            }
+            final_done = true;
+            let id = next_id;
+            next_id += 1;
+            for tx in controls.values() {
+                let _ = tx.send(Control::Trigger(id));
+            }
+            pending = Some(Pending {
+                id,
+                triggered: Instant::now(),
+                triggered_at: chrono::Utc::now().to_rfc3339(),
+                acks: HashMap::new(),
+            });
+        }
+        tokio::select! {
+            _ = ticker.tick(), if pending.is_none() && finished.len() < total => {
+                let id = next_id;
+                next_id += 1;
+                for key in &source_tasks {
+                    if !finished.contains(key) {
+                        let _ = controls[key].send(Control::Trigger(id));
+                    }
+                }
+                for key in &finished {
+                    let _ = controls[key].send(Control::Trigger(id));
+                }
+                pending = Some(Pending { id, triggered: Instant::now(), triggered_at: chrono::Utc::now().to_rfc3339(), acks: HashMap::new() });
+            }
+            ev = events_rx.recv() => {
+                let Some(ev) = ev else {
+                    abort(&handles);
+                    return Err(StreamError::Checkpoint("every task stopped without finishing".into()));
+                };
+                match ev {
+                    Event::Failed { operator, message } => {
+                        abort(&handles);
+                        return Err(StreamError::Operator { operator, message });
+                    }
+                    Event::Finished { task } => {
+                        finished.insert(task);
+                        if let Some(p) = &pending {
+                            if !p.acks.contains_key(&task) {
+                                let _ = controls[&task].send(Control::Trigger(p.id));
+                            }
+                        }
+                    }
+                    Event::Ack { task, checkpoint, operators } => {
+                        if let Some(p) = pending.as_mut() {
+                            if p.id == checkpoint {
+                                p.acks.insert(task, operators);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if pending.as_ref().is_some_and(|p| p.acks.len() == total) {
+            let p = pending.take().expect("checked above");
+            let mut operators: BTreeMap<String, OperatorManifest> = BTreeMap::new();
+            for (_, ops) in p.acks {
+                for (id, sub) in ops {
+                    let (name, parallelism) = parallelism_of.get(&id).cloned().unwrap_or_default();
+                    let e = operators.entry(id).or_insert_with(|| OperatorManifest {
+                        name,
+                        parallelism,
+                        subtasks: Vec::new(),
+                    });
+                    e.subtasks.push(sub);
+                }
+            }
+            for o in operators.values_mut() {
+                o.subtasks.sort_by_key(|s| s.index);
+            }
+            let mut manifest = CheckpointManifest {
+                job_id: options.job_id.clone(),
+                checkpoint_id: p.id,
+                triggered_at: p.triggered_at,
+                duration_ms: p.triggered.elapsed().as_millis() as u64,
+                key_groups: options.key_groups,
+                operators,
+                dir: PathBuf::new(),
+            };
+            manifest.dir = store
+                .commit_manifest(&manifest)
+                .map_err(|e| StreamError::Checkpoint(e.to_string()))?;
+            let commits = commit_sinks(graph, &manifest, &options.job_id).await;
+            let commits = match commits {
+                Ok(c) => c,
+                Err(e) => {
+                    abort(&handles);
+                    return Err(e);
+                }
+            };
+            report.commits.extend(commits.into_iter().filter(|c| c.snapshot_id.is_some() && !c.already_committed));
+            let _ = store.prune(&options.job_id, options.retained);
+            report.checkpoints += 1;
+            report.last_checkpoint = Some(manifest.checkpoint_id);
+            metrics.checkpoints_completed.fetch_add(1, Ordering::Relaxed);
+            *metrics.last_checkpoint.lock().expect("metrics lock") = Some(CheckpointStatus {
+                id: manifest.checkpoint_id,
+                duration_ms: manifest.duration_ms,
+                bytes: manifest.size_bytes(),
+                completed_at: Some(Instant::now()),
+            });
+        }
+    }
+    drop(controls);
+    for h in handles {
+        let _ = h.await;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+impl StreamOptions {
+    /// Options from a job's `SET` statements over defaults:
+    /// `execution.checkpointing.interval` (default 10 s), `execution.checkpointing.dir`
+    /// (default `default_dir`), `execution.checkpointing.num-retained` (3),
+    /// `table.exec.source.idle-timeout` (off), `pipeline.max-parallelism` (key groups,
+    /// 128).
+    pub fn from_settings(
+        job_id: &str,
+        settings: &BTreeMap<String, String>,
+        default_dir: PathBuf,
+    ) -> std::result::Result<Self, String> {
+        let mut o = StreamOptions::new(job_id, default_dir);
+        let duration = |key: &str, v: &str| {
+            crate::planner::parse_duration_ms(v)
+                .map(Duration::from_millis)
+                .ok_or_else(|| format!("SET '{key}' = '{v}': expected a duration such as '10 s', '500 ms' or '1 min'"))
+        };
+        if let Some(v) = settings.get("execution.checkpointing.interval") {
+            o.checkpoint_interval = duration("execution.checkpointing.interval", v)?;
+            if o.checkpoint_interval.is_zero() {
+                return Err("SET 'execution.checkpointing.interval': must be positive".into());
+            }
+        }
+        if let Some(v) = settings.get("execution.checkpointing.dir") {
+            o.checkpoint_dir = PathBuf::from(v.strip_prefix("file://").unwrap_or(v));
+        }
+        if let Some(v) = settings.get("execution.checkpointing.num-retained") {
+            o.retained = v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("SET 'execution.checkpointing.num-retained' = '{v}': expected a positive integer"))?;
+        }
+        if let Some(v) = settings.get("table.exec.source.idle-timeout") {
+            let d = duration("table.exec.source.idle-timeout", v)?;
+            o.idle_timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(v) = settings.get("pipeline.max-parallelism") {
+            o.key_groups = v
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n > 0 && *n <= 32768)
+                .ok_or_else(|| format!("SET 'pipeline.max-parallelism' = '{v}': expected an integer from 1 to 32768"))?;
+        }
+        Ok(o)
+    }
+}
