@@ -33,7 +33,9 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
 };
 use futures::{stream, StreamExt};
-use meltwater_plan::window::{append_windows as emit, assign_windows, timestamps_to_ms as millis, WindowKind};
+use meltwater_plan::window::{
+    append_windows as emit, assign_windows, timestamps_to_ms as millis, WindowKind,
+};
 
 /// TUMBLE, HOP and CUMULATE window assignment.
 #[derive(Debug)]

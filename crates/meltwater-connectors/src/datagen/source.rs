@@ -1,4 +1,4 @@
-//! A datagen table as a streaming source. See the type's documentation.
+//! [`DataGenSource`]: a datagen table as a streaming source.
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! A filesystem table as a streaming source: one split per file. See the type's documentation.
+//! [`FileSystemSource`]: a filesystem table as a streaming source, one split per file.
 
 use std::path::PathBuf;
 use std::sync::Arc;

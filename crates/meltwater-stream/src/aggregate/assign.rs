@@ -55,3 +55,49 @@ impl Operator for WindowAssignOperator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::test_util::*;
+
+    #[tokio::test]
+    async fn assigns_windows_and_drops_null_times() {
+        let batch = source(&[
+            (Some("a"), Some(1), Some(23)),
+            (Some("b"), Some(2), None),
+            (Some("c"), Some(3), Some(-3)),
+        ]);
+        let mut hop = WindowAssignOperator::try_new(
+            WindowKind::Hop { slide: 5, size: 10 },
+            2,
+            windowed_schema(),
+        )
+        .unwrap();
+        assert_eq!(
+            rows(&feed(&mut hop, batch.clone()).await),
+            [
+                "a,1,1970-01-01T00:00:00.023,1970-01-01T00:00:00.020,1970-01-01T00:00:00.030,1970-01-01T00:00:00.029",
+                "a,1,1970-01-01T00:00:00.023,1970-01-01T00:00:00.015,1970-01-01T00:00:00.025,1970-01-01T00:00:00.024",
+                "c,3,1969-12-31T23:59:59.997,1969-12-31T23:59:59.995,1970-01-01T00:00:00.005,1970-01-01T00:00:00.004",
+                "c,3,1969-12-31T23:59:59.997,1969-12-31T23:59:59.990,1970-01-01T00:00:00,1969-12-31T23:59:59.999",
+            ]
+        );
+        let mut session =
+            WindowAssignOperator::try_new(WindowKind::Session { gap: 7 }, 2, windowed_schema())
+                .unwrap();
+        assert_eq!(
+            rows(&feed(&mut session, batch).await),
+            [
+                "a,1,1970-01-01T00:00:00.023,1970-01-01T00:00:00.023,1970-01-01T00:00:00.030,1970-01-01T00:00:00.029",
+                "c,3,1969-12-31T23:59:59.997,1969-12-31T23:59:59.997,1970-01-01T00:00:00.004,1970-01-01T00:00:00.003",
+            ]
+        );
+        assert!(WindowAssignOperator::try_new(
+            WindowKind::Session { gap: 7 },
+            3,
+            windowed_schema()
+        )
+        .is_err());
+    }
+}

@@ -23,11 +23,13 @@ pub use window::{WindowAggregateOperator, WindowSpec};
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{new_empty_array, Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::datatypes::{Field, Schema};
-use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::arrow::array::{
+    new_empty_array, Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array,
+};
 use datafusion::arrow::compute::{cast, filter, take};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::error::Result;
 use datafusion::logical_expr::Accumulator;
@@ -200,7 +202,9 @@ pub(crate) fn transpose_to_columns(
     rows: Vec<Vec<ScalarValue>>,
     columns: usize,
 ) -> Result<Vec<ArrayRef>> {
-    let mut cols: Vec<Vec<ScalarValue>> = (0..columns).map(|_| Vec::with_capacity(rows.len())).collect();
+    let mut cols: Vec<Vec<ScalarValue>> = (0..columns)
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
     for row in rows {
         for (c, v) in row.into_iter().enumerate() {
             cols[c].push(v);
@@ -213,10 +217,7 @@ pub(crate) fn transpose_to_columns(
 
 /// The number of state fields of each accumulator `make` creates.
 pub(crate) fn state_lens(make: &dyn Fn() -> Result<Accumulators>) -> Result<Vec<usize>> {
-    make()?
-        .iter_mut()
-        .map(|a| Ok(a.state()?.len()))
-        .collect()
+    make()?.iter_mut().map(|a| Ok(a.state()?.len())).collect()
 }
 
 /// Checkpoints `accs`: their state values (for [`merge_state_row`]). Since `state()`

@@ -134,8 +134,6 @@ impl AggregateSpec {
 
     /// The output schema's group fields.
     pub fn group_schema(&self) -> Schema {
-        Schema::new(
-            self.output_schema.fields()[..self.group_exprs.len()].to_vec(),
-        )
+        Schema::new(self.output_schema.fields()[..self.group_exprs.len()].to_vec())
     }
 }

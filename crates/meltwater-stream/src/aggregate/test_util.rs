@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -25,7 +27,8 @@ pub(crate) fn info(index: usize, parallelism: usize) -> SubtaskInfo {
 /// Plans `sql` over table `t` (an empty batch of `schema`) and returns its aggregate.
 pub(crate) async fn spec_for(schema: SchemaRef, sql: &str) -> AggregateSpec {
     let ctx = SessionContext::new();
-    ctx.register_batch("t", RecordBatch::new_empty(schema)).unwrap();
+    ctx.register_batch("t", RecordBatch::new_empty(schema))
+        .unwrap();
     let df = ctx.sql(sql).await.unwrap();
     // Analyzed (types coerced) but not optimized, as the stream planner sees it.
     let state = ctx.state();
@@ -73,8 +76,12 @@ pub(crate) fn windowed_schema() -> SchemaRef {
 
 /// A source batch of (k, v, ts ms).
 pub(crate) fn source(rows: &[(Option<&str>, Option<i64>, Option<i64>)]) -> RecordBatch {
-    let k: ArrayRef = Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>()));
-    let v: ArrayRef = Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>()));
+    let k: ArrayRef = Arc::new(StringArray::from(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+    ));
+    let v: ArrayRef = Arc::new(Int64Array::from(
+        rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+    ));
     let ts: ArrayRef = Arc::new(TimestampMillisecondArray::from(
         rows.iter().map(|r| r.2).collect::<Vec<_>>(),
     ));
@@ -121,7 +128,11 @@ pub(crate) async fn snapshot(op: &mut dyn Operator) -> OperatorSnapshot {
 }
 
 /// The part of `snapshot` subtask `index` of `parallelism` restores.
-pub(crate) fn restored(snapshot: &OperatorSnapshot, index: usize, parallelism: usize) -> RestoredState {
+pub(crate) fn restored(
+    snapshot: &OperatorSnapshot,
+    index: usize,
+    parallelism: usize,
+) -> RestoredState {
     let range = KeyGroupRange::of_subtask(index, 128, parallelism);
     RestoredState {
         keyed: snapshot
@@ -134,10 +145,16 @@ pub(crate) fn restored(snapshot: &OperatorSnapshot, index: usize, parallelism: u
 }
 
 /// The rows of `batch` whose key (column `key_column`) belongs to subtask `index`.
-pub(crate) fn route(batch: &RecordBatch, key_column: usize, index: usize, parallelism: usize) -> RecordBatch {
+pub(crate) fn route(
+    batch: &RecordBatch,
+    key_column: usize,
+    index: usize,
+    parallelism: usize,
+) -> RecordBatch {
     let range = KeyGroupRange::of_subtask(index, 128, parallelism);
     let groups =
-        meltwater_state::key_groups(&[batch.column(key_column).clone()], batch.num_rows(), 128).unwrap();
+        meltwater_state::key_groups(&[batch.column(key_column).clone()], batch.num_rows(), 128)
+            .unwrap();
     let mask: datafusion::arrow::array::BooleanArray =
         groups.iter().map(|g| Some(range.contains(*g))).collect();
     datafusion::arrow::compute::filter_record_batch(batch, &mask).unwrap()

@@ -21,8 +21,7 @@ use datafusion::error::Result;
 
 use super::{
     checkpoint_accumulators, evaluate, merge_state_row, scalars_to_array, snapshot_batch,
-    state_lens, transpose_to_columns, Accumulators, AggregateSpec, GroupedRows, KeyCodec,
-    NO_GROUP,
+    state_lens, transpose_to_columns, Accumulators, AggregateSpec, GroupedRows, KeyCodec, NO_GROUP,
 };
 use crate::changelog::{self, RowKind};
 use crate::message::EventTime;
@@ -149,8 +148,9 @@ impl UpdatingAggregateOperator {
         let mut columns = self.keys.decode(&refs)?;
         let schema = &self.spec.output_schema;
         let groups = self.spec.group_exprs.len();
-        let mut per_agg: Vec<Vec<ScalarValue>> =
-            (0..self.spec.aggr_exprs.len()).map(|_| Vec::new()).collect();
+        let mut per_agg: Vec<Vec<ScalarValue>> = (0..self.spec.aggr_exprs.len())
+            .map(|_| Vec::new())
+            .collect();
         let mut kinds = Vec::with_capacity(rows.len());
         for (_, values, kind) in rows {
             for (a, v) in values.into_iter().enumerate() {
@@ -219,17 +219,31 @@ impl Operator for UpdatingAggregateOperator {
         if batch_updating != self.updating_input {
             return internal_err!(
                 "updating aggregate planned for an {} input received an {} batch",
-                if self.updating_input { "updating" } else { "append-only" },
-                if batch_updating { "updating" } else { "append-only" }
+                if self.updating_input {
+                    "updating"
+                } else {
+                    "append-only"
+                },
+                if batch_updating {
+                    "updating"
+                } else {
+                    "append-only"
+                }
             );
         }
         let rows = batch.num_rows();
         // Expressions are evaluated on the batch as received (see `AggregateSpec`).
         let retracting: Vec<bool> = if self.updating_input {
-            let ops = batch.column(batch.num_columns() - 1).as_primitive::<Int8Type>();
+            let ops = batch
+                .column(batch.num_columns() - 1)
+                .as_primitive::<Int8Type>();
             ops.values()
                 .iter()
-                .map(|v| !RowKind::from_i8(*v).unwrap_or(RowKind::Insert).is_accumulate())
+                .map(|v| {
+                    !RowKind::from_i8(*v)
+                        .unwrap_or(RowKind::Insert)
+                        .is_accumulate()
+                })
                 .collect()
         } else {
             vec![false; rows]
@@ -258,7 +272,12 @@ impl Operator for UpdatingAggregateOperator {
         let filters = self.spec.evaluate_filters(&batch)?;
         let adds = GroupedRows::new(&args, &filters, &add_ids, touched.len())?;
         let retracts = if self.updating_input {
-            Some(GroupedRows::new(&args, &filters, &retract_ids, touched.len())?)
+            Some(GroupedRows::new(
+                &args,
+                &filters,
+                &retract_ids,
+                touched.len(),
+            )?)
         } else {
             None
         };
@@ -312,7 +331,11 @@ impl Operator for UpdatingAggregateOperator {
         Ok(watermark)
     }
 
-    async fn snapshot(&mut self, _checkpoint_id: u64, _out: &mut Output) -> Result<OperatorSnapshot> {
+    async fn snapshot(
+        &mut self,
+        _checkpoint_id: u64,
+        _out: &mut Output,
+    ) -> Result<OperatorSnapshot> {
         if self.groups.is_empty() {
             return Ok(OperatorSnapshot::default());
         }
@@ -337,7 +360,11 @@ impl Operator for UpdatingAggregateOperator {
             keys.push(key.clone());
             counts.push(g.count);
             updated.push(g.last_update);
-            states.push(checkpoint_accumulators(&mut g.accs, &make, &self.state_lens)?);
+            states.push(checkpoint_accumulators(
+                &mut g.accs,
+                &make,
+                &self.state_lens,
+            )?);
         }
         let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
         let key_columns = self.keys.decode(&refs)?;
@@ -413,12 +440,25 @@ mod tests {
 
     #[tokio::test]
     async fn changelog_sequence() {
-        let mut op = operator("SELECT k, count(*) AS c, sum(v) AS s, max(v) AS m FROM t GROUP BY k", 0, 1).await;
+        let mut op = operator(
+            "SELECT k, count(*) AS c, sum(v) AS s, max(v) AS m FROM t GROUP BY k",
+            0,
+            1,
+        )
+        .await;
         // Ops: 0 = +I, 1 = -U, 2 = +U, 3 = -D.
-        let out = feed(&mut op, plain(&[(Some("a"), Some(1)), (Some("b"), Some(2)), (None, None)])).await;
+        let out = feed(
+            &mut op,
+            plain(&[(Some("a"), Some(1)), (Some("b"), Some(2)), (None, None)]),
+        )
+        .await;
         assert_eq!(out[0].schema().field(4).name(), changelog::OP_COLUMN);
         assert_eq!(rows(&out), ["a,1,1,1,0", "b,1,2,2,0", "null,1,null,null,0"]);
-        let out = feed(&mut op, plain(&[(Some("a"), Some(3)), (Some("a"), Some(4))])).await;
+        let out = feed(
+            &mut op,
+            plain(&[(Some("a"), Some(3)), (Some("a"), Some(4))]),
+        )
+        .await;
         assert_eq!(rows(&out), ["a,1,1,1,1", "a,3,8,4,2"]);
         // A NULL key is a group of its own; NULL values leave SUM/MAX unchanged.
         let out = feed(&mut op, plain(&[(None, Some(5))])).await;
@@ -427,30 +467,57 @@ mod tests {
         // Unchanged results emit nothing.
         let mut op = operator("SELECT k, max(v) AS m FROM t GROUP BY k", 0, 1).await;
         feed(&mut op, plain(&[(Some("a"), Some(5))])).await;
-        assert!(feed(&mut op, plain(&[(Some("a"), Some(3)), (Some("a"), None)])).await.is_empty());
-        assert_eq!(rows(&feed(&mut op, plain(&[(Some("a"), Some(9))])).await), ["a,5,1", "a,9,2"]);
+        assert!(
+            feed(&mut op, plain(&[(Some("a"), Some(3)), (Some("a"), None)]))
+                .await
+                .is_empty()
+        );
+        assert_eq!(
+            rows(&feed(&mut op, plain(&[(Some("a"), Some(9))])).await),
+            ["a,5,1", "a,9,2"]
+        );
     }
 
     #[tokio::test]
     async fn retractions_update_and_delete() {
-        let mut op = updating_operator("SELECT k, count(*) AS c, sum(v) AS s, avg(v) AS a FROM t GROUP BY k")
-            .await
-            .unwrap();
+        let mut op = updating_operator(
+            "SELECT k, count(*) AS c, sum(v) AS s, avg(v) AS a FROM t GROUP BY k",
+        )
+        .await
+        .unwrap();
         let out = feed(
             &mut op,
-            changes(&[(Some("a"), Some(1)), (Some("a"), Some(2)), (Some("b"), Some(5))], RowKind::Insert),
+            changes(
+                &[
+                    (Some("a"), Some(1)),
+                    (Some("a"), Some(2)),
+                    (Some("b"), Some(5)),
+                ],
+                RowKind::Insert,
+            ),
         )
         .await;
         assert_eq!(rows(&out), ["a,2,3,1.5,0", "b,1,5,5.0,0"]);
-        let out = feed(&mut op, changes(&[(Some("a"), Some(1))], RowKind::UpdateBefore)).await;
+        let out = feed(
+            &mut op,
+            changes(&[(Some("a"), Some(1))], RowKind::UpdateBefore),
+        )
+        .await;
         assert_eq!(rows(&out), ["a,2,3,1.5,1", "a,1,2,2.0,2"]);
         let out = feed(&mut op, changes(&[(Some("b"), Some(5))], RowKind::Delete)).await;
         assert_eq!(rows(&out), ["b,1,5,5.0,3"]);
         assert!(!op.groups.is_empty());
-        let out = feed(&mut op, changes(&[(Some("b"), Some(7))], RowKind::UpdateAfter)).await;
+        let out = feed(
+            &mut op,
+            changes(&[(Some("b"), Some(7))], RowKind::UpdateAfter),
+        )
+        .await;
         assert_eq!(rows(&out), ["b,1,7,7.0,0"]);
         // Insert and retract within one batch: nothing to say.
-        let mut batch = changes(&[(Some("c"), Some(1)), (Some("c"), Some(1))], RowKind::Insert);
+        let mut batch = changes(
+            &[(Some("c"), Some(1)), (Some("c"), Some(1))],
+            RowKind::Insert,
+        );
         let ops: datafusion::arrow::array::ArrayRef =
             Arc::new(datafusion::arrow::array::Int8Array::from(vec![0, 3]));
         let mut cols = batch.columns().to_vec();
@@ -499,7 +566,12 @@ mod tests {
         .await;
         let out = feed(
             &mut op,
-            plain(&[(Some("a"), Some(1)), (Some("a"), Some(2)), (Some("a"), Some(2)), (Some("a"), None)]),
+            plain(&[
+                (Some("a"), Some(1)),
+                (Some("a"), Some(2)),
+                (Some("a"), Some(2)),
+                (Some("a"), None),
+            ]),
         )
         .await;
         assert_eq!(rows(&out), ["a,2,2,2,4,0"]);
@@ -533,7 +605,10 @@ mod tests {
         assert!(out.take().is_empty());
         // With rows: the usual single group, nothing extra at the end.
         let mut op = operator(sql, 0, 2).await;
-        assert_eq!(rows(&feed(&mut op, plain(&[(None, Some(4))])).await), ["1,4,1,0"]);
+        assert_eq!(
+            rows(&feed(&mut op, plain(&[(None, Some(4))])).await),
+            ["1,4,1,0"]
+        );
         op.finish(&mut out).await.unwrap();
         assert!(out.take().is_empty());
         // Restored state counts as having seen rows.
@@ -548,7 +623,13 @@ mod tests {
     async fn snapshot_restores_into_two_subtasks() {
         let sql = "SELECT k, count(*) AS c, sum(v) AS s, count(DISTINCT v) AS d FROM t GROUP BY k";
         let keys = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
-        let first = plain(&keys.iter().enumerate().map(|(i, k)| (Some(*k), Some(i as i64))).collect::<Vec<_>>());
+        let first = plain(
+            &keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (Some(*k), Some(i as i64)))
+                .collect::<Vec<_>>(),
+        );
         let second = plain(
             &keys
                 .iter()
@@ -586,14 +667,24 @@ mod tests {
         let mut op = UpdatingAggregateOperator::try_new(spec, info(0, 1), Some(100))
             .unwrap()
             .with_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
-        feed(&mut op, plain(&[(Some("a"), Some(1)), (Some("b"), Some(1))])).await;
+        feed(
+            &mut op,
+            plain(&[(Some("a"), Some(1)), (Some("b"), Some(1))]),
+        )
+        .await;
         now.store(60, Ordering::SeqCst);
-        assert_eq!(rows(&feed(&mut op, plain(&[(Some("b"), Some(1))])).await), ["b,1,1", "b,2,2"]);
+        assert_eq!(
+            rows(&feed(&mut op, plain(&[(Some("b"), Some(1))])).await),
+            ["b,1,1", "b,2,2"]
+        );
         now.store(150, Ordering::SeqCst);
         watermark(&mut op, 0).await;
         // a (last updated at 0) expired; b (at 60) did not.
         assert_eq!(op.groups.len(), 1);
-        assert_eq!(rows(&feed(&mut op, plain(&[(Some("a"), Some(1))])).await), ["a,1,0"]);
+        assert_eq!(
+            rows(&feed(&mut op, plain(&[(Some("a"), Some(1))])).await),
+            ["a,1,0"]
+        );
         let _ = Schema::new(Vec::<Field>::new());
     }
 }

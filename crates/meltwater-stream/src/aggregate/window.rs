@@ -203,10 +203,13 @@ impl WindowAggregateOperator {
             // (start, end, Some(row) | None for an existing session)
             let mut intervals: Vec<(i64, i64, Option<usize>)> =
                 existing.iter().map(|&(s, e)| (s, e, None)).collect();
-            intervals.extend(
-                rows.iter()
-                    .map(|&r| (starts[r].unwrap_or_default(), ends[r].unwrap_or_default(), Some(r))),
-            );
+            intervals.extend(rows.iter().map(|&r| {
+                (
+                    starts[r].unwrap_or_default(),
+                    ends[r].unwrap_or_default(),
+                    Some(r),
+                )
+            }));
             intervals.sort_by_key(|&(s, e, _)| (s, e));
             let mut sessions = Vec::new();
             let mut i = 0;
@@ -381,7 +384,12 @@ impl Operator for WindowAggregateOperator {
         Ok(())
     }
 
-    async fn process(&mut self, _input: usize, batch: RecordBatch, _out: &mut Output) -> Result<()> {
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -440,7 +448,11 @@ impl Operator for WindowAggregateOperator {
         Ok(watermark)
     }
 
-    async fn snapshot(&mut self, _checkpoint_id: u64, _out: &mut Output) -> Result<OperatorSnapshot> {
+    async fn snapshot(
+        &mut self,
+        _checkpoint_id: u64,
+        _out: &mut Output,
+    ) -> Result<OperatorSnapshot> {
         let (mut starts, mut ends) = (Vec::new(), Vec::new());
         let mut keys: Vec<Box<[u8]>> = Vec::new();
         let mut states: Vec<Vec<ScalarValue>> = Vec::new();
@@ -507,7 +519,12 @@ mod tests {
     const SQL: &str = "SELECT k, window_start, window_end, count(*) AS c, sum(v) AS s \
                        FROM t GROUP BY k, window_start, window_end";
 
-    async fn operator(kind: WindowKind, sql: &str, index: usize, parallelism: usize) -> WindowAggregateOperator {
+    async fn operator(
+        kind: WindowKind,
+        sql: &str,
+        index: usize,
+        parallelism: usize,
+    ) -> WindowAggregateOperator {
         let spec = spec_for(windowed_schema(), sql).await;
         WindowAggregateOperator::try_new(
             spec,
@@ -537,7 +554,10 @@ mod tests {
         assert!(feed(op, b).await.is_empty());
     }
 
-    const TUMBLE: WindowKind = WindowKind::Tumble { size: 10, offset: 0 };
+    const TUMBLE: WindowKind = WindowKind::Tumble {
+        size: 10,
+        offset: 0,
+    };
 
     #[tokio::test]
     async fn tumble_fires_on_watermark() {
@@ -589,7 +609,10 @@ mod tests {
         run(
             &mut op,
             TUMBLE,
-            &[(Some("a"), Some(10), Some(5)), (Some("a"), Some(20), Some(13))],
+            &[
+                (Some("a"), Some(10), Some(5)),
+                (Some("a"), Some(20), Some(13)),
+            ],
         )
         .await;
         assert_eq!(op.counters().late_records, 1);
@@ -624,7 +647,10 @@ mod tests {
         run(
             &mut op,
             hop,
-            &[(Some("a"), Some(1), Some(7)), (Some("a"), Some(10), Some(12))],
+            &[
+                (Some("a"), Some(1), Some(7)),
+                (Some("a"), Some(10), Some(12)),
+            ],
         )
         .await;
         let fired = watermark(&mut op, i64::MAX).await;
@@ -694,7 +720,10 @@ mod tests {
         run(
             &mut op,
             SESSION,
-            &[(Some("a"), Some(10), Some(8)), (Some("a"), Some(100), Some(20))],
+            &[
+                (Some("a"), Some(10), Some(8)),
+                (Some("a"), Some(100), Some(20)),
+            ],
         )
         .await;
         assert_eq!(op.sessions.values().map(|s| s.len()).sum::<usize>(), 3);
@@ -734,12 +763,18 @@ mod tests {
         let mut old = operator(kind, SQL, 0, 1).await;
         feed(&mut old, assign(kind, first).await).await;
         let snap = snapshot(&mut old).await;
-        assert_eq!(snap.keyed[0].schema().field(0).name(), meltwater_state::KEY_GROUP_COLUMN);
+        assert_eq!(
+            snap.keyed[0].schema().field(0).name(),
+            meltwater_state::KEY_GROUP_COLUMN
+        );
         let mut got = Vec::new();
         for i in 0..2 {
             let mut op = operator(kind, SQL, i, 2).await;
             let state = restored(&snap, i, 2);
-            assert!(state.keyed[0].num_rows() > 0, "subtask {i} restores some keys");
+            assert!(
+                state.keyed[0].num_rows() > 0,
+                "subtask {i} restores some keys"
+            );
             op.restore(state).await.unwrap();
             feed(&mut op, assign(kind, route(&second, 0, i, 2)).await).await;
             got.extend(rows(&watermark(&mut op, i64::MAX).await));
@@ -766,12 +801,27 @@ mod tests {
     #[tokio::test]
     async fn snapshot_restores_into_two_subtasks() {
         let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
-        rescale_matches(TUMBLE, keyed_rows(&keys, &[1, 12]), keyed_rows(&keys, &[5, 25])).await;
+        rescale_matches(
+            TUMBLE,
+            keyed_rows(&keys, &[1, 12]),
+            keyed_rows(&keys, &[5, 25]),
+        )
+        .await;
         let hop = WindowKind::Hop { slide: 5, size: 15 };
-        rescale_matches(hop, keyed_rows(&keys, &[1, 12]), keyed_rows(&keys, &[5, 25])).await;
+        rescale_matches(
+            hop,
+            keyed_rows(&keys, &[1, 12]),
+            keyed_rows(&keys, &[5, 25]),
+        )
+        .await;
         // Sessions: [1,11) and [25,35) restored; 10 → [10,20) bridges to 25? no (20 < 25),
         // it extends the first; 20 → [20,30) then merges everything.
-        rescale_matches(SESSION, keyed_rows(&keys, &[1, 25]), keyed_rows(&keys, &[10, 20])).await;
+        rescale_matches(
+            SESSION,
+            keyed_rows(&keys, &[1, 25]),
+            keyed_rows(&keys, &[10, 20]),
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -809,7 +859,13 @@ mod tests {
             source_schema,
             vec![
                 std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec!["x"; 5])),
-                std::sync::Arc::new(Int64Array::from(vec![Some(1), Some(2), Some(2), None, Some(3)])),
+                std::sync::Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    Some(2),
+                    Some(2),
+                    None,
+                    Some(3),
+                ])),
                 std::sync::Arc::new(ts),
             ],
         )
@@ -821,12 +877,8 @@ mod tests {
         }
         // Snapshot/restore in the middle keeps distinct values.
         let snap = snapshot(&mut op).await;
-        let mut op2 = WindowAggregateOperator::try_new(
-            op.spec.clone(),
-            op.window,
-            info(0, 1),
-        )
-        .unwrap();
+        let mut op2 =
+            WindowAggregateOperator::try_new(op.spec.clone(), op.window, info(0, 1)).unwrap();
         op2.restore(restored(&snap, 0, 1)).await.unwrap();
         for o in [&mut op, &mut op2] {
             let fired = watermark(o, 9).await;
