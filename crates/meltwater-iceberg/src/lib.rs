@@ -18,6 +18,7 @@ pub mod error;
 pub mod predicate;
 pub mod scan;
 pub mod schema;
+pub mod source;
 pub mod stream;
 pub mod table;
 pub mod write;
@@ -30,6 +31,7 @@ pub use stream::{
     commit_checkpoint, commit_checkpoint_to, last_committed_checkpoint, IcebergStreamWriter,
     PendingDataFile,
 };
+pub use source::IcebergSource;
 pub use table::IcebergTable;
 
 /// Snapshot summary key: the job that wrote a snapshot.

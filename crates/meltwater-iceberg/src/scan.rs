@@ -183,7 +183,7 @@ impl ExecutionPlan for IcebergScanExec {
 
 /// Gives a reader batch the plan's schema: same columns without the reader's field-id
 /// metadata, or only the row count when the plan reads no columns.
-fn conform(
+pub(crate) fn conform(
     batch: &RecordBatch,
     read_schema: &SchemaRef,
     schema: &SchemaRef,

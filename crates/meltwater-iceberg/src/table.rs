@@ -19,6 +19,8 @@ use iceberg::Catalog;
 use crate::commit::JobCommits;
 use crate::predicate::to_iceberg_predicate;
 use crate::scan::IcebergScanExec;
+use crate::source::IcebergSource;
+use meltwater_connectors::stream::StreamSource;
 use crate::schema::arrow_schema;
 use crate::write::IcebergWriteExec;
 
@@ -57,6 +59,15 @@ impl IcebergTable {
     /// The table as loaded.
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    /// The table's snapshot as loaded, read in stream mode: one split per data file.
+    pub fn stream_source(&self) -> Arc<dyn StreamSource> {
+        Arc::new(IcebergSource::new(
+            self.name.clone(),
+            self.table.clone(),
+            self.schema.clone(),
+        ))
     }
 
     /// The catalog the table was loaded from (and commits go to).

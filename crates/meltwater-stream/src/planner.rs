@@ -545,6 +545,36 @@ impl Builder<'_> {
                     }))
                 }
             }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                let physical = futures::executor::block_on(
+                    self.state.create_physical_plan(plan),
+                )
+                .map_err(|e| e.to_string())?;
+                let source = Arc::new(crate::ops::values::ValuesSource::new(
+                    physical,
+                    Arc::new(datafusion::execution::TaskContext::from(self.state)),
+                ));
+                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                let n = schema.fields().len();
+                let id = self.next_id("values");
+                Ok(self.add(StreamNode {
+                    id,
+                    name: "source: constant rows".into(),
+                    kind: NodeKind::Source {
+                        table: "VALUES".into(),
+                        source,
+                        read_projection: None,
+                        output_columns: (0..n).collect(),
+                        watermark: None,
+                        metrics: Arc::new(meltwater_connectors::SourceMetrics::default()),
+                    },
+                    parallelism: 1,
+                    input: None,
+                    schema,
+                    updating: false,
+                    state: Some("rows emitted".into()),
+                }))
+            }
             LogicalPlan::Sort(_) => Err("ORDER BY is supported in stream mode only at the top of a query (it applies to the final result)".into()),
             LogicalPlan::Limit(_) => Err("LIMIT is supported in stream mode only at the top of a query (it applies to the final result)".into()),
             LogicalPlan::Join(_) => Err("joins are not supported in stream mode yet".into()),

@@ -647,7 +647,7 @@ fn build_operator(
         }
         NodeKind::WindowAggregate { aggregate, window } => {
             let spec = AggregateSpec::try_new(aggregate, state)?;
-            Box::new(WindowAggregateOperator::try_new(spec, window.clone(), info.clone())?)
+            Box::new(WindowAggregateOperator::try_new(spec, *window, info.clone())?)
         }
         NodeKind::UpdatingAggregate { aggregate, ttl_ms } => {
             let mut spec = AggregateSpec::try_new(aggregate, state)?;

@@ -2,3 +2,4 @@
 
 pub mod sink;
 pub mod stateless;
+pub mod values;
