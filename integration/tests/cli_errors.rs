@@ -454,30 +454,6 @@ fn invalid_error_policy_value_is_rejected() {
     );
 }
 
-#[test]
-fn stream_mode_is_not_yet_supported_and_says_why() {
-    let dir = job_dir(&format!(
-        "{}\n\
-         CREATE TABLE IF NOT EXISTS lake.t.out (category STRING, n BIGINT);\n\
-         INSERT INTO lake.t.out SELECT category, COUNT(*) FROM orders GROUP BY category;\n",
-        orders_ddl()
-    ));
-    assert_eq!(
-        fails(dir.path(), &["run", "job.sql", "--mode", "stream"]),
-        "--mode stream is not yet supported: the streaming runtime has not landed yet; run with \
-         --mode batch"
-    );
-    assert_eq!(tables(dir.path()), Vec::<String>::new());
-    let explain = succeeds(dir.path(), &["explain", "job.sql", "--mode", "stream"]);
-    assert!(explain.contains("-- logical plan\n"), "{explain}");
-    assert!(
-        explain.contains(
-            "-- stream mode: not yet supported: the streaming runtime has not landed yet"
-        ),
-        "{explain}"
-    );
-}
-
 const UNBOUNDED_DATAGEN: &str = "\
 CREATE TABLE gen (id BIGINT, amount DECIMAL(10, 2))
 WITH ('connector' = 'datagen', 'fields.amount.min' = '1', 'fields.amount.max' = '10');
@@ -674,4 +650,41 @@ fn catalog_describe_unknown_table_message_is_plain() {
         !msg.contains("TableIdent") && !msg.contains("NamespaceIdent") && !msg.contains("=>"),
         "{msg}"
     );
+}
+
+#[test]
+fn stream_mode_rejects_an_updating_insert_into_an_iceberg_table_and_creates_nothing() {
+    let dir = job_dir(&format!(
+        "{}\nCREATE TABLE lake.db.totals (category STRING, n BIGINT);\n\
+         INSERT INTO lake.db.totals SELECT category, COUNT(*) FROM orders GROUP BY category;\n",
+        orders_ddl()
+    ));
+    let msg = fails(dir.path(), &["run", "job.sql", "--mode", "stream"]);
+    assert!(
+        msg.starts_with("job.sql:3:1: INSERT INTO lake.db.totals: the query produces an updating stream"),
+        "{msg}"
+    );
+    assert!(msg.contains("aggregate over a window"), "{msg}");
+    assert!(tables(dir.path()).is_empty(), "nothing may be created: {:?}", tables(dir.path()));
+    // The same job runs in batch mode.
+    succeeds(dir.path(), &["run", "job.sql", "--mode", "batch"]);
+}
+
+#[test]
+fn explain_stream_prints_the_dataflow() {
+    let dir = job_dir(&format!(
+        "{}\nCREATE TABLE lake.db.daily (w TIMESTAMP(3), category STRING, n BIGINT);\n\
+         INSERT INTO lake.db.daily SELECT window_start, category, COUNT(*) \
+         FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(order_time), INTERVAL '1' DAY)) \
+         GROUP BY window_start, window_end, category;\n",
+        orders_ddl()
+    ));
+    let out = succeeds(dir.path(), &["explain", "job.sql", "--mode", "stream", "--parallelism", "3"]);
+    assert!(out.contains("== dataflow (stream, parallelism 3)"), "{out}");
+    assert!(out.contains("source: orders (filesystem)"), "{out}");
+    assert!(out.contains("HASH[orders.category]"), "{out}");
+    assert!(out.contains("window aggregate TUMBLE(size=86400000ms)"), "{out}");
+    assert!(out.contains("sink: iceberg lake.db.daily"), "{out}");
+    assert!(out.contains("state=accumulators per open window and key"), "{out}");
+    assert!(tables(dir.path()).is_empty());
 }
