@@ -27,11 +27,11 @@ pub use catalog::IcebergCatalogProvider;
 pub use commit::{CommitSummary, JobCommits, JobIdentity};
 pub use config::{open_catalog, open_catalog_readonly, IcebergCatalogConfig, IcebergCatalogKind};
 pub use error::{IcebergError, Result};
+pub use source::IcebergSource;
 pub use stream::{
     commit_checkpoint, commit_checkpoint_to, last_committed_checkpoint, IcebergStreamWriter,
     PendingDataFile,
 };
-pub use source::IcebergSource;
 pub use table::IcebergTable;
 
 /// Snapshot summary key: the job that wrote a snapshot.

@@ -83,7 +83,11 @@ impl StreamSource for IcebergSource {
     async fn discover_splits(&self) -> Result<Vec<Split>> {
         let mut ids: Vec<String> = self
             .plan(
-                self.schema.fields().iter().map(|f| f.name().clone()).collect(),
+                self.schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
                 "",
             )
             .await?
@@ -108,12 +112,12 @@ impl StreamSource for IcebergSource {
     ) -> Result<Box<dyn SplitReader>> {
         let schema = self.projected(projection)?;
         // Reading no columns still needs one to count rows (as the batch scan does).
-        let read_schema: SchemaRef = if schema.fields().is_empty() && !self.schema.fields().is_empty()
-        {
-            Arc::new(self.schema.project(&[0])?)
-        } else {
-            schema.clone()
-        };
+        let read_schema: SchemaRef =
+            if schema.fields().is_empty() && !self.schema.fields().is_empty() {
+                Arc::new(self.schema.project(&[0])?)
+            } else {
+                schema.clone()
+            };
         let columns = read_schema
             .fields()
             .iter()
@@ -128,8 +132,7 @@ impl StreamSource for IcebergSource {
         if tasks.is_empty() {
             return Err(self.io_error(&split.id, "not a data file of the table's snapshot"));
         }
-        let runtime =
-            iceberg::Runtime::try_current().map_err(|e| self.io_error(&split.id, e))?;
+        let runtime = iceberg::Runtime::try_current().map_err(|e| self.io_error(&split.id, e))?;
         let batch_size = batch_size.max(1);
         let reader = ArrowReaderBuilder::new(self.table.file_io().clone(), runtime)
             .with_batch_size(batch_size)

@@ -19,10 +19,10 @@ use iceberg::Catalog;
 use crate::commit::JobCommits;
 use crate::predicate::to_iceberg_predicate;
 use crate::scan::IcebergScanExec;
-use crate::source::IcebergSource;
-use meltwater_connectors::stream::StreamSource;
 use crate::schema::arrow_schema;
+use crate::source::IcebergSource;
 use crate::write::IcebergWriteExec;
+use meltwater_connectors::stream::StreamSource;
 
 /// An Iceberg table as loaded when the job was planned.
 #[derive(Debug, Clone)]

@@ -346,9 +346,12 @@ impl Builder<'_> {
             }
             LogicalPlan::TableScan(scan) => {
                 let provider = source_as_provider(&scan.source).map_err(|e| e.to_string())?;
+                if let Some(iceberg) = provider.as_any().downcast_ref::<IcebergTable>() {
+                    return self.iceberg_source(scan, iceberg);
+                }
                 let Some(table) = provider.as_any().downcast_ref::<SourceTable>() else {
                     return Err(format!(
-                        "reading table '{}' in stream mode is not supported yet (stream mode reads connector tables: filesystem, datagen)",
+                        "reading table '{}' in stream mode is not supported yet (stream mode reads connector and Iceberg tables)",
                         scan.table_name
                     ));
                 };
@@ -584,6 +587,45 @@ impl Builder<'_> {
                 other.display().to_string().split(':').next().unwrap_or("this operation")
             )),
         }
+    }
+
+    /// An Iceberg table read in stream mode: the snapshot current at planning, file by
+    /// file (a bounded source; following new snapshots comes later).
+    fn iceberg_source(
+        &mut self,
+        scan: &datafusion::logical_expr::TableScan,
+        table: &IcebergTable,
+    ) -> Result<usize, String> {
+        let full = datafusion::catalog::TableProvider::schema(table);
+        let read: Vec<usize> = match &scan.projection {
+            Some(p) => p.clone(),
+            None => (0..full.fields().len()).collect(),
+        };
+        let n = read.len();
+        let id = self.next_id("source");
+        let mut node = self.add(StreamNode {
+            id,
+            name: format!("source: {} (iceberg snapshot)", table.name()),
+            kind: NodeKind::Source {
+                table: table.name().to_string(),
+                source: table.stream_source(),
+                read_projection: Some(read),
+                output_columns: (0..n).collect(),
+                watermark: None,
+                metrics: Arc::new(meltwater_connectors::SourceMetrics::default()),
+            },
+            parallelism: self.parallelism,
+            input: None,
+            schema: Arc::new(scan.projected_schema.as_arrow().clone()),
+            updating: false,
+            state: Some("split positions".into()),
+        });
+        if let Some(pred) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
+            let p = physical(&pred, &scan.projected_schema, self.state)?;
+            let schema = self.graph.nodes[node].schema.clone();
+            node = self.step(node, Step::Filter(p), schema, "filter");
+        }
+        Ok(node)
     }
 
     /// Plans the input of a window aggregate, where the window TVF may be a SESSION.

@@ -927,7 +927,21 @@ pub async fn run_graph(
     };
     let total = controls.len();
     let mut finished: HashSet<TaskKey> = HashSet::new();
-    let mut next_id = store.highest_id(&options.job_id).max(restore.as_ref().map(|m| m.checkpoint_id).unwrap_or(0)) + 1;
+    // Checkpoint ids never repeat for a job id: above those in the store and those the
+    // sink tables already hold (a run started afresh, or with another checkpoint
+    // directory, must not have its commits mistaken for replays of earlier ones).
+    let mut highest = store
+        .highest_id(&options.job_id)
+        .max(restore.as_ref().map(|m| m.checkpoint_id).unwrap_or(0));
+    for node in &graph.nodes {
+        if let NodeKind::Sink { kind: SinkKind::Iceberg { table }, .. } = &node.kind {
+            let committed = meltwater_iceberg::stream::last_committed_checkpoint(table, &options.job_id)
+                .await
+                .map_err(|e| StreamError::Checkpoint(e.to_string()))?;
+            highest = highest.max(committed.unwrap_or(0));
+        }
+    }
+    let mut next_id = highest + 1;
     struct Pending {
         id: u64,
         triggered: Instant,
