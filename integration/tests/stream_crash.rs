@@ -1,6 +1,7 @@
 //! Crash and restart: a stream job from a bounded `datagen` into two Iceberg tables (the
 //! rows as they are, and a TUMBLE count per key) is killed with SIGKILL at random moments
-//! several times and restarted each time; it resumes from its last complete checkpoint.
+//! several times and restarted each time; it resumes from its last complete checkpoint,
+//! the last time at parallelism 3 instead of 2.
 //! At the end both tables must hold every row exactly once: checked with DuckDB and
 //! pyiceberg against the rows the generator defines (the batch run of the same job).
 //!
@@ -114,8 +115,12 @@ fn killed_stream_job_resumes_and_commits_every_row_exactly_once() {
         eprintln!("killed run {killed} after {wait:?}");
     }
     assert!(killed >= 1, "the job finished before it could be killed once");
-    // The last run goes to the end.
-    let out = meltwater(dir.path(), &["run", "job.sql", "--mode", "stream"]);
+    // The last run goes to the end, at another parallelism: keyed state is redistributed
+    // by key group and splits by id.
+    let out = meltwater(
+        dir.path(),
+        &["run", "job.sql", "--mode", "stream", "--parallelism", "3"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -754,7 +754,12 @@ pub async fn run_graph(
         }
         // A crash may have come between completing the checkpoint and committing its
         // files: commit them now (a commit that already happened is recognised and skipped).
-        report.commits.extend(commit_sinks(graph, m, &options.job_id).await?);
+        report.commits.extend(
+            commit_sinks(graph, m, &options.job_id)
+                .await?
+                .into_iter()
+                .filter(|c| c.snapshot_id.is_some()),
+        );
         report.restored_from = Some(m.checkpoint_id);
     }
 
