@@ -93,6 +93,8 @@ pub enum NodeKind {
         metrics: Arc<SourceMetrics>,
     },
     Stateless(Vec<Step>),
+    /// `UNION ALL`: the rows of every input, relabelled with the union's schema.
+    Union,
     WindowAssign {
         kind: WindowKind,
         time_index: usize,
@@ -133,6 +135,8 @@ pub struct StreamNode {
     pub parallelism: usize,
     /// The upstream operator and how rows reach this one; `None` for sources.
     pub input: Option<(usize, Partitioning)>,
+    /// Further inputs of a multi-input operator (`UNION ALL`).
+    pub extra_inputs: Vec<(usize, Partitioning)>,
     /// The schema of the batches this operator emits (with the op column when updating).
     pub schema: SchemaRef,
     /// Whether the output is an updating stream (+I/-U/+U/-D) rather than append-only.
@@ -153,7 +157,10 @@ impl StreamGraph {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.input.as_ref().is_some_and(|(from, _)| *from == index))
+            .filter(|(_, n)| {
+                n.input.as_ref().is_some_and(|(from, _)| *from == index)
+                    || n.extra_inputs.iter().any(|(from, _)| *from == index)
+            })
             .map(|(i, _)| i)
             .collect()
     }
@@ -162,6 +169,9 @@ impl StreamGraph {
     /// parallelism, and the input has no other consumer).
     pub fn chained_to_input(&self, index: usize) -> bool {
         let node = &self.nodes[index];
+        if !node.extra_inputs.is_empty() {
+            return false;
+        }
         match &node.input {
             Some((from, Partitioning::Forward)) => {
                 self.nodes[*from].parallelism == node.parallelism
@@ -200,7 +210,13 @@ impl fmt::Display for StreamGraph {
                     Some((from, part)) if self.chained_to_input(i) => {
                         format!(" <- {} {part} (chained)", self.nodes[*from].id)
                     }
-                    Some((from, part)) => format!(" <- {} {part}", self.nodes[*from].id),
+                    Some((from, part)) => {
+                        let mut e = format!(" <- {} {part}", self.nodes[*from].id);
+                        for (f, p) in &n.extra_inputs {
+                            e.push_str(&format!(", {} {p}", self.nodes[*f].id));
+                        }
+                        e
+                    }
                 };
                 writeln!(
                     f,

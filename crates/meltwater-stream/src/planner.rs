@@ -206,6 +206,7 @@ impl Builder<'_> {
             kind: NodeKind::Stateless(vec![step]),
             parallelism,
             input: Some((input, Partitioning::Forward)),
+            extra_inputs: Vec::new(),
             schema: out_schema,
             updating,
             state: None,
@@ -290,6 +291,7 @@ impl Builder<'_> {
             },
             parallelism: self.graph.nodes[input].parallelism,
             input: Some((input, Partitioning::Forward)),
+            extra_inputs: Vec::new(),
             schema: schema.clone(),
             updating,
             state: None,
@@ -339,6 +341,7 @@ impl Builder<'_> {
                     },
                     parallelism: self.graph.nodes[input].parallelism,
                     input: Some((input, Partitioning::Forward)),
+            extra_inputs: Vec::new(),
                     schema,
                     updating: false,
                     state: Some("data files written since the last checkpoint".into()),
@@ -410,6 +413,7 @@ impl Builder<'_> {
                     },
                     parallelism: self.parallelism,
                     input: None,
+                    extra_inputs: Vec::new(),
                     schema: Arc::new(scan.projected_schema.as_arrow().clone()),
                     updating: false,
                     state: Some("split positions".into()),
@@ -520,6 +524,7 @@ impl Builder<'_> {
                         },
                         parallelism,
                         input: Some((input, partitioning)),
+                        extra_inputs: Vec::new(),
                         schema,
                         updating: false,
                         state: Some(format!(
@@ -538,6 +543,7 @@ impl Builder<'_> {
                         },
                         parallelism,
                         input: Some((input, partitioning)),
+                        extra_inputs: Vec::new(),
                         schema: updating_schema(&schema),
                         updating: true,
                         state: Some(format!(
@@ -573,6 +579,7 @@ impl Builder<'_> {
                     },
                     parallelism: 1,
                     input: None,
+                    extra_inputs: Vec::new(),
                     schema,
                     updating: false,
                     state: Some("rows emitted".into()),
@@ -581,7 +588,38 @@ impl Builder<'_> {
             LogicalPlan::Sort(_) => Err("ORDER BY is supported in stream mode only at the top of a query (it applies to the final result)".into()),
             LogicalPlan::Limit(_) => Err("LIMIT is supported in stream mode only at the top of a query (it applies to the final result)".into()),
             LogicalPlan::Join(_) => Err("joins are not supported in stream mode yet".into()),
-            LogicalPlan::Union(_) => Err("UNION is not supported in stream mode yet".into()),
+            LogicalPlan::Union(u) => {
+                let inputs = u
+                    .inputs
+                    .iter()
+                    .map(|i| self.plan(i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if inputs.iter().any(|i| self.updating(*i)) {
+                    return Err("UNION ALL of updating streams is not supported in stream mode yet".into());
+                }
+                let parallelism = self.parallelism;
+                let edge = |b: &Self, i: usize| {
+                    if b.graph.nodes[i].parallelism == parallelism {
+                        (i, Partitioning::Forward)
+                    } else {
+                        (i, Partitioning::Rebalance)
+                    }
+                };
+                let mut edges: Vec<(usize, Partitioning)> = inputs.iter().map(|i| edge(self, *i)).collect();
+                let first = edges.remove(0);
+                let id = self.next_id("union");
+                Ok(self.add(StreamNode {
+                    id,
+                    name: format!("union all of {} inputs", inputs.len()),
+                    kind: NodeKind::Union,
+                    parallelism,
+                    input: Some(first),
+                    extra_inputs: edges,
+                    schema: Arc::new(u.schema.as_arrow().clone()),
+                    updating: false,
+                    state: None,
+                }))
+            }
             other => Err(format!(
                 "{} is not supported in stream mode yet",
                 other.display().to_string().split(':').next().unwrap_or("this operation")
@@ -616,6 +654,7 @@ impl Builder<'_> {
             },
             parallelism: self.parallelism,
             input: None,
+            extra_inputs: Vec::new(),
             schema: Arc::new(scan.projected_schema.as_arrow().clone()),
             updating: false,
             state: Some("split positions".into()),
@@ -681,6 +720,7 @@ impl Builder<'_> {
             },
             parallelism,
             input: Some((input, Partitioning::Forward)),
+            extra_inputs: Vec::new(),
             schema,
             updating: false,
             state: None,

@@ -642,6 +642,7 @@ fn build_operator(
         .is_some_and(|(from, _)| graph.nodes[*from].updating);
     Ok(match &node.kind {
         NodeKind::Stateless(steps) => Box::new(StatelessOperator::new(steps.clone())),
+        NodeKind::Union => Box::new(crate::ops::stateless::UnionOperator::new(node.schema.clone())),
         NodeKind::WindowAssign { kind, time_index } => {
             Box::new(WindowAssignOperator::try_new(*kind, *time_index, node.schema.clone())?)
         }
@@ -776,21 +777,26 @@ pub async fn run_graph(
     let mut senders: HashMap<usize, Vec<Vec<mpsc::Sender<Message>>>> = HashMap::new();
     for (c, chain) in chains.iter().enumerate() {
         let head = &graph.nodes[chain[0]];
-        let Some((from, _)) = &head.input else { continue };
-        let up = chain_of(*from);
-        let p_up = graph.nodes[chains[up][0]].parallelism;
+        let Some((first, _)) = &head.input else { continue };
         let p = head.parallelism;
         let mut rx: Vec<Vec<mpsc::Receiver<Message>>> = (0..p).map(|_| Vec::new()).collect();
-        let mut tx: Vec<Vec<mpsc::Sender<Message>>> = (0..p_up).map(|_| Vec::new()).collect();
-        for u in 0..p_up {
-            for d in 0..p {
-                let (s, r) = mpsc::channel(options.channel_capacity);
-                tx[u].push(s);
-                rx[d].push(r);
+        let froms: Vec<usize> = std::iter::once(*first)
+            .chain(head.extra_inputs.iter().map(|(f, _)| *f))
+            .collect();
+        for from in froms {
+            let up = chain_of(from);
+            let p_up = graph.nodes[chains[up][0]].parallelism;
+            let mut tx: Vec<Vec<mpsc::Sender<Message>>> = (0..p_up).map(|_| Vec::new()).collect();
+            for u in 0..p_up {
+                for d in 0..p {
+                    let (s, r) = mpsc::channel(options.channel_capacity);
+                    tx[u].push(s);
+                    rx[d].push(r);
+                }
             }
+            senders.insert(up, tx);
         }
         receivers.insert(c, rx);
-        senders.insert(up, tx);
     }
 
     let mut controls: HashMap<TaskKey, mpsc::UnboundedSender<Control>> = HashMap::new();
@@ -804,7 +810,14 @@ pub async fn run_graph(
         let out_partitioning = graph
             .consumers(tail)
             .first()
-            .and_then(|d| graph.nodes[*d].input.as_ref().map(|(_, part)| part.clone()))
+            .and_then(|d| {
+                let n = &graph.nodes[*d];
+                n.input
+                    .iter()
+                    .chain(&n.extra_inputs)
+                    .find(|(from, _)| *from == tail)
+                    .map(|(_, part)| part.clone())
+            })
             .unwrap_or(Partitioning::Forward);
         let mut chain_senders = senders.remove(&c);
         let mut chain_receivers = receivers.remove(&c);

@@ -76,3 +76,32 @@ impl Operator for StatelessOperator {
         Ok(())
     }
 }
+
+/// `UNION ALL`: passes every input's rows on, relabelled with the union's schema (the
+/// planner has already coerced the inputs to the same column types).
+pub struct UnionOperator {
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+impl UnionOperator {
+    pub fn new(schema: datafusion::arrow::datatypes::SchemaRef) -> Self {
+        Self { schema }
+    }
+}
+
+#[async_trait]
+impl Operator for UnionOperator {
+    fn name(&self) -> String {
+        "union".into()
+    }
+
+    async fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        let rows = batch.num_rows();
+        out.push(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            batch.columns().to_vec(),
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?);
+        Ok(())
+    }
+}
