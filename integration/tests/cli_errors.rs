@@ -661,11 +661,17 @@ fn stream_mode_rejects_an_updating_insert_into_an_iceberg_table_and_creates_noth
     ));
     let msg = fails(dir.path(), &["run", "job.sql", "--mode", "stream"]);
     assert!(
-        msg.starts_with("job.sql:3:1: INSERT INTO lake.db.totals: the query produces an updating stream"),
+        msg.starts_with(
+            "job.sql:3:1: INSERT INTO lake.db.totals: the query produces an updating stream"
+        ),
         "{msg}"
     );
     assert!(msg.contains("aggregate over a window"), "{msg}");
-    assert!(tables(dir.path()).is_empty(), "nothing may be created: {:?}", tables(dir.path()));
+    assert!(
+        tables(dir.path()).is_empty(),
+        "nothing may be created: {:?}",
+        tables(dir.path())
+    );
     // The same job runs in batch mode.
     succeeds(dir.path(), &["run", "job.sql", "--mode", "batch"]);
 }
@@ -679,12 +685,28 @@ fn explain_stream_prints_the_dataflow() {
          GROUP BY window_start, window_end, category;\n",
         orders_ddl()
     ));
-    let out = succeeds(dir.path(), &["explain", "job.sql", "--mode", "stream", "--parallelism", "3"]);
+    let out = succeeds(
+        dir.path(),
+        &[
+            "explain",
+            "job.sql",
+            "--mode",
+            "stream",
+            "--parallelism",
+            "3",
+        ],
+    );
     assert!(out.contains("== dataflow (stream, parallelism 3)"), "{out}");
     assert!(out.contains("source: orders (filesystem)"), "{out}");
     assert!(out.contains("HASH[orders.category]"), "{out}");
-    assert!(out.contains("window aggregate TUMBLE(size=86400000ms)"), "{out}");
+    assert!(
+        out.contains("window aggregate TUMBLE(size=86400000ms)"),
+        "{out}"
+    );
     assert!(out.contains("sink: iceberg lake.db.daily"), "{out}");
-    assert!(out.contains("state=accumulators per open window and key"), "{out}");
+    assert!(
+        out.contains("state=accumulators per open window and key"),
+        "{out}"
+    );
     assert!(tables(dir.path()).is_empty());
 }

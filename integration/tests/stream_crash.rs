@@ -114,7 +114,10 @@ fn killed_stream_job_resumes_and_commits_every_row_exactly_once() {
         killed += 1;
         eprintln!("killed run {killed} after {wait:?}");
     }
-    assert!(killed >= 1, "the job finished before it could be killed once");
+    assert!(
+        killed >= 1,
+        "the job finished before it could be killed once"
+    );
     // The last run goes to the end, at another parallelism: keyed state is redistributed
     // by key group and splits by id.
     let out = meltwater(
@@ -131,7 +134,11 @@ fn killed_stream_job_resumes_and_commits_every_row_exactly_once() {
 
     // The batch run of the same job gives the reference rows.
     let out = meltwater(dir.path(), &["run", "batch.sql", "--mode", "batch"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let Some(python) = interop_python("the crash test's read-back") else {
         return;
@@ -154,7 +161,10 @@ fn killed_stream_job_resumes_and_commits_every_row_exactly_once() {
         let mut keys = BTreeMap::new();
         for r in &counts {
             let key = (r["window_start"].to_string(), r["k"].to_string());
-            assert!(keys.insert(key, ()).is_none(), "{reader}: a window was emitted twice: {r}");
+            assert!(
+                keys.insert(key, ()).is_none(),
+                "{reader}: a window was emitted twice: {r}"
+            );
         }
         assert_eq!(
             counts,

@@ -74,7 +74,6 @@ impl WindowAssignExec {
             properties,
         })
     }
-
 }
 
 impl DisplayAs for WindowAssignExec {

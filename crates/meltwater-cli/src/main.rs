@@ -262,8 +262,14 @@ async fn run(cli: Cli) -> Result<()> {
                 match mode {
                     Mode::Batch => {
                         let physical = meltwater_batch::physical_plan(&planned, s).await?;
-                        let partitions = physical.properties().output_partitioning().partition_count();
-                        println!("-- physical plan (batch, {})", report::plural(partitions as u64, "output partition"));
+                        let partitions = physical
+                            .properties()
+                            .output_partitioning()
+                            .partition_count();
+                        println!(
+                            "-- physical plan (batch, {})",
+                            report::plural(partitions as u64, "output partition")
+                        );
                         print!("{}", meltwater_batch::display_physical(&physical));
                     }
                     Mode::Stream => {}
@@ -351,7 +357,11 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
     let plan = meltwater_stream::plan_stream(&planned, parallelism)?;
     let mut status = None;
     let result = meltwater_stream::run_plan(&planned, plan, &opts, |plan, metrics| {
-        status = Some(stream_cmd::spawn_status(plan, metrics, Duration::from_secs(2)));
+        status = Some(stream_cmd::spawn_status(
+            plan,
+            metrics,
+            Duration::from_secs(2),
+        ));
     })
     .await;
     if let Some(s) = status {

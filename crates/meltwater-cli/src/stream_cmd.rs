@@ -96,7 +96,9 @@ pub fn spawn_status(
                     c.id,
                     c.duration_ms,
                     size(c.bytes),
-                    c.completed_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
+                    c.completed_at
+                        .map(|t| t.elapsed().as_secs_f64())
+                        .unwrap_or(0.0)
                 ),
                 None => "no checkpoint yet".into(),
             };

@@ -17,8 +17,8 @@ pub mod datagen;
 pub mod error;
 pub mod filesystem;
 pub mod format;
-pub mod stream;
 mod options;
+pub mod stream;
 
 pub use error::{ConnectorError, Result};
 
@@ -92,7 +92,10 @@ pub trait ConnectorTable: TableProvider {
     fn stream_source(&self) -> Result<Arc<dyn stream::StreamSource>> {
         Err(ConnectorError::Unsupported {
             table: String::new(),
-            message: format!("the '{}' connector cannot be read in stream mode yet", self.connector()),
+            message: format!(
+                "the '{}' connector cannot be read in stream mode yet",
+                self.connector()
+            ),
         })
     }
 }

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use ahash::RandomState;
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt16Array};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::UInt16Type;
-use ahash::RandomState;
 use datafusion::common::hash_utils::create_hashes;
 use datafusion::error::Result;
 
@@ -95,7 +95,11 @@ impl KeyGroupRange {
 /// Prepends a [`KEY_GROUP_COLUMN`] to a snapshot batch.
 pub fn with_key_groups(batch: &RecordBatch, groups: Vec<u16>) -> Result<RecordBatch> {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let mut fields = vec![Arc::new(Field::new(KEY_GROUP_COLUMN, DataType::UInt16, false))];
+    let mut fields = vec![Arc::new(Field::new(
+        KEY_GROUP_COLUMN,
+        DataType::UInt16,
+        false,
+    ))];
     fields.extend(batch.schema().fields().iter().cloned());
     let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt16Array::from(groups))];
     columns.extend(batch.columns().iter().cloned());

@@ -11,8 +11,8 @@ pub mod keygroup;
 pub mod store;
 
 pub use keygroup::{
-    key_group_hashes, key_groups, subtask_for_key_group, with_key_groups, KeyGroupRange, DEFAULT_KEY_GROUPS,
-    KEY_GROUP_COLUMN,
+    key_group_hashes, key_groups, subtask_for_key_group, with_key_groups, KeyGroupRange,
+    DEFAULT_KEY_GROUPS, KEY_GROUP_COLUMN,
 };
 pub use store::{
     CheckpointManifest, CheckpointStore, OperatorManifest, StateError, SubtaskManifest,

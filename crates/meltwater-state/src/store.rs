@@ -171,8 +171,9 @@ impl CheckpointStore {
         let options = IpcWriteOptions::default()
             .try_with_compression(Some(CompressionType::LZ4_FRAME))
             .map_err(|e| io(&path, e))?;
-        let mut w = FileWriter::try_new_with_options(BufWriter::new(file), &first.schema(), options)
-            .map_err(|e| io(&path, e))?;
+        let mut w =
+            FileWriter::try_new_with_options(BufWriter::new(file), &first.schema(), options)
+                .map_err(|e| io(&path, e))?;
         for b in batches {
             w.write(b).map_err(|e| io(&path, e))?;
         }
@@ -256,9 +257,15 @@ impl CheckpointStore {
         let dir = self.job_dir(job_id);
         for entry in fs::read_dir(&dir).map_err(|e| io(&dir, e))?.flatten() {
             let p = entry.path();
-            let Some(n) = checkpoint_number(&p) else { continue };
+            let Some(n) = checkpoint_number(&p) else {
+                continue;
+            };
             let complete_here = p.join(MANIFEST_FILE).exists();
-            let drop = if complete_here { n < keep_from } else { n < newest };
+            let drop = if complete_here {
+                n < keep_from
+            } else {
+                n < newest
+            };
             if drop {
                 let _ = fs::remove_dir_all(&p);
             }
@@ -274,7 +281,13 @@ fn checkpoint_number(p: &Path) -> Option<u64> {
 /// Job and operator ids as directory names.
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -302,8 +315,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(tmp.path());
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let b = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))])
-            .unwrap();
+        let b =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
         for id in 1..=4 {
             let (rel, bytes, rows) = store
                 .write_keyed("j", id, "agg#1", 0, &[b.clone()])
@@ -334,10 +347,18 @@ mod tests {
         assert_eq!(store.latest("j").unwrap().unwrap().checkpoint_id, 3);
         assert_eq!(store.highest_id("j"), 4);
         let latest = store.latest("j").unwrap().unwrap();
-        let file = latest.operators["agg#1"].subtasks[0].keyed_file.clone().unwrap();
+        let file = latest.operators["agg#1"].subtasks[0]
+            .keyed_file
+            .clone()
+            .unwrap();
         assert_eq!(latest.read_keyed(&file).unwrap()[0], b);
         store.prune("j", 2).unwrap();
-        let ids: Vec<u64> = store.list("j").unwrap().iter().map(|m| m.checkpoint_id).collect();
+        let ids: Vec<u64> = store
+            .list("j")
+            .unwrap()
+            .iter()
+            .map(|m| m.checkpoint_id)
+            .collect();
         assert_eq!(ids, vec![2, 3]);
         // The incomplete checkpoint newer than the newest complete one stays (it may be in flight).
         assert!(store.checkpoint_dir("j", 4).exists());

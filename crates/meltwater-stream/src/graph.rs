@@ -218,17 +218,16 @@ impl fmt::Display for StreamGraph {
                         e
                     }
                 };
-                writeln!(
-                    f,
-                    "  [{}] {}{edge}",
-                    n.id,
-                    n.name,
-                )?;
+                writeln!(f, "  [{}] {}{edge}", n.id, n.name,)?;
                 writeln!(
                     f,
                     "      parallelism={} output={}{}",
                     n.parallelism,
-                    if n.updating { "updating" } else { "append-only" },
+                    if n.updating {
+                        "updating"
+                    } else {
+                        "append-only"
+                    },
                     n.state
                         .as_ref()
                         .map(|s| format!(" state={s}"))

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use datafusion::arrow::compute::{
+    concat_batches, lexsort_to_indices, take_record_batch, SortColumn,
+};
 use datafusion::error::Result as DfResult;
 use meltwater_plan::PlannedJob;
 
@@ -117,9 +119,7 @@ pub fn finish_query(q: &QueryOutput) -> DfResult<Vec<RecordBatch>> {
             }
             Finish::Limit { skip, fetch } => {
                 let start = (*skip).min(batch.num_rows());
-                let len = fetch
-                    .unwrap_or(usize::MAX)
-                    .min(batch.num_rows() - start);
+                let len = fetch.unwrap_or(usize::MAX).min(batch.num_rows() - start);
                 batch.slice(start, len)
             }
             Finish::Project { exprs, schema } => {

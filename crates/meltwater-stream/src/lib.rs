@@ -9,14 +9,14 @@
 
 pub mod aggregate;
 pub mod changelog;
-pub mod message;
-pub mod operator;
 pub mod graph;
+pub mod job;
+pub mod message;
 pub mod metrics;
+pub mod operator;
 pub mod ops;
 pub mod planner;
 pub mod runtime;
-pub mod job;
 
 pub use graph::StreamGraph;
 pub use job::{run_plan, run_stream_job, QueryResult, StreamJobError};

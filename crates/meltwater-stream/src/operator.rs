@@ -96,7 +96,11 @@ pub trait Operator: Send {
 
     /// Checkpoint `checkpoint_id`'s barrier arrived on every input: store state.
     /// Output pushed here goes downstream before the barrier.
-    async fn snapshot(&mut self, _checkpoint_id: u64, _out: &mut Output) -> Result<OperatorSnapshot> {
+    async fn snapshot(
+        &mut self,
+        _checkpoint_id: u64,
+        _out: &mut Output,
+    ) -> Result<OperatorSnapshot> {
         Ok(OperatorSnapshot::default())
     }
 

@@ -31,7 +31,9 @@ use meltwater_plan::{PlannedJob, PlannedStatement};
 
 use crate::aggregate::window::WindowSpec;
 use crate::changelog::updating_schema;
-use crate::graph::{NodeKind, Partitioning, SinkKind, SourceWatermark, Step, StreamGraph, StreamNode};
+use crate::graph::{
+    NodeKind, Partitioning, SinkKind, SourceWatermark, Step, StreamGraph, StreamNode,
+};
 
 /// A statement the stream planner cannot run, with the reason.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -131,9 +133,7 @@ pub fn plan_statements(
         };
         b.statement = i + 1;
         b.counter = 0;
-        let optimized = state
-            .optimize(&s.plan)
-            .map_err(|e| at(e.to_string()))?;
+        let optimized = state.optimize(&s.plan).map_err(|e| at(e.to_string()))?;
         if is_query {
             let q = b.plan_query(&optimized, i).map_err(at)?;
             outputs.push(q);
@@ -165,7 +165,11 @@ pub fn parse_duration_ms(v: &str) -> Option<u64> {
     Some(n * ms)
 }
 
-fn physical(e: &Expr, schema: &DFSchema, state: &SessionState) -> Result<Arc<dyn PhysicalExpr>, String> {
+fn physical(
+    e: &Expr,
+    schema: &DFSchema,
+    state: &SessionState,
+) -> Result<Arc<dyn PhysicalExpr>, String> {
     create_physical_expr(e, schema, state.execution_props()).map_err(|e| e.to_string())
 }
 
@@ -187,7 +191,11 @@ impl Builder<'_> {
     /// Appends a stateless step after node `input`, into its calc operator if it is one.
     fn step(&mut self, input: usize, step: Step, schema: SchemaRef, label: &str) -> usize {
         let updating = self.updating(input);
-        let out_schema = if updating { updating_schema(&schema) } else { schema };
+        let out_schema = if updating {
+            updating_schema(&schema)
+        } else {
+            schema
+        };
         let consumers = self.graph.consumers(input);
         if consumers.is_empty() {
             if let NodeKind::Stateless(steps) = &mut self.graph.nodes[input].kind {
@@ -228,7 +236,10 @@ impl Builder<'_> {
                     body = &l.input;
                 }
                 LogicalPlan::Projection(p)
-                    if matches!(p.input.as_ref(), LogicalPlan::Sort(_) | LogicalPlan::Limit(_)) =>
+                    if matches!(
+                        p.input.as_ref(),
+                        LogicalPlan::Sort(_) | LogicalPlan::Limit(_)
+                    ) =>
                 {
                     finish_nodes.push(body);
                     body = &p.input;
@@ -670,7 +681,9 @@ impl Builder<'_> {
     /// Plans the input of a window aggregate, where the window TVF may be a SESSION.
     fn plan_window_input(&mut self, plan: &LogicalPlan, tvf: &WindowTvf) -> Result<usize, String> {
         match plan {
-            LogicalPlan::Extension(ext) if ext.node.as_any().downcast_ref::<WindowTvf>().is_some() => {
+            LogicalPlan::Extension(ext)
+                if ext.node.as_any().downcast_ref::<WindowTvf>().is_some() =>
+            {
                 self.window_assign(tvf)
             }
             LogicalPlan::Projection(p) => {
@@ -681,7 +694,15 @@ impl Builder<'_> {
                     .map(|e| physical(e, p.input.schema(), self.state))
                     .collect::<Result<Vec<_>, _>>()?;
                 let schema: SchemaRef = Arc::new(p.schema.as_arrow().clone());
-                Ok(self.step(input, Step::Project { exprs, schema: schema.clone() }, schema, "project"))
+                Ok(self.step(
+                    input,
+                    Step::Project {
+                        exprs,
+                        schema: schema.clone(),
+                    },
+                    schema,
+                    "project",
+                ))
             }
             LogicalPlan::Filter(f) => {
                 let input = self.plan_window_input(&f.input, tvf)?;

@@ -35,10 +35,10 @@ use meltwater_state::{
 };
 use tokio::sync::mpsc;
 
+use crate::aggregate::assign::WindowAssignOperator;
 use crate::aggregate::spec::AggregateSpec;
 use crate::aggregate::updating::UpdatingAggregateOperator;
 use crate::aggregate::window::WindowAggregateOperator;
-use crate::aggregate::assign::WindowAssignOperator;
 use crate::graph::{NodeKind, Partitioning, SinkKind, StreamGraph};
 use crate::message::{EventTime, Message, MIN_WATERMARK};
 use crate::metrics::{CheckpointStatus, JobMetrics, OperatorMetrics};
@@ -272,7 +272,10 @@ impl Chain {
             let mut out = Output::default();
             wm = self.ops[k].op.on_watermark(wm, &mut out).await?;
             let late = self.ops[k].op.counters().late_records;
-            self.ops[k].metrics.late_records.fetch_max(late, Ordering::Relaxed);
+            self.ops[k]
+                .metrics
+                .late_records
+                .fetch_max(late, Ordering::Relaxed);
             self.push_from(k + 1, out.take()).await?;
         }
         if !self.outputs.senders.is_empty() {
@@ -311,7 +314,13 @@ impl Chain {
             if let Some((file, bytes, rows)) = self
                 .ctx
                 .store
-                .write_keyed(&self.ctx.job_id, checkpoint, &info.operator_id, info.index, &snap.keyed)
+                .write_keyed(
+                    &self.ctx.job_id,
+                    checkpoint,
+                    &info.operator_id,
+                    info.index,
+                    &snap.keyed,
+                )
                 .map_err(|e| DataFusionError::Execution(e.to_string()))?
             {
                 m.keyed_file = Some(file);
@@ -448,7 +457,12 @@ impl SourceState {
         let splits: serde_json::Map<String, serde_json::Value> = self
             .splits
             .iter()
-            .map(|(id, (pos, done))| (id.clone(), serde_json::json!({"position": pos, "done": done})))
+            .map(|(id, (pos, done))| {
+                (
+                    id.clone(),
+                    serde_json::json!({"position": pos, "done": done}),
+                )
+            })
             .collect();
         serde_json::json!({ "splits": splits })
     }
@@ -472,9 +486,13 @@ fn owner_of(split: &str, parallelism: usize) -> usize {
     (h % parallelism as u64) as usize
 }
 
-type SplitStream = Pin<Box<dyn Stream<Item = (String, Result<Option<(RecordBatch, SplitPosition)>>)> + Send>>;
+type SplitStream =
+    Pin<Box<dyn Stream<Item = (String, Result<Option<(RecordBatch, SplitPosition)>>)> + Send>>;
 
-fn split_stream(id: String, reader: Box<dyn meltwater_connectors::stream::SplitReader>) -> SplitStream {
+fn split_stream(
+    id: String,
+    reader: Box<dyn meltwater_connectors::stream::SplitReader>,
+) -> SplitStream {
     Box::pin(futures::stream::unfold(Some(reader), move |reader| {
         let id = id.clone();
         async move {
@@ -482,10 +500,7 @@ fn split_stream(id: String, reader: Box<dyn meltwater_connectors::stream::SplitR
             match reader.next_batch().await {
                 Ok(Some(item)) => Some(((id, Ok(Some(item))), Some(reader))),
                 Ok(None) => Some(((id, Ok(None)), None)),
-                Err(e) => Some((
-                    (id, Err(DataFusionError::External(Box::new(e)))),
-                    None,
-                )),
+                Err(e) => Some(((id, Err(DataFusionError::External(Box::new(e)))), None)),
             }
         }
     }))
@@ -516,7 +531,9 @@ fn max_millis(a: &ArrayRef) -> Result<Option<i64>> {
         }
     };
     let ints = cast(&ms, &DataType::Int64)?;
-    Ok(datafusion::arrow::compute::max(ints.as_primitive::<Int64Type>()))
+    Ok(datafusion::arrow::compute::max(
+        ints.as_primitive::<Int64Type>(),
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -642,33 +659,52 @@ fn build_operator(
         .is_some_and(|(from, _)| graph.nodes[*from].updating);
     Ok(match &node.kind {
         NodeKind::Stateless(steps) => Box::new(StatelessOperator::new(steps.clone())),
-        NodeKind::Union => Box::new(crate::ops::stateless::UnionOperator::new(node.schema.clone())),
-        NodeKind::WindowAssign { kind, time_index } => {
-            Box::new(WindowAssignOperator::try_new(*kind, *time_index, node.schema.clone())?)
-        }
+        NodeKind::Union => Box::new(crate::ops::stateless::UnionOperator::new(
+            node.schema.clone(),
+        )),
+        NodeKind::WindowAssign { kind, time_index } => Box::new(WindowAssignOperator::try_new(
+            *kind,
+            *time_index,
+            node.schema.clone(),
+        )?),
         NodeKind::WindowAggregate { aggregate, window } => {
             let spec = AggregateSpec::try_new(aggregate, state)?;
-            Box::new(WindowAggregateOperator::try_new(spec, *window, info.clone())?)
+            Box::new(WindowAggregateOperator::try_new(
+                spec,
+                *window,
+                info.clone(),
+            )?)
         }
         NodeKind::UpdatingAggregate { aggregate, ttl_ms } => {
             let mut spec = AggregateSpec::try_new(aggregate, state)?;
             if input_updating {
                 spec = spec.with_updating_input();
             }
-            Box::new(UpdatingAggregateOperator::try_new(spec, info.clone(), *ttl_ms)?)
+            Box::new(UpdatingAggregateOperator::try_new(
+                spec,
+                info.clone(),
+                *ttl_ms,
+            )?)
         }
         NodeKind::Sink { kind, .. } => match kind {
-            SinkKind::Iceberg { table } => Box::new(IcebergSinkOperator::new(table.clone(), info.index)),
+            SinkKind::Iceberg { table } => {
+                Box::new(IcebergSinkOperator::new(table.clone(), info.index))
+            }
             SinkKind::Collect(rows) => Box::new(CollectSinkOperator::new(rows.clone())),
         },
         NodeKind::Source { .. } => {
-            return Err(DataFusionError::Internal("a source is not a chained operator".into()))
+            return Err(DataFusionError::Internal(
+                "a source is not a chained operator".into(),
+            ))
         }
     })
 }
 
 /// The state a restored operator subtask receives.
-fn restored_state(manifest: &CheckpointManifest, info: &SubtaskInfo) -> Result<Option<RestoredState>> {
+fn restored_state(
+    manifest: &CheckpointManifest,
+    info: &SubtaskInfo,
+) -> Result<Option<RestoredState>> {
     let Some(op) = manifest.operators.get(&info.operator_id) else {
         return Ok(None);
     };
@@ -700,10 +736,16 @@ async fn commit_sinks(
 ) -> std::result::Result<Vec<CommitSummary>, StreamError> {
     let mut out = Vec::new();
     for node in &graph.nodes {
-        let NodeKind::Sink { kind: SinkKind::Iceberg { table }, .. } = &node.kind else {
+        let NodeKind::Sink {
+            kind: SinkKind::Iceberg { table },
+            ..
+        } = &node.kind
+        else {
             continue;
         };
-        let Some(op) = manifest.operators.get(&node.id) else { continue };
+        let Some(op) = manifest.operators.get(&node.id) else {
+            continue;
+        };
         let mut files = Vec::new();
         for s in &op.subtasks {
             files.extend(pending_files_of(&s.state).map_err(|e| StreamError::Commit {
@@ -772,12 +814,19 @@ pub async fn run_graph(
         events: events_tx.clone(),
     };
     // Channels: for each chain with an upstream chain, one per (upstream, downstream) subtask pair.
-    let chain_of = |node: usize| chains.iter().position(|c| c.contains(&node)).expect("node in a chain");
+    let chain_of = |node: usize| {
+        chains
+            .iter()
+            .position(|c| c.contains(&node))
+            .expect("node in a chain")
+    };
     let mut receivers: HashMap<usize, Vec<Vec<mpsc::Receiver<Message>>>> = HashMap::new();
     let mut senders: HashMap<usize, Vec<Vec<mpsc::Sender<Message>>>> = HashMap::new();
     for (c, chain) in chains.iter().enumerate() {
         let head = &graph.nodes[chain[0]];
-        let Some((first, _)) = &head.input else { continue };
+        let Some((first, _)) = &head.input else {
+            continue;
+        };
         let p = head.parallelism;
         let mut rx: Vec<Vec<mpsc::Receiver<Message>>> = (0..p).map(|_| Vec::new()).collect();
         let froms: Vec<usize> = std::iter::once(*first)
@@ -841,13 +890,17 @@ pub async fn run_graph(
                     }
                 })?;
                 if let Some(m) = &restore {
-                    if let Some(rs) = restored_state(m, &info).map_err(|e| StreamError::Checkpoint(df_message(&e)))? {
-                        op.restore(rs).await.map_err(|e| StreamError::Checkpoint(format!(
-                            "{}: restoring from checkpoint {}: {}",
-                            node.name,
-                            m.checkpoint_id,
-                            df_message(&e)
-                        )))?;
+                    if let Some(rs) = restored_state(m, &info)
+                        .map_err(|e| StreamError::Checkpoint(df_message(&e)))?
+                    {
+                        op.restore(rs).await.map_err(|e| {
+                            StreamError::Checkpoint(format!(
+                                "{}: restoring from checkpoint {}: {}",
+                                node.name,
+                                m.checkpoint_id,
+                                df_message(&e)
+                            ))
+                        })?;
                     }
                 }
                 ops.push(ChainOp {
@@ -952,10 +1005,15 @@ pub async fn run_graph(
         .highest_id(&options.job_id)
         .max(restore.as_ref().map(|m| m.checkpoint_id).unwrap_or(0));
     for node in &graph.nodes {
-        if let NodeKind::Sink { kind: SinkKind::Iceberg { table }, .. } = &node.kind {
-            let committed = meltwater_iceberg::stream::last_committed_checkpoint(table, &options.job_id)
-                .await
-                .map_err(|e| StreamError::Checkpoint(e.to_string()))?;
+        if let NodeKind::Sink {
+            kind: SinkKind::Iceberg { table },
+            ..
+        } = &node.kind
+        {
+            let committed =
+                meltwater_iceberg::stream::last_committed_checkpoint(table, &options.job_id)
+                    .await
+                    .map_err(|e| StreamError::Checkpoint(e.to_string()))?;
             highest = highest.max(committed.unwrap_or(0));
         }
     }
@@ -1074,11 +1132,17 @@ pub async fn run_graph(
                     return Err(e);
                 }
             };
-            report.commits.extend(commits.into_iter().filter(|c| c.snapshot_id.is_some() && !c.already_committed));
+            report.commits.extend(
+                commits
+                    .into_iter()
+                    .filter(|c| c.snapshot_id.is_some() && !c.already_committed),
+            );
             let _ = store.prune(&options.job_id, options.retained);
             report.checkpoints += 1;
             report.last_checkpoint = Some(manifest.checkpoint_id);
-            metrics.checkpoints_completed.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .checkpoints_completed
+                .fetch_add(1, Ordering::Relaxed);
             *metrics.last_checkpoint.lock().expect("metrics lock") = Some(CheckpointStatus {
                 id: manifest.checkpoint_id,
                 duration_ms: manifest.duration_ms,

@@ -75,7 +75,13 @@ impl StreamRunner {
         job: &PlannedJob,
         inserts: &[&PlannedStatement],
         queries: &[&PlannedStatement],
-    ) -> Result<(meltwater_stream::StreamReport, Vec<meltwater_stream::QueryResult>), String> {
+    ) -> Result<
+        (
+            meltwater_stream::StreamReport,
+            Vec<meltwater_stream::QueryResult>,
+        ),
+        String,
+    > {
         let parallelism = meltwater_stream::job::job_parallelism(job);
         let plan = meltwater_stream::plan_statements(job, inserts, queries, parallelism)
             .map_err(|e| e.to_string())?;

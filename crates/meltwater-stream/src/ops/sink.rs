@@ -65,14 +65,23 @@ impl Operator for IcebergSinkOperator {
         format!("iceberg sink {}", self.table.name())
     }
 
-    async fn process(&mut self, _input: usize, batch: RecordBatch, _out: &mut Output) -> Result<()> {
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
         let w = self.writer().await?;
         w.write(&batch)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
-    async fn snapshot(&mut self, _checkpoint_id: u64, _out: &mut Output) -> Result<OperatorSnapshot> {
+    async fn snapshot(
+        &mut self,
+        _checkpoint_id: u64,
+        _out: &mut Output,
+    ) -> Result<OperatorSnapshot> {
         let files = match self.writer.as_mut() {
             Some(w) => w
                 .prepare_commit()
@@ -104,7 +113,12 @@ impl Operator for CollectSinkOperator {
         "collect".into()
     }
 
-    async fn process(&mut self, _input: usize, batch: RecordBatch, _out: &mut Output) -> Result<()> {
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
         self.rows.lock().expect("collect sink lock").push(batch);
         Ok(())
     }

@@ -42,7 +42,9 @@ impl StreamSource for ValuesSource {
     }
 
     async fn discover_splits(&self) -> Result<Vec<Split>> {
-        Ok(vec![Split { id: "values".into() }])
+        Ok(vec![Split {
+            id: "values".into(),
+        }])
     }
 
     fn discovery_interval_ms(&self) -> Option<u64> {
@@ -56,7 +58,9 @@ impl StreamSource for ValuesSource {
         projection: Option<&[usize]>,
         _batch_size: usize,
     ) -> Result<Box<dyn SplitReader>> {
-        let batches = collect(self.plan.clone(), self.ctx.clone()).await.map_err(err)?;
+        let batches = collect(self.plan.clone(), self.ctx.clone())
+            .await
+            .map_err(err)?;
         let all = concat_batches(&self.plan.schema(), &batches).map_err(err)?;
         let all = match projection {
             Some(p) => all.project(p).map_err(err)?,
