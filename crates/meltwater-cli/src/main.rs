@@ -203,6 +203,22 @@ async fn plan(
     Ok(plan_job(&job, &options).await?)
 }
 
+/// Plans a job for a run, creating the tables it declares (after a dry plan has shown
+/// the job can run in `mode`); prints what planning did, and insists on an INSERT.
+async fn plan_to_run(catalog: Option<&Path>, job: &JobArgs, mode: Mode) -> Result<PlannedJob> {
+    let planned = plan(catalog, job, mode, true).await?;
+    for a in &planned.actions {
+        println!("{a}");
+    }
+    if planned.inserts.is_empty() {
+        bail!(
+            "{}: the job has no INSERT statement, so there is nothing to run",
+            planned.file
+        );
+    }
+    Ok(planned)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let catalog = cli.catalog.as_deref();
     match cli.command {
@@ -220,16 +236,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             drop(dry);
-            let planned = plan(catalog, &job, mode, true).await?;
-            for a in &planned.actions {
-                println!("{a}");
-            }
-            if planned.inserts.is_empty() {
-                bail!(
-                    "{}: the job has no INSERT statement, so there is nothing to run",
-                    planned.file
-                );
-            }
+            let planned = plan_to_run(catalog, &job, mode).await?;
             let parallelism = planned.session.state().config().target_partitions();
             println!(
                 "running {} (job {}, run {}) in batch mode, parallelism {parallelism}",
@@ -330,16 +337,7 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
     let parallelism = meltwater_stream::job::job_parallelism(&dry);
     meltwater_stream::plan_stream(&dry, parallelism)?;
     drop(dry);
-    let planned = plan(catalog, job, Mode::Stream, true).await?;
-    for a in &planned.actions {
-        println!("{a}");
-    }
-    if planned.inserts.is_empty() {
-        bail!(
-            "{}: the job has no INSERT statement, so there is nothing to run",
-            planned.file
-        );
-    }
+    let planned = plan_to_run(catalog, job, Mode::Stream).await?;
     let opts = stream_cmd::options(
         &planned,
         args.checkpoint_dir.as_deref(),

@@ -9,7 +9,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::Aggregate;
 use datafusion::physical_expr::PhysicalExpr;
 use meltwater_connectors::stream::StreamSource;
-use meltwater_connectors::SourceMetrics;
 use meltwater_iceberg::IcebergTable;
 use meltwater_plan::window::WindowKind;
 
@@ -83,14 +82,12 @@ pub struct SourceWatermark {
 #[derive(Debug, Clone)]
 pub enum NodeKind {
     Source {
-        table: String,
         source: Arc<dyn StreamSource>,
         /// Columns read (the scan's, plus those the watermark needs).
         read_projection: Option<Vec<usize>>,
         /// Indices into the read batch of the columns the scan emits.
         output_columns: Vec<usize>,
         watermark: Option<SourceWatermark>,
-        metrics: Arc<SourceMetrics>,
     },
     Stateless(Vec<Step>),
     /// `UNION ALL`: the rows of every input, relabelled with the union's schema.

@@ -318,6 +318,13 @@ impl Builder<'_> {
 
     /// Plans `plan` and returns the node producing its rows.
     fn plan(&mut self, plan: &LogicalPlan) -> Result<usize, String> {
+        self.plan_in(plan, None)
+    }
+
+    /// Plans `plan`; `window` is set below a window aggregate, down to its window table
+    /// function (through projections, filters and aliases), where a SESSION may assign
+    /// windows because the aggregate above merges them.
+    fn plan_in(&mut self, plan: &LogicalPlan, window: Option<&WindowTvf>) -> Result<usize, String> {
         match plan {
             LogicalPlan::Dml(dml) => {
                 if !matches!(dml.op, WriteOp::Insert(_)) {
@@ -377,7 +384,6 @@ impl Builder<'_> {
                     Some(p) => p.clone(),
                     None => (0..full.fields().len()).collect(),
                 };
-                let output_len = read.len();
                 let mut watermark = None;
                 if let Some(w) = &table.watermark {
                     let df_full = DFSchema::try_from(full.as_ref().clone()).map_err(|e| e.to_string())?;
@@ -401,7 +407,6 @@ impl Builder<'_> {
                         text: format!("{} AS {}", w.column, w.expr_sql),
                     });
                 }
-                let id = self.next_id("source");
                 let name = format!(
                     "source: {} ({}){}",
                     table.name,
@@ -411,34 +416,10 @@ impl Builder<'_> {
                         .map(|w| format!(", watermark {}", w.text))
                         .unwrap_or_default()
                 );
-                let mut node = self.add(StreamNode {
-                    id,
-                    name,
-                    kind: NodeKind::Source {
-                        table: table.name.clone(),
-                        source,
-                        read_projection: Some(read),
-                        output_columns: (0..output_len).collect(),
-                        watermark,
-                        metrics: table.metrics(),
-                    },
-                    parallelism: self.parallelism,
-                    input: None,
-                    extra_inputs: Vec::new(),
-                    schema: Arc::new(scan.projected_schema.as_arrow().clone()),
-                    updating: false,
-                    state: Some("split positions".into()),
-                });
-                // Filters pushed into the scan are applied after it.
-                if let Some(pred) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
-                    let p = physical(&pred, &scan.projected_schema, self.state)?;
-                    let schema = self.graph.nodes[node].schema.clone();
-                    node = self.step(node, Step::Filter(p), schema, "filter");
-                }
-                Ok(node)
+                self.scan_source(scan, name, source, read, watermark)
             }
             LogicalPlan::Projection(p) => {
-                let input = self.plan(&p.input)?;
+                let input = self.plan_in(&p.input, window)?;
                 let exprs = p
                     .expr
                     .iter()
@@ -456,17 +437,17 @@ impl Builder<'_> {
                 ))
             }
             LogicalPlan::Filter(f) => {
-                let input = self.plan(&f.input)?;
+                let input = self.plan_in(&f.input, window)?;
                 let p = physical(&f.predicate, f.input.schema(), self.state)?;
                 let schema = Arc::new(f.input.schema().as_arrow().clone());
                 Ok(self.step(input, Step::Filter(p), schema, "filter"))
             }
-            LogicalPlan::SubqueryAlias(a) => self.plan(&a.input),
+            LogicalPlan::SubqueryAlias(a) => self.plan_in(&a.input, window),
             LogicalPlan::Extension(ext) => {
                 let Some(tvf) = ext.node.as_any().downcast_ref::<WindowTvf>() else {
                     return Err(format!("{} is not supported in stream mode", ext.node.name()));
                 };
-                if matches!(tvf.kind, WindowKind::Session { .. }) {
+                if window.is_none() && matches!(tvf.kind, WindowKind::Session { .. }) {
                     return Err("SESSION windows run in stream mode only under an aggregate grouping by window_start and window_end".into());
                 }
                 self.window_assign(tvf)
@@ -484,10 +465,8 @@ impl Builder<'_> {
                 let end = names.iter().position(|n| n.as_deref() == Some("window_end"));
                 let tvf = find_window(&agg.input);
                 let input = match (start, end, tvf) {
-                    (Some(_), Some(_), Some(tvf)) => {
-                        // Plan the input with the window TVF (sessions assign [t, t + gap)).
-                        self.plan_window_input(&agg.input, tvf)?
-                    }
+                    // Sessions assign [t, t + gap) below an aggregate, which merges them.
+                    (Some(_), Some(_), Some(tvf)) => self.plan_in(&agg.input, Some(tvf))?,
                     _ => self.plan(&agg.input)?,
                 };
                 let input_schema = agg.input.schema();
@@ -581,12 +560,10 @@ impl Builder<'_> {
                     id,
                     name: "source: constant rows".into(),
                     kind: NodeKind::Source {
-                        table: "VALUES".into(),
                         source,
                         read_projection: None,
                         output_columns: (0..n).collect(),
                         watermark: None,
-                        metrics: Arc::new(meltwater_connectors::SourceMetrics::default()),
                     },
                     parallelism: 1,
                     input: None,
@@ -650,18 +627,35 @@ impl Builder<'_> {
             Some(p) => p.clone(),
             None => (0..full.fields().len()).collect(),
         };
-        let n = read.len();
+        self.scan_source(
+            scan,
+            format!("source: {} (iceberg snapshot)", table.name()),
+            table.stream_source(),
+            read,
+            None,
+        )
+    }
+
+    /// Adds a source reading `scan`'s table: columns `read` (the scan's projection, then
+    /// any the watermark needs), emitting the scan's columns; then the filters pushed
+    /// into the scan, applied after it.
+    fn scan_source(
+        &mut self,
+        scan: &datafusion::logical_expr::TableScan,
+        name: String,
+        source: Arc<dyn meltwater_connectors::stream::StreamSource>,
+        read: Vec<usize>,
+        watermark: Option<SourceWatermark>,
+    ) -> Result<usize, String> {
         let id = self.next_id("source");
         let mut node = self.add(StreamNode {
             id,
-            name: format!("source: {} (iceberg snapshot)", table.name()),
+            name,
             kind: NodeKind::Source {
-                table: table.name().to_string(),
-                source: table.stream_source(),
+                source,
                 read_projection: Some(read),
-                output_columns: (0..n).collect(),
-                watermark: None,
-                metrics: Arc::new(meltwater_connectors::SourceMetrics::default()),
+                output_columns: (0..scan.projected_schema.fields().len()).collect(),
+                watermark,
             },
             parallelism: self.parallelism,
             input: None,
@@ -676,43 +670,6 @@ impl Builder<'_> {
             node = self.step(node, Step::Filter(p), schema, "filter");
         }
         Ok(node)
-    }
-
-    /// Plans the input of a window aggregate, where the window TVF may be a SESSION.
-    fn plan_window_input(&mut self, plan: &LogicalPlan, tvf: &WindowTvf) -> Result<usize, String> {
-        match plan {
-            LogicalPlan::Extension(ext)
-                if ext.node.as_any().downcast_ref::<WindowTvf>().is_some() =>
-            {
-                self.window_assign(tvf)
-            }
-            LogicalPlan::Projection(p) => {
-                let input = self.plan_window_input(&p.input, tvf)?;
-                let exprs = p
-                    .expr
-                    .iter()
-                    .map(|e| physical(e, p.input.schema(), self.state))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let schema: SchemaRef = Arc::new(p.schema.as_arrow().clone());
-                Ok(self.step(
-                    input,
-                    Step::Project {
-                        exprs,
-                        schema: schema.clone(),
-                    },
-                    schema,
-                    "project",
-                ))
-            }
-            LogicalPlan::Filter(f) => {
-                let input = self.plan_window_input(&f.input, tvf)?;
-                let p = physical(&f.predicate, f.input.schema(), self.state)?;
-                let schema = Arc::new(f.input.schema().as_arrow().clone());
-                Ok(self.step(input, Step::Filter(p), schema, "filter"))
-            }
-            LogicalPlan::SubqueryAlias(a) => self.plan_window_input(&a.input, tvf),
-            other => self.plan(other),
-        }
     }
 
     fn window_assign(&mut self, tvf: &WindowTvf) -> Result<usize, String> {

@@ -27,7 +27,6 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::SessionState;
 use futures::stream::{SelectAll, Stream, StreamExt};
 use meltwater_connectors::stream::{Split, SplitPosition, StreamSource};
-use meltwater_connectors::SourceMetrics;
 use meltwater_iceberg::CommitSummary;
 use meltwater_state::{
     key_group_hashes, key_groups, subtask_for_key_group, CheckpointManifest, CheckpointStore,
@@ -147,6 +146,8 @@ struct ChainOp {
     info: SubtaskInfo,
     op: Box<dyn Operator>,
     metrics: Arc<OperatorMetrics>,
+    /// Late records already added to `metrics` (shared by every subtask).
+    late_reported: u64,
 }
 
 /// Where a chain's output goes.
@@ -271,11 +272,10 @@ impl Chain {
         for k in 0..self.ops.len() {
             let mut out = Output::default();
             wm = self.ops[k].op.on_watermark(wm, &mut out).await?;
-            let late = self.ops[k].op.counters().late_records;
-            self.ops[k]
-                .metrics
-                .late_records
-                .fetch_max(late, Ordering::Relaxed);
+            let op = &mut self.ops[k];
+            let late = op.op.counters().late_records;
+            JobMetrics::add(&op.metrics.late_records, late - op.late_reported);
+            op.late_reported = late;
             self.push_from(k + 1, out.take()).await?;
         }
         if !self.outputs.senders.is_empty() {
@@ -509,13 +509,11 @@ fn split_stream(
 /// What the source head of a chain reads.
 struct SourceSpec {
     operator_id: String,
-    table: String,
     source: Arc<dyn StreamSource>,
     read_projection: Option<Vec<usize>>,
     output_columns: Vec<usize>,
     watermark: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
     metrics: Arc<OperatorMetrics>,
-    source_metrics: Arc<SourceMetrics>,
     job: Arc<JobMetrics>,
 }
 
@@ -641,7 +639,6 @@ async fn run_source_chain(
             _ = tokio::time::sleep(wait), if discovery.is_some() => {}
         }
     }
-    let _ = (&spec.table, &spec.source_metrics);
     chain.finish().await?;
     let _ = chain.ctx.events.send(Event::Finished { task: chain.key });
     serve_finished(&mut chain, &mut control, Some(&state)).await
@@ -907,6 +904,7 @@ pub async fn run_graph(
                     info,
                     op,
                     metrics: op_metrics(n),
+                    late_reported: 0,
                 });
             }
             let outputs = Outputs {
@@ -931,12 +929,10 @@ pub async fn run_graph(
             let events = events_tx.clone();
             let name = head.name.clone();
             if let NodeKind::Source {
-                table,
                 source,
                 read_projection,
                 output_columns,
                 watermark,
-                metrics: source_metrics,
             } = &head.kind
             {
                 source_tasks.push((c, i));
@@ -955,13 +951,11 @@ pub async fn run_graph(
                 st.splits.retain(|id, _| owner_of(id, p) == i);
                 let spec = SourceSpec {
                     operator_id: head.id.clone(),
-                    table: table.clone(),
                     source: source.clone(),
                     read_projection: read_projection.clone(),
                     output_columns: output_columns.clone(),
                     watermark: watermark.as_ref().map(|w| w.expr.clone()),
                     metrics: op_metrics(chain_nodes[0]),
-                    source_metrics: source_metrics.clone(),
                     job: metrics.clone(),
                 };
                 let (bs, idle) = (options.batch_size, options.idle_timeout);
