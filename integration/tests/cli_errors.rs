@@ -710,3 +710,84 @@ fn explain_stream_prints_the_dataflow() {
     );
     assert!(tables(dir.path()).is_empty());
 }
+
+#[test]
+fn stream_operator_settings_set_parallelism_and_state_names() {
+    let job = |settings: &str| {
+        format!(
+            "{settings}\n{}\n\
+             CREATE TABLE IF NOT EXISTS lake.db.daily_${{mode}} (w TIMESTAMP(3), category STRING, n BIGINT);\n\
+             INSERT INTO lake.db.daily_${{mode}} SELECT window_start, category, COUNT(*) \
+             FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(order_time), INTERVAL '1' DAY)) \
+             GROUP BY window_start, window_end, category;\n",
+            orders_ddl()
+        )
+    };
+    // A typo names the operators the job has.
+    let dir = job_dir(&job("SET 'operator.s1-window-agg-9.parallelism' = '3';"));
+    let msg = fails(
+        dir.path(),
+        &[
+            "explain", "job.sql", "--mode", "stream", "--param", "mode=s",
+        ],
+    );
+    assert!(
+        msg.contains("the job has no operator 's1-window-agg-9'"),
+        "{msg}"
+    );
+    assert!(msg.contains("s1-window-agg-4"), "{msg}");
+
+    let dir = job_dir(&job("SET 'operator.s1-window-agg-4.parallelism' = '3';\n\
+         SET 'operator.s1-window-agg-4.uid' = 'daily-counts';"));
+    let out = succeeds(
+        dir.path(),
+        &[
+            "explain",
+            "job.sql",
+            "--mode",
+            "stream",
+            "--parallelism",
+            "2",
+            "--param",
+            "mode=s",
+        ],
+    );
+    // The aggregate and the operators chained after it run with 3 subtasks, under the uid.
+    assert!(out.contains("task 2 (parallelism 3):"), "{out}");
+    assert!(out.contains("[daily-counts] window aggregate"), "{out}");
+    assert!(out.contains("[s1-sink-6] sink: iceberg lake.db.daily_s <- s1-calc-5 FORWARD (chained)\n      parallelism=3"), "{out}");
+
+    let run = |mode: &str| {
+        succeeds(
+            dir.path(),
+            &[
+                "run",
+                "job.sql",
+                "--mode",
+                mode,
+                "--parallelism",
+                "2",
+                "--param",
+                &format!("mode={mode}"),
+            ],
+        )
+    };
+    let stream = run("stream");
+    let batch = run("batch");
+    assert!(
+        stream.contains("wrote lake.db.daily_stream: 15 rows"),
+        "{stream}"
+    );
+    assert!(
+        batch.contains("wrote lake.db.daily_batch: 15 rows"),
+        "{batch}"
+    );
+    // The aggregate's state is stored under its uid.
+    let manifest = std::fs::read_to_string(
+        dir.path()
+            .join("meltwater-data/checkpoints/job/chk-1/_manifest.json"),
+    )
+    .expect("the final checkpoint's manifest");
+    assert!(manifest.contains("\"daily-counts\""), "{manifest}");
+    assert!(!manifest.contains("\"s1-window-agg-4\""), "{manifest}");
+}

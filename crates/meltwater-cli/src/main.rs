@@ -354,7 +354,9 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
     let sources = planned.sources();
     let plan = meltwater_stream::plan_stream(&planned, parallelism)?;
     let mut status = None;
+    let mut sinks = Vec::new();
     let result = meltwater_stream::run_plan(&planned, plan, &opts, |plan, metrics| {
+        sinks = stream_cmd::connector_sinks(plan, &metrics);
         status = Some(stream_cmd::spawn_status(
             plan,
             metrics,
@@ -369,6 +371,6 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
     if let Some(id) = report.restored_from {
         println!("restored from checkpoint {id}");
     }
-    report::print_stream(&sources, &report);
+    report::print_stream(&sources, &sinks, &report);
     Ok(())
 }

@@ -124,9 +124,21 @@ fn print_commits(commits: &[meltwater_iceberg::CommitSummary]) {
 }
 
 /// The summary of a stream run that ended (its sources ended).
-pub fn print_stream(sources: &[SourceRef], report: &meltwater_stream::StreamReport) {
+pub fn print_stream(
+    sources: &[SourceRef],
+    sinks: &[crate::stream_cmd::ConnectorSink],
+    report: &meltwater_stream::StreamReport,
+) {
     print_sources(sources);
     print_commits(&report.commits);
+    for s in sinks {
+        println!(
+            "wrote {} ({}): {}",
+            s.target,
+            s.connector,
+            plural(s.rows(), "row")
+        );
+    }
     println!(
         "{}{}",
         plural(report.checkpoints, "checkpoint"),

@@ -39,6 +39,46 @@ pub fn options(
     Ok(o)
 }
 
+/// A `print` or `blackhole` sink of a running job and its counters.
+pub struct ConnectorSink {
+    pub target: String,
+    pub connector: &'static str,
+    pub metrics: Arc<meltwater_stream::metrics::OperatorMetrics>,
+}
+
+impl ConnectorSink {
+    /// Rows the sink received so far (every subtask).
+    pub fn rows(&self) -> u64 {
+        JobMetrics::get(&self.metrics.rows_in)
+    }
+}
+
+/// The `print` and `blackhole` sinks of `plan`, whose rows the summary reports (Iceberg
+/// sinks report their commits instead).
+pub fn connector_sinks(plan: &StreamPlan, metrics: &JobMetrics) -> Vec<ConnectorSink> {
+    use meltwater_stream::graph::{NodeKind, SinkKind};
+    plan.graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let NodeKind::Sink { target, kind } = &n.kind else {
+                return None;
+            };
+            let connector = match kind {
+                SinkKind::Print { .. } => "print",
+                SinkKind::Blackhole => "blackhole",
+                _ => return None,
+            };
+            Some(ConnectorSink {
+                target: target.clone(),
+                connector,
+                metrics: metrics.operators[i].clone(),
+            })
+        })
+        .collect()
+}
+
 /// The dataflow as `explain --mode stream` prints it.
 pub fn explain(plan: &StreamPlan) -> String {
     plan.graph.to_string()

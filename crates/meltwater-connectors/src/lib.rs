@@ -1,7 +1,9 @@
 //! Connectors: the sources and sinks a job's `CREATE TABLE ... WITH ('connector' = ...)`
 //! names. Each connector table is a DataFusion [`TableProvider`] that knows its
 //! boundedness, so the batch planner can reject unbounded sources and the stream planner
-//! can turn the same table into an unbounded source.
+//! can turn the same table into an unbounded source. Sources: `filesystem`, `datagen`;
+//! sinks: `print`, `blackhole` (written through `insert_into` in batch mode, and by the
+//! stream runtime's own operators in stream mode).
 //!
 //! Connectors sit at the bottom of the crate graph: they know nothing of job files,
 //! planning or runtimes.
@@ -13,11 +15,14 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 
+pub mod blackhole;
 pub mod datagen;
 pub mod error;
 pub mod filesystem;
 pub mod format;
 mod options;
+pub mod print;
+pub mod sink_table;
 pub mod stream;
 
 pub use error::{ConnectorError, Result};
@@ -98,6 +103,23 @@ pub trait ConnectorTable: TableProvider {
             ),
         })
     }
+    /// Whether `INSERT INTO` can write the table (sink connectors).
+    fn writable(&self) -> bool {
+        false
+    }
+    /// Whether the table can be read (false for sink-only connectors).
+    fn readable(&self) -> bool {
+        true
+    }
+}
+
+/// The error of reading a sink-only table: `table 'out': a print table is a sink only; it
+/// cannot be read`.
+pub fn sink_only(table: &str, connector: &str) -> ConnectorError {
+    ConnectorError::Unsupported {
+        table: table.to_string(),
+        message: format!("a {connector} table is a sink only; it cannot be read"),
+    }
 }
 
 /// Builds the provider for a `CREATE TABLE ... WITH ('connector' = ...)` definition.
@@ -115,10 +137,12 @@ pub fn create_connector_table(def: TableDef) -> Result<Arc<dyn ConnectorTable>> 
     match connector.as_str() {
         "filesystem" => Ok(Arc::new(filesystem::FileSystemTable::try_new(def)?)),
         "datagen" => Ok(Arc::new(datagen::DataGenTable::try_new(def)?)),
+        "print" => Ok(Arc::new(sink_table::SinkTable::print(def)?)),
+        "blackhole" => Ok(Arc::new(sink_table::SinkTable::blackhole(def)?)),
         other => Err(ConnectorError::UnknownConnector {
             table: def.name.clone(),
             connector: other.to_string(),
-            known: "filesystem, datagen",
+            known: "filesystem, datagen, print, blackhole",
         }),
     }
 }

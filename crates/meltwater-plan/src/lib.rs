@@ -489,10 +489,14 @@ impl StatementPlanner<'_> {
         }
         let state = job.session.state();
         let statement = DfStatement::Statement(Box::new(Statement::Query(Box::new(query.clone()))));
-        state
+        let plan = state
             .statement_to_plan(statement)
             .await
-            .map_err(|e| clean_error(&e))
+            .map_err(|e| clean_error(&e))?;
+        if let Some(reason) = source::unreadable_in(&plan) {
+            return Err(reason);
+        }
+        Ok(plan)
     }
 
     async fn plan_insert(&self, insert: &Insert, job: &PlannedJob) -> Result<LogicalPlan, String> {
@@ -514,11 +518,20 @@ impl StatementPlanner<'_> {
             }
         };
         if let Some(source) = sink.as_any().downcast_ref::<SourceTable>() {
-            return Err(format!(
-                "INSERT INTO {}: the '{}' connector cannot be written to; write to an Iceberg table",
-                insert.table,
-                source.connector()
-            ));
+            if !source.writable() {
+                return Err(format!(
+                    "INSERT INTO {}: the '{}' connector cannot be written to; write to an Iceberg, print or blackhole table",
+                    insert.table,
+                    source.connector()
+                ));
+            }
+            if insert.overwrite {
+                return Err(format!(
+                    "INSERT OVERWRITE {}: a '{}' table only appends; use INSERT INTO",
+                    insert.table,
+                    source.connector()
+                ));
+            }
         }
         if insert.overwrite && sink.as_any().is::<meltwater_iceberg::IcebergTable>() {
             return Err(format!(

@@ -44,6 +44,10 @@ impl SourceTable {
     pub fn connector(&self) -> &str {
         self.inner.connector()
     }
+    /// Whether `INSERT INTO` can write the table (`print`, `blackhole`).
+    pub fn writable(&self) -> bool {
+        self.inner.writable()
+    }
 }
 
 #[async_trait]
@@ -111,6 +115,28 @@ pub fn sources_of(plan: &LogicalPlan) -> Vec<SourceRef> {
                             boundedness: source.boundedness(),
                             metrics: source.metrics(),
                         });
+                    }
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Why `plan` cannot run because it reads a sink-only connector table (`print`,
+/// `blackhole`): `table 'out': a print table is a sink only; it cannot be read`.
+pub fn unreadable_in(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if let Ok(provider) = source_as_provider(&scan.source) {
+                if let Some(t) = provider.as_any().downcast_ref::<SourceTable>() {
+                    if !t.inner.readable() {
+                        found = Some(
+                            meltwater_connectors::sink_only(&t.name, t.connector()).to_string(),
+                        );
+                        return Ok(TreeNodeRecursion::Stop);
                     }
                 }
             }

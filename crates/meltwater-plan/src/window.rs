@@ -508,11 +508,23 @@ pub fn append_windows(
         .iter()
         .map(|c| take(c.as_ref(), &indices, None))
         .collect::<std::result::Result<_, _>>()?;
-    let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
-    columns.push(ms_to_timestamps(starts, time_type)?);
-    columns.push(ms_to_timestamps(ends, time_type)?);
-    columns.push(ms_to_timestamps(times, time_type)?);
+    columns.extend(window_columns(starts, ends, time_type)?);
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The window columns of rows in windows `[starts[i], ends[i])` (ms): `window_start`,
+/// `window_end` and `window_time` (= end - 1 ms), of the time column's type.
+pub fn window_columns(
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    time_type: &DataType,
+) -> Result<[ArrayRef; 3]> {
+    let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
+    Ok([
+        ms_to_timestamps(starts, time_type)?,
+        ms_to_timestamps(ends, time_type)?,
+        ms_to_timestamps(times, time_type)?,
+    ])
 }
 
 /// The windows `(start, end)` in ms a row at `ts` (ms) belongs to, pushed onto `out`.

@@ -59,6 +59,13 @@ pub enum SinkKind {
     Iceberg { table: Arc<IcebergTable> },
     /// A query's rows, kept for the caller (the CLI prints them; tests compare them).
     Collect(Arc<Mutex<Vec<RecordBatch>>>),
+    /// A `print` table: each row written to stdout (or stderr) as it arrives.
+    Print {
+        table: String,
+        options: meltwater_connectors::print::PrintOptions,
+    },
+    /// A `blackhole` table: rows counted and discarded.
+    Blackhole,
 }
 
 impl fmt::Debug for SinkKind {
@@ -66,6 +73,8 @@ impl fmt::Debug for SinkKind {
         match self {
             SinkKind::Iceberg { table } => write!(f, "Iceberg({})", table.name()),
             SinkKind::Collect(_) => f.write_str("Collect"),
+            SinkKind::Print { table, .. } => write!(f, "Print({table})"),
+            SinkKind::Blackhole => f.write_str("Blackhole"),
         }
     }
 }
@@ -104,6 +113,16 @@ pub enum NodeKind {
         aggregate: Aggregate,
         ttl_ms: Option<u64>,
     },
+    /// A SESSION window function without an aggregate above it: each key's rows held
+    /// until the watermark closes their session, then emitted with its bounds. Indices
+    /// are into the input's columns; `gap` is in ms.
+    SessionRows {
+        gap: i64,
+        time_index: usize,
+        key_indices: Vec<usize>,
+    },
+    /// A regular join: input 0 is the left side, the first extra input the right.
+    Join(crate::ops::join::JoinSpec),
     Sink {
         target: String,
         kind: SinkKind,
@@ -117,7 +136,10 @@ impl NodeKind {
     pub fn is_stateful(&self) -> bool {
         matches!(
             self,
-            NodeKind::WindowAggregate { .. } | NodeKind::UpdatingAggregate { .. }
+            NodeKind::WindowAggregate { .. }
+                | NodeKind::UpdatingAggregate { .. }
+                | NodeKind::SessionRows { .. }
+                | NodeKind::Join(_)
         )
     }
 }

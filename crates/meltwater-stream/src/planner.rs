@@ -5,8 +5,11 @@
 //! - `Filter`/`Projection` become stateless steps over Arrow batches, chained.
 //! - A window table function becomes a window-assign step; the aggregate above it
 //!   (grouping by `window_start`, `window_end`) becomes an event-time window aggregate
-//!   behind a hash exchange on the other group keys.
+//!   behind a hash exchange on the other group keys. A SESSION without such an
+//!   aggregate becomes a keyed operator holding each session's rows until it closes.
 //! - Any other `GROUP BY` becomes an updating aggregate emitting a changelog.
+//! - A join becomes a regular stream join holding both inputs in keyed state, behind
+//!   hash exchanges on the equi-join keys.
 //! - `INSERT INTO` an Iceberg table becomes the two-phase Iceberg sink; a query's rows
 //!   go to a collecting sink, and an `ORDER BY`/`LIMIT` at its top applies to the
 //!   final result.
@@ -141,10 +144,151 @@ pub fn plan_statements(
             b.plan(&optimized).map_err(at)?;
         }
     }
+    let mut graph = b.graph;
+    apply_operator_settings(&mut graph, &job.settings).map_err(|message| StreamPlanError {
+        file: job.file.clone(),
+        loc: meltwater_sql::SourceLoc { line: 1, column: 1 },
+        message,
+    })?;
     Ok(StreamPlan {
-        graph: b.graph,
+        graph,
         queries: outputs,
     })
+}
+
+/// The prefix of per-operator settings: `SET 'operator.<id>.parallelism' = '2'` and
+/// `SET 'operator.<id>.uid' = 'name'`, where `<id>` is the id `explain --mode stream`
+/// shows.
+pub const OPERATOR_SETTING_PREFIX: &str = "operator.";
+
+/// Applies per-operator settings to a planned graph:
+///
+/// - `operator.<id>.parallelism`: the operator's parallelism. Forward edges between
+///   operators whose parallelism now differs become rebalancing edges (append-only
+///   streams) or hash edges on all columns (updating streams, so a row's retraction
+///   follows the row it retracts).
+/// - `operator.<id>.uid`: the name its state is stored under instead of the id derived
+///   from its plan position, so state survives a change of the job's structure.
+pub fn apply_operator_settings(
+    graph: &mut StreamGraph,
+    settings: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    let ids: Vec<String> = graph.nodes.iter().map(|n| n.id.clone()).collect();
+    let planned: Vec<usize> = graph.nodes.iter().map(|n| n.parallelism).collect();
+    let mut explicit = vec![false; ids.len()];
+    let mut uids: Vec<(usize, String)> = Vec::new();
+    for (key, value) in settings {
+        let Some(rest) = key.strip_prefix(OPERATOR_SETTING_PREFIX) else {
+            continue;
+        };
+        let Some((id, what)) = rest.rsplit_once('.') else {
+            return Err(format!(
+                "SET '{key}': expected 'operator.<id>.parallelism' or 'operator.<id>.uid'"
+            ));
+        };
+        let Some(i) = ids.iter().position(|n| n == id) else {
+            return Err(format!(
+                "SET '{key}': the job has no operator '{id}' (its operators: {}; see `meltwater explain --mode stream`)",
+                ids.join(", ")
+            ));
+        };
+        match what {
+            "parallelism" => {
+                let p = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        format!("SET '{key}': must be a positive whole number, got '{value}'")
+                    })?;
+                let node = &graph.nodes[i];
+                let single = node
+                    .input
+                    .iter()
+                    .chain(&node.extra_inputs)
+                    .any(|(_, part)| matches!(part, Partitioning::Single));
+                if single && p != 1 {
+                    return Err(format!(
+                        "SET '{key}': {} runs with parallelism 1 (it has no keys to partition by)",
+                        node.name
+                    ));
+                }
+                graph.nodes[i].parallelism = p;
+                explicit[i] = true;
+            }
+            "uid" => {
+                if value.trim().is_empty() {
+                    return Err(format!("SET '{key}': the uid is empty"));
+                }
+                uids.push((i, value.trim().to_string()));
+            }
+            other => {
+                return Err(format!(
+                    "SET '{key}': unknown operator setting '{other}' (valid: parallelism, uid)"
+                ))
+            }
+        }
+    }
+    for (i, uid) in uids {
+        if graph
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(j, n)| j != i && n.id == uid)
+        {
+            return Err(format!(
+                "SET 'operator.{}.uid': '{uid}' names another operator too",
+                ids[i]
+            ));
+        }
+        graph.nodes[i].id = uid;
+    }
+    // Operators planned to run like their input (forward edge, same parallelism) follow
+    // its new parallelism unless set themselves (nodes come after their inputs).
+    for i in 0..graph.nodes.len() {
+        if let Some((from, Partitioning::Forward)) = &graph.nodes[i].input {
+            if !explicit[i] && planned[i] == planned[*from] {
+                graph.nodes[i].parallelism = graph.nodes[*from].parallelism;
+            }
+        }
+    }
+    // Forward edges only join subtasks one to one.
+    for i in 0..graph.nodes.len() {
+        let p = graph.nodes[i].parallelism;
+        let mut edges: Vec<(usize, Partitioning)> = graph.nodes[i]
+            .input
+            .iter()
+            .chain(&graph.nodes[i].extra_inputs)
+            .cloned()
+            .collect();
+        for (from, part) in edges.iter_mut() {
+            let up = &graph.nodes[*from];
+            if matches!(part, Partitioning::Forward) && up.parallelism != p {
+                *part = if up.updating {
+                    let data = up.schema.fields().len() - 1;
+                    Partitioning::Hash {
+                        keys: (0..data)
+                            .map(|c| {
+                                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                    up.schema.field(c).name(),
+                                    c,
+                                )) as Arc<dyn PhysicalExpr>
+                            })
+                            .collect(),
+                        names: vec!["all columns".into()],
+                    }
+                } else {
+                    Partitioning::Rebalance
+                };
+            }
+        }
+        let node = &mut graph.nodes[i];
+        if node.input.is_some() {
+            node.input = Some(edges.remove(0));
+            node.extra_inputs = edges;
+        }
+    }
+    Ok(())
 }
 
 /// `10 s`, `1min`, `500 ms`, `2h`, `1d`, or plain milliseconds.
@@ -335,9 +479,12 @@ impl Builder<'_> {
                 }
                 let input = self.plan(&dml.input)?;
                 let provider = source_as_provider(&dml.target).map_err(|e| e.to_string())?;
+                if let Some(t) = provider.as_any().downcast_ref::<SourceTable>() {
+                    return self.connector_sink(input, &dml.table_name.to_string(), t);
+                }
                 let Some(table) = provider.as_any().downcast_ref::<IcebergTable>() else {
                     return Err(format!(
-                        "INSERT INTO {}: stream mode writes Iceberg tables only",
+                        "INSERT INTO {}: stream mode writes Iceberg, print and blackhole tables",
                         dml.table_name
                     ));
                 };
@@ -448,7 +595,7 @@ impl Builder<'_> {
                     return Err(format!("{} is not supported in stream mode", ext.node.name()));
                 };
                 if window.is_none() && matches!(tvf.kind, WindowKind::Session { .. }) {
-                    return Err("SESSION windows run in stream mode only under an aggregate grouping by window_start and window_end".into());
+                    return self.session_rows(tvf);
                 }
                 self.window_assign(tvf)
             }
@@ -464,19 +611,41 @@ impl Builder<'_> {
                 let start = names.iter().position(|n| n.as_deref() == Some("window_start"));
                 let end = names.iter().position(|n| n.as_deref() == Some("window_end"));
                 let tvf = find_window(&agg.input);
-                let input = match (start, end, tvf) {
-                    // Sessions assign [t, t + gap) below an aggregate, which merges them.
-                    (Some(_), Some(_), Some(tvf)) => self.plan_in(&agg.input, Some(tvf))?,
-                    _ => self.plan(&agg.input)?,
-                };
-                let input_schema = agg.input.schema();
                 let windowed = matches!((start, end, tvf), (Some(_), Some(_), Some(_)));
-                if windowed && self.updating(input) {
-                    return Err("a window aggregate over an updating stream is not supported; window the source rows instead".into());
-                }
                 let key_idx: Vec<usize> = (0..agg.group_expr.len())
                     .filter(|i| !windowed || (Some(*i) != start && Some(*i) != end))
                     .collect();
+                // A SESSION aggregate merges sessions per group key. Batch mode forms them
+                // per PARTITION BY key, then groups: when those keys differ, sessions are
+                // formed first (per PARTITION BY key) and the aggregate takes them as given.
+                let sessions_assigned = match tvf {
+                    Some(tvf) if windowed && matches!(tvf.kind, WindowKind::Session { .. }) => {
+                        let mut group: Vec<String> = key_idx
+                            .iter()
+                            .map(|i| match &agg.group_expr[*i] {
+                                Expr::Column(c) => c.name.clone(),
+                                other => other.schema_name().to_string(),
+                            })
+                            .collect();
+                        let mut part: Vec<String> =
+                            tvf.partition_keys.iter().map(|c| c.name.clone()).collect();
+                        group.sort();
+                        part.sort();
+                        group != part
+                    }
+                    _ => false,
+                };
+                let input = match (start, end, tvf) {
+                    // Sessions assign [t, t + gap) below an aggregate, which merges them.
+                    (Some(_), Some(_), Some(tvf)) if !sessions_assigned => {
+                        self.plan_in(&agg.input, Some(tvf))?
+                    }
+                    _ => self.plan(&agg.input)?,
+                };
+                let input_schema = agg.input.schema();
+                if windowed && self.updating(input) {
+                    return Err("a window aggregate over an updating stream is not supported; window the source rows instead".into());
+                }
                 let keys = key_idx
                     .iter()
                     .map(|i| physical(&agg.group_expr[*i], input_schema, self.state))
@@ -510,6 +679,7 @@ impl Builder<'_> {
                                 kind: tvf.kind,
                                 window_start_group: start.expect("windowed"),
                                 window_end_group: end.expect("windowed"),
+                                sessions_assigned,
                             },
                         },
                         parallelism,
@@ -575,7 +745,7 @@ impl Builder<'_> {
             }
             LogicalPlan::Sort(_) => Err("ORDER BY is supported in stream mode only at the top of a query (it applies to the final result)".into()),
             LogicalPlan::Limit(_) => Err("LIMIT is supported in stream mode only at the top of a query (it applies to the final result)".into()),
-            LogicalPlan::Join(_) => Err("joins are not supported in stream mode yet".into()),
+            LogicalPlan::Join(j) => self.join(j),
             LogicalPlan::Union(u) => {
                 let inputs = u
                     .inputs
@@ -613,6 +783,48 @@ impl Builder<'_> {
                 other.display().to_string().split(':').next().unwrap_or("this operation")
             )),
         }
+    }
+
+    /// `INSERT INTO` a connector sink (`print`, `blackhole`): a sink on the input's
+    /// subtasks, taking append-only and updating streams alike.
+    fn connector_sink(
+        &mut self,
+        input: usize,
+        target: &str,
+        table: &SourceTable,
+    ) -> Result<usize, String> {
+        use meltwater_connectors::sink_table::{SinkTable, SinkTarget};
+        let Some(sink) = table.inner.as_any().downcast_ref::<SinkTable>() else {
+            return Err(format!(
+                "INSERT INTO {target}: the '{}' connector cannot be written to",
+                table.connector()
+            ));
+        };
+        let kind = match sink.target() {
+            SinkTarget::Print(options) => SinkKind::Print {
+                table: target.to_string(),
+                options: options.clone(),
+            },
+            SinkTarget::Blackhole => SinkKind::Blackhole,
+        };
+        let id = self.next_id("sink");
+        let node = &self.graph.nodes[input];
+        let (parallelism, schema, updating) =
+            (node.parallelism, node.schema.clone(), node.updating);
+        Ok(self.add(StreamNode {
+            id,
+            name: format!("sink: {} {target}", table.connector()),
+            kind: NodeKind::Sink {
+                target: target.to_string(),
+                kind,
+            },
+            parallelism,
+            input: Some((input, Partitioning::Forward)),
+            extra_inputs: Vec::new(),
+            schema,
+            updating,
+            state: None,
+        }))
     }
 
     /// An Iceberg table read in stream mode: the snapshot current at planning, file by
@@ -672,10 +884,147 @@ impl Builder<'_> {
         Ok(node)
     }
 
+    /// A regular join: both inputs hash-partitioned by the equi-join keys (or, without
+    /// keys, all rows to one subtask), kept in state and joined as rows arrive.
+    fn join(&mut self, j: &datafusion::logical_expr::Join) -> Result<usize, String> {
+        use datafusion::common::{JoinType, NullEquality};
+        use datafusion::logical_expr::ExprSchemable;
+        if matches!(j.join_type, JoinType::LeftMark | JoinType::RightMark) {
+            return Err("this subquery (a mark join) is not supported in stream mode yet".into());
+        }
+        if j.null_aware {
+            return Err("NOT IN (subquery) is not supported in stream mode yet; NOT EXISTS gives the same rows when the subquery has no NULLs".into());
+        }
+        let left = self.plan(&j.left)?;
+        let right = self.plan(&j.right)?;
+        let (ls, rs) = (j.left.schema(), j.right.schema());
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        let mut names = (Vec::new(), Vec::new());
+        for (l, r) in &j.on {
+            let lt = l.get_type(ls).map_err(|e| e.to_string())?;
+            let rt = r.get_type(rs).map_err(|e| e.to_string())?;
+            // Equal values must hash alike on both sides: compare in one type.
+            let (l, r) = if lt == rt {
+                (l.clone(), r.clone())
+            } else {
+                let t =
+                    datafusion::logical_expr::type_coercion::binary::comparison_coercion(&lt, &rt)
+                        .ok_or_else(|| {
+                            format!("join keys {l} ({lt}) and {r} ({rt}) cannot be compared")
+                        })?;
+                (
+                    l.clone().cast_to(&t, ls).map_err(|e| e.to_string())?,
+                    r.clone().cast_to(&t, rs).map_err(|e| e.to_string())?,
+                )
+            };
+            names.0.push(l.schema_name().to_string());
+            names.1.push(r.schema_name().to_string());
+            left_keys.push(physical(&l, ls, self.state)?);
+            right_keys.push(physical(&r, rs, self.state)?);
+        }
+        let filter = match &j.filter {
+            Some(f) => {
+                let joined = ls.join(rs).map_err(|e| e.to_string())?;
+                Some(physical(f, &joined, self.state)?)
+            }
+            None => None,
+        };
+        let (left_updating, right_updating) = (self.updating(left), self.updating(right));
+        let updating =
+            crate::ops::join::JoinSpec::updating(j.join_type, left_updating, right_updating);
+        let output_schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
+        let spec = crate::ops::join::JoinSpec {
+            join_type: j.join_type,
+            left_keys: left_keys.clone(),
+            right_keys: right_keys.clone(),
+            filter,
+            null_equals_null: j.null_equality == NullEquality::NullEqualsNull,
+            left_schema: Arc::new(ls.as_arrow().clone()),
+            right_schema: Arc::new(rs.as_arrow().clone()),
+            left_updating,
+            right_updating,
+            output_schema: output_schema.clone(),
+            output_updating: updating,
+            ttl_ms: self.ttl_ms,
+        };
+        let (lp, rp, parallelism) = if left_keys.is_empty() {
+            (Partitioning::Single, Partitioning::Single, 1)
+        } else {
+            (
+                Partitioning::Hash {
+                    keys: left_keys,
+                    names: names.0.clone(),
+                },
+                Partitioning::Hash {
+                    keys: right_keys,
+                    names: names.1.clone(),
+                },
+                self.parallelism,
+            )
+        };
+        let on = if names.0.is_empty() {
+            "no equi-join keys".to_string()
+        } else {
+            names
+                .0
+                .iter()
+                .zip(&names.1)
+                .map(|(l, r)| format!("{l} = {r}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let id = self.next_id("join");
+        Ok(self.add(StreamNode {
+            id,
+            name: format!(
+                "{} join on {on}{}",
+                j.join_type,
+                if j.filter.is_some() {
+                    " with a residual condition"
+                } else {
+                    ""
+                }
+            ),
+            kind: NodeKind::Join(spec),
+            parallelism,
+            input: Some((left, lp)),
+            extra_inputs: vec![(right, rp)],
+            schema: if updating {
+                updating_schema(&output_schema)
+            } else {
+                output_schema
+            },
+            updating,
+            state: Some(format!(
+                "rows of both inputs by key [{}] with their match counts{}",
+                names.0.join(", "),
+                self.ttl_ms
+                    .map(|t| format!(", ttl {t} ms"))
+                    .unwrap_or_default()
+            )),
+        }))
+    }
+
+    /// Whether node `i` or any operator upstream of it is a join.
+    fn after_join(&self, i: usize) -> bool {
+        let n = &self.graph.nodes[i];
+        matches!(n.kind, NodeKind::Join(_))
+            || n.input
+                .iter()
+                .chain(&n.extra_inputs)
+                .any(|(from, _)| self.after_join(*from))
+    }
+
     fn window_assign(&mut self, tvf: &WindowTvf) -> Result<usize, String> {
         let input = self.plan(&tvf.input)?;
         if self.updating(input) {
             return Err("window functions over an updating stream are not supported".into());
+        }
+        if self.after_join(input) {
+            // A regular join emits a match whenever its second row arrives, so its rows
+            // carry no watermark guarantee: windows over them would drop matches as late.
+            return Err("window functions over the output of a regular join are not supported in stream mode; window each input before joining".into());
         }
         let time_index = tvf
             .input
@@ -702,6 +1051,66 @@ impl Builder<'_> {
             schema,
             updating: false,
             state: None,
+        }))
+    }
+
+    /// A SESSION window function without an aggregate merging its windows: a keyed
+    /// operator behind a hash exchange on the PARTITION BY keys holds each session's rows
+    /// until the watermark closes it.
+    fn session_rows(&mut self, tvf: &WindowTvf) -> Result<usize, String> {
+        let WindowKind::Session { gap } = tvf.kind else {
+            return Err(format!("{} is not a session window", tvf.kind));
+        };
+        let input = self.plan(&tvf.input)?;
+        if self.updating(input) {
+            return Err("window functions over an updating stream are not supported".into());
+        }
+        if self.after_join(input) {
+            return Err("window functions over the output of a regular join are not supported in stream mode; window each input before joining".into());
+        }
+        let input_schema = tvf.input.schema();
+        let index = |c| input_schema.index_of_column(c).map_err(|e| e.to_string());
+        let time_index = index(&tvf.time_column)?;
+        let key_indices = tvf
+            .partition_keys
+            .iter()
+            .map(index)
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = tvf
+            .partition_keys
+            .iter()
+            .map(|k| physical(&Expr::Column(k.clone()), input_schema, self.state))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = tvf.partition_keys.iter().map(|k| k.name.clone()).collect();
+        let (partitioning, parallelism) = if keys.is_empty() {
+            (Partitioning::Single, 1)
+        } else {
+            let names = names.clone();
+            (Partitioning::Hash { keys, names }, self.parallelism)
+        };
+        let schema: SchemaRef = Arc::new(
+            datafusion::logical_expr::UserDefinedLogicalNodeCore::schema(tvf)
+                .as_arrow()
+                .clone(),
+        );
+        let id = self.next_id("session-rows");
+        Ok(self.add(StreamNode {
+            id,
+            name: format!("session windows {} on {}", tvf.kind, tvf.time_column.name),
+            kind: NodeKind::SessionRows {
+                gap,
+                time_index,
+                key_indices,
+            },
+            parallelism,
+            input: Some((input, partitioning)),
+            extra_inputs: Vec::new(),
+            schema,
+            updating: false,
+            state: Some(format!(
+                "rows of each open session per key [{}]",
+                names.join(", ")
+            )),
         }))
     }
 }

@@ -238,6 +238,17 @@ struct Chain {
 impl Chain {
     /// Runs `batches` through operators `from..` and emits what comes out.
     async fn push_from(&mut self, from: usize, batches: Vec<RecordBatch>) -> Result<()> {
+        self.push_input(from, 0, batches).await
+    }
+
+    /// Runs `batches`, arriving on input `input` of operator `from`, through operators
+    /// `from..` and emits what comes out.
+    async fn push_input(
+        &mut self,
+        from: usize,
+        input: usize,
+        batches: Vec<RecordBatch>,
+    ) -> Result<()> {
         let mut batches = batches;
         let len = self.ops.len();
         for k in from..len {
@@ -246,9 +257,10 @@ impl Chain {
             }
             let op = &mut self.ops[k];
             let mut out = Output::default();
+            let input = if k == from { input } else { 0 };
             for b in batches {
                 JobMetrics::add(&op.metrics.rows_in, b.num_rows() as u64);
-                op.op.process(0, b, &mut out).await?;
+                op.op.process(input, b, &mut out).await?;
             }
             batches = out.take();
             if k + 1 < len {
@@ -370,6 +382,7 @@ async fn serve_finished(
 async fn run_chain(
     mut chain: Chain,
     mut inputs: Vec<mpsc::Receiver<Message>>,
+    input_of: Vec<usize>,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) -> Result<()> {
     let n = inputs.len();
@@ -399,7 +412,7 @@ async fn run_chain(
         .await;
         start = (j + 1) % n;
         match msg {
-            Message::Data(b) => chain.push_from(0, vec![b]).await?,
+            Message::Data(b) => chain.push_input(0, input_of[j], vec![b]).await?,
             Message::Watermark(w) => {
                 watermarks[j] = watermarks[j].max(w);
                 let min = combined(&watermarks, &ended);
@@ -683,11 +696,36 @@ fn build_operator(
                 *ttl_ms,
             )?)
         }
+        NodeKind::SessionRows {
+            gap,
+            time_index,
+            key_indices,
+        } => Box::new(crate::aggregate::SessionRowsOperator::try_new(
+            *gap,
+            *time_index,
+            key_indices.clone(),
+            node.schema.clone(),
+            info.clone(),
+        )?),
+        NodeKind::Join(spec) => Box::new(crate::ops::join::JoinOperator::try_new(
+            spec.clone(),
+            info.clone(),
+        )?),
         NodeKind::Sink { kind, .. } => match kind {
             SinkKind::Iceberg { table } => {
                 Box::new(IcebergSinkOperator::new(table.clone(), info.index))
             }
             SinkKind::Collect(rows) => Box::new(CollectSinkOperator::new(rows.clone())),
+            SinkKind::Print { table, options } => {
+                Box::new(crate::ops::sink::PrintSinkOperator::new(
+                    table,
+                    options,
+                    info.index,
+                    info.parallelism,
+                    input_updating,
+                ))
+            }
+            SinkKind::Blackhole => Box::new(crate::ops::sink::BlackholeSinkOperator),
         },
         NodeKind::Source { .. } => {
             return Err(DataFusionError::Internal(
@@ -817,7 +855,9 @@ pub async fn run_graph(
             .position(|c| c.contains(&node))
             .expect("node in a chain")
     };
-    let mut receivers: HashMap<usize, Vec<Vec<mpsc::Receiver<Message>>>> = HashMap::new();
+    // Per chain: each subtask's receivers, and the operator input each receiver feeds.
+    let mut receivers: HashMap<usize, (Vec<Vec<mpsc::Receiver<Message>>>, Vec<usize>)> =
+        HashMap::new();
     let mut senders: HashMap<usize, Vec<Vec<mpsc::Sender<Message>>>> = HashMap::new();
     for (c, chain) in chains.iter().enumerate() {
         let head = &graph.nodes[chain[0]];
@@ -829,7 +869,8 @@ pub async fn run_graph(
         let froms: Vec<usize> = std::iter::once(*first)
             .chain(head.extra_inputs.iter().map(|(f, _)| *f))
             .collect();
-        for from in froms {
+        let mut input_of = Vec::new();
+        for (input, from) in froms.into_iter().enumerate() {
             let up = chain_of(from);
             let p_up = graph.nodes[chains[up][0]].parallelism;
             let mut tx: Vec<Vec<mpsc::Sender<Message>>> = (0..p_up).map(|_| Vec::new()).collect();
@@ -840,9 +881,10 @@ pub async fn run_graph(
                     rx[d].push(r);
                 }
             }
+            input_of.extend(std::iter::repeat_n(input, p_up));
             senders.insert(up, tx);
         }
-        receivers.insert(c, rx);
+        receivers.insert(c, (rx, input_of));
     }
 
     let mut controls: HashMap<TaskKey, mpsc::UnboundedSender<Control>> = HashMap::new();
@@ -968,12 +1010,12 @@ pub async fn run_graph(
                     }
                 }));
             } else {
-                let inputs = chain_receivers
+                let (inputs, input_of) = chain_receivers
                     .as_mut()
-                    .map(|r| std::mem::take(&mut r[i]))
+                    .map(|(r, input_of)| (std::mem::take(&mut r[i]), input_of.clone()))
                     .unwrap_or_default();
                 handles.push(tokio::spawn(async move {
-                    if let Err(e) = run_chain(chain, inputs, ctl_rx).await {
+                    if let Err(e) = run_chain(chain, inputs, input_of, ctl_rx).await {
                         let _ = events.send(Event::Failed {
                             operator: name,
                             message: df_message(&e),

@@ -5,6 +5,9 @@
 //! - [`window::WindowAggregateOperator`] aggregates rows per (window, key) and emits a
 //!   window's rows once the watermark passes its end (append-only output); SESSION
 //!   windows merge per key.
+//! - [`session_rows::SessionRowsOperator`] is a SESSION window without an aggregate:
+//!   it holds each session's rows until the watermark closes it, then emits them with
+//!   the session's bounds.
 //! - [`updating::UpdatingAggregateOperator`] is `GROUP BY` without a window: an updating
 //!   output stream (+I, -U/+U, -D), over append-only or updating input.
 //!
@@ -12,11 +15,13 @@
 //! their `state()` values (merged back with `merge_batch` on restore).
 
 pub mod assign;
+pub mod session_rows;
 pub mod spec;
 pub mod updating;
 pub mod window;
 
 pub use assign::WindowAssignOperator;
+pub use session_rows::SessionRowsOperator;
 pub use spec::AggregateSpec;
 pub use updating::UpdatingAggregateOperator;
 pub use window::{WindowAggregateOperator, WindowSpec};

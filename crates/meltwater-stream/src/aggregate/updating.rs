@@ -30,7 +30,7 @@ use crate::operator::{Operator, OperatorSnapshot, Output, RestoredState, Subtask
 /// Processing time in ms since the epoch.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-fn system_clock() -> i64 {
+pub(crate) fn system_clock() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

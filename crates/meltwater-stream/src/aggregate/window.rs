@@ -40,10 +40,114 @@ pub struct WindowSpec {
     pub window_start_group: usize,
     /// Index into the spec's group expressions of `window_end`.
     pub window_end_group: usize,
+    /// SESSION only: the input's sessions are final (formed upstream per PARTITION BY
+    /// key), so rows group by their bounds as given instead of merging per group key.
+    pub sessions_assigned: bool,
 }
 
-/// Window bounds in ms, ordered by end first (the firing order).
-type WindowKey = (i64, i64);
+impl WindowSpec {
+    /// Whether this aggregate merges session windows itself.
+    pub fn merges_sessions(&self) -> bool {
+        matches!(self.kind, WindowKind::Session { .. }) && !self.sessions_assigned
+    }
+}
+
+/// Window bounds in ms as (end, start): ordered by end first, the firing order.
+pub(crate) type WindowKey = (i64, i64);
+
+/// Whether a window ending at `end` (exclusive, ms) has fired once the watermark reached
+/// `watermark`: its last millisecond, `end - 1`, is at or below it (Flink's rule).
+pub(crate) fn window_fired(end: i64, watermark: EventTime) -> bool {
+    end - 1 <= watermark
+}
+
+/// Removes the windows that fire at `watermark` (see [`window_fired`]) from `windows`
+/// and returns them, in firing order.
+pub(crate) fn take_fired<V>(
+    windows: &mut BTreeMap<WindowKey, V>,
+    watermark: EventTime,
+) -> BTreeMap<WindowKey, V> {
+    // end - 1 <= watermark, i.e. end < watermark + 2.
+    match watermark.checked_add(2) {
+        Some(limit) => {
+            let rest = windows.split_off(&(limit, i64::MIN));
+            std::mem::replace(windows, rest)
+        }
+        None => std::mem::take(windows),
+    }
+}
+
+/// Removes and returns key `key`'s value in window `window`, dropping the window once it
+/// holds no key.
+pub(crate) fn take_window<V>(
+    windows: &mut BTreeMap<WindowKey, HashMap<Box<[u8]>, V>>,
+    window: WindowKey,
+    key: &[u8],
+) -> Option<V> {
+    let keys = windows.get_mut(&window)?;
+    let value = keys.remove(key);
+    if keys.is_empty() {
+        windows.remove(&window);
+    }
+    value
+}
+
+/// One session of a key after new rows arrived: the key's existing sessions and the new
+/// rows' windows that overlap or touch, merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MergedSession {
+    pub start: i64,
+    pub end: i64,
+    /// The existing sessions it absorbs, as (start, end).
+    pub old: Vec<(i64, i64)>,
+    /// The new rows in it (the ids handed to [`merge_sessions`]).
+    pub rows: Vec<usize>,
+}
+
+impl MergedSession {
+    /// Its rows are late: it touches no open session and its window already fired
+    /// (Flink merges first, then checks lateness).
+    pub(crate) fn is_late(&self, watermark: EventTime) -> bool {
+        self.old.is_empty() && window_fired(self.end, watermark)
+    }
+}
+
+/// Merges the windows `(start, end, row id)` of new rows of one key into the key's
+/// `existing` sessions (as (start, end), disjoint and not touching). Returns every
+/// resulting session sorted by start, including existing ones no new row touched.
+pub(crate) fn merge_sessions(
+    existing: &[(i64, i64)],
+    rows: impl IntoIterator<Item = (i64, i64, usize)>,
+) -> Vec<MergedSession> {
+    // (start, end, Some(row) | None for an existing session)
+    let mut intervals: Vec<(i64, i64, Option<usize>)> =
+        existing.iter().map(|&(s, e)| (s, e, None)).collect();
+    intervals.extend(rows.into_iter().map(|(s, e, r)| (s, e, Some(r))));
+    intervals.sort_by_key(|&(s, e, _)| (s, e));
+    let mut merged = Vec::new();
+    let mut i = 0;
+    while i < intervals.len() {
+        let (start, mut end) = (intervals[i].0, intervals[i].1);
+        let mut j = i + 1;
+        while j < intervals.len() && intervals[j].0 <= end {
+            end = end.max(intervals[j].1);
+            j += 1;
+        }
+        let component = &intervals[i..j];
+        merged.push(MergedSession {
+            start,
+            end,
+            old: component
+                .iter()
+                .filter(|c| c.2.is_none())
+                .map(|c| (c.0, c.1))
+                .collect(),
+            rows: component.iter().filter_map(|c| c.2).collect(),
+        });
+        i = j;
+    }
+    merged
+}
 
 /// Aggregates per event-time window and key; see the module docs.
 pub struct WindowAggregateOperator {
@@ -133,7 +237,7 @@ impl WindowAggregateOperator {
     }
 
     fn is_late(&self, end: i64) -> bool {
-        end - 1 <= self.watermark
+        window_fired(end, self.watermark)
     }
 
     /// Counts a late (row, window) pair of an aligned window.
@@ -200,41 +304,32 @@ impl WindowAggregateOperator {
         for (key, rows) in by_key {
             let key: Box<[u8]> = key.into();
             let existing = self.sessions.remove(&key).unwrap_or_default();
-            // (start, end, Some(row) | None for an existing session)
-            let mut intervals: Vec<(i64, i64, Option<usize>)> =
-                existing.iter().map(|&(s, e)| (s, e, None)).collect();
-            intervals.extend(rows.iter().map(|&r| {
-                (
-                    starts[r].unwrap_or_default(),
-                    ends[r].unwrap_or_default(),
-                    Some(r),
-                )
-            }));
-            intervals.sort_by_key(|&(s, e, _)| (s, e));
+            let components = merge_sessions(
+                &existing,
+                rows.iter().map(|&r| {
+                    (
+                        starts[r].unwrap_or_default(),
+                        ends[r].unwrap_or_default(),
+                        r,
+                    )
+                }),
+            );
             let mut sessions = Vec::new();
-            let mut i = 0;
-            while i < intervals.len() {
-                let (start, mut end) = (intervals[i].0, intervals[i].1);
-                let mut j = i + 1;
-                while j < intervals.len() && intervals[j].0 <= end {
-                    end = end.max(intervals[j].1);
-                    j += 1;
-                }
-                let component = &intervals[i..j];
-                let old: Vec<(i64, i64)> = component
-                    .iter()
-                    .filter(|c| c.2.is_none())
-                    .map(|c| (c.0, c.1))
-                    .collect();
-                if old.is_empty() && self.is_late(end) {
-                    self.late_records += component.len() as u64;
-                    i = j;
+            for m in components {
+                if m.is_late(self.watermark) {
+                    self.late_records += m.rows.len() as u64;
                     continue;
                 }
+                let MergedSession {
+                    start,
+                    end,
+                    old,
+                    rows,
+                } = m;
                 // The merged session's accumulators: the existing sessions' merged.
                 let mut merged: Option<Accumulators> = None;
                 for (s, e) in old {
-                    let Some(mut accs) = self.take_window((e, s), &key) else {
+                    let Some(mut accs) = take_window(&mut self.windows, (e, s), &key) else {
                         return internal_err!("session window [{s}, {e}) has no state");
                     };
                     match &mut merged {
@@ -252,28 +347,16 @@ impl WindowAggregateOperator {
                     .insert(key.clone(), merged);
                 let id = groups.len();
                 groups.push(((end, start), key.clone()));
-                for c in component {
-                    if let Some(r) = c.2 {
-                        ids[r] = id;
-                    }
+                for r in rows {
+                    ids[r] = id;
                 }
                 sessions.push((start, end));
-                i = j;
             }
             if !sessions.is_empty() {
                 self.sessions.insert(key, sessions);
             }
         }
         Ok(ids)
-    }
-
-    fn take_window(&mut self, window: WindowKey, key: &[u8]) -> Option<Accumulators> {
-        let keys = self.windows.get_mut(&window)?;
-        let accs = keys.remove(key);
-        if keys.is_empty() {
-            self.windows.remove(&window);
-        }
-        accs
     }
 
     /// Output rows for `windows` (in order), keys sorted within a window.
@@ -284,7 +367,7 @@ impl WindowAggregateOperator {
         let (mut starts, mut ends) = (Vec::new(), Vec::new());
         let mut keys: Vec<Box<[u8]>> = Vec::new();
         let mut values: Vec<Vec<ScalarValue>> = Vec::new();
-        let is_session = matches!(self.window.kind, WindowKind::Session { .. });
+        let is_session = self.window.merges_sessions();
         for ((end, start), groups) in windows {
             let mut groups: Vec<_> = groups.into_iter().collect();
             groups.sort_by(|a, b| a.0.cmp(&b.0));
@@ -367,7 +450,7 @@ impl Operator for WindowAggregateOperator {
                         .entry(window)
                         .or_default()
                         .insert(key.clone(), accs);
-                    if matches!(self.window.kind, WindowKind::Session { .. }) {
+                    if self.window.merges_sessions() {
                         let list = self.sessions.entry(key.clone()).or_default();
                         list.push((window.1, window.0));
                         list.sort();
@@ -403,7 +486,7 @@ impl Operator for WindowAggregateOperator {
             .collect();
         let keys = self.keys.encode(&key_columns)?;
         let mut groups = Vec::new();
-        let ids = if matches!(self.window.kind, WindowKind::Session { .. }) {
+        let ids = if self.window.merges_sessions() {
             self.group_sessions(&starts, &ends, &keys, &mut groups)?
         } else {
             self.group_aligned(&starts, &ends, &keys, &mut groups)
@@ -434,14 +517,7 @@ impl Operator for WindowAggregateOperator {
             return Ok(watermark);
         }
         self.watermark = watermark;
-        // Fire windows with end - 1 <= watermark, i.e. end <= watermark + 1.
-        let fired = match watermark.checked_add(2) {
-            Some(limit) => {
-                let rest = self.windows.split_off(&(limit, i64::MIN));
-                std::mem::replace(&mut self.windows, rest)
-            }
-            None => std::mem::take(&mut self.windows),
-        };
+        let fired = take_fired(&mut self.windows, watermark);
         if let Some(batch) = self.emit(fired)? {
             out.push(batch);
         }
@@ -532,6 +608,7 @@ mod tests {
                 kind,
                 window_start_group: 1,
                 window_end_group: 2,
+                sessions_assigned: false,
             },
             info(index, parallelism),
         )
@@ -846,6 +923,7 @@ mod tests {
                 kind: TUMBLE,
                 window_start_group: 0,
                 window_end_group: 1,
+                sessions_assigned: false,
             },
             info(0, 1),
         )
