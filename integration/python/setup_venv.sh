@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python venv holding the third-party Iceberg readers used by
-# Meltwater's interop tests (pyiceberg, DuckDB + iceberg/avro extensions).
+# Meltwater's interop tests (pyiceberg, DuckDB + iceberg/avro extensions) and the moto S3
+# server the checkpoint-store test runs (`python -m moto.server`).
 #
 #   venv=$(bash integration/python/setup_venv.sh)     # progress on stderr, path on stdout
 #
@@ -59,7 +60,7 @@ else
     printf '%s\n' "$want" >"$stamp.tmp"
     mv "$stamp.tmp" "$stamp"
     log "installed: $("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null \
-        | grep -iE '^(pyiceberg|pyiceberg[-_]core|duckdb|duckdb[-_]extension[-_][a-z]+|pyarrow|sqlalchemy)==' | tr '\n' ' ')"
+        | grep -iE '^(pyiceberg|pyiceberg[-_]core|duckdb|duckdb[-_]extension[-_][a-z]+|pyarrow|sqlalchemy|moto|boto3)==' | tr '\n' ' ')"
 fi
 
 echo "$venv"

@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end tests in `tests/`.
 
+pub mod crash;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -94,9 +96,15 @@ pub fn meltwater_bin() -> &'static Path {
 
 /// Runs `meltwater ARGS` with `dir` as its working directory.
 pub fn meltwater(dir: &Path, args: &[&str]) -> Output {
+    meltwater_with_env(dir, args, &[])
+}
+
+/// Runs `meltwater ARGS` in `dir` with the environment variables `env` added.
+pub fn meltwater_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(meltwater_bin())
         .current_dir(dir)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", meltwater_bin().display()))
 }

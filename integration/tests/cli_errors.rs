@@ -214,8 +214,8 @@ fn unknown_connector_option_names_table_option_and_valid_options() {
     let dir = job_dir(&sql);
     let expected = "job.sql:1:1: table 'orders': unknown option 'csv.headers' for connector \
                     'filesystem' (valid options: 'connector', 'path', 'format', 'error.policy', \
-                    'source.monitor-interval', 'csv.field-delimiter', 'csv.quote-character', \
-                    'csv.header', 'csv.null-literal')";
+                    'source.monitor-interval', 'scan.watermark.idle-timeout', \
+                    'csv.field-delimiter', 'csv.quote-character', 'csv.header', 'csv.null-literal')";
     assert_eq!(fails(dir.path(), RUN), expected);
     assert_eq!(fails(dir.path(), &["validate", "job.sql"]), expected);
 }
@@ -790,4 +790,66 @@ fn stream_operator_settings_set_parallelism_and_state_names() {
     .expect("the final checkpoint's manifest");
     assert!(manifest.contains("\"daily-counts\""), "{manifest}");
     assert!(!manifest.contains("\"s1-window-agg-4\""), "{manifest}");
+}
+
+#[test]
+fn checkpoint_store_errors_name_the_profile_or_variable_and_change_nothing() {
+    let dir = job_dir(
+        "SET 'execution.checkpointing.dir' = 'profile:nope';\n\
+         CREATE TABLE gen (x BIGINT) WITH ('connector' = 'datagen', 'number-of-rows' = '5');\n\
+         CREATE TABLE IF NOT EXISTS lake.t.out (x BIGINT);\n\
+         INSERT INTO lake.t.out SELECT x FROM gen;\n",
+    );
+    let e = fails(dir.path(), &["run", "job.sql", "--mode", "stream"]);
+    assert_eq!(
+        e,
+        "checkpoint store profile:nope: no storage profile 'nope': the catalog file defines none ([storage.<name>] tables)"
+    );
+    assert_eq!(tables(dir.path()), Vec::<String>::new());
+
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        "[iceberg.lake]\ntype = 'sqlite'\npath = 'meltwater-data/catalog.db'\n\
+         warehouse = 'meltwater-data/warehouse'\n\n\
+         [storage.chk]\nurl = 's3://bucket/chk'\nendpoint = 'http://127.0.0.1:9'\n\
+         access-key-id-env = 'MELTWATER_TEST_NEVER_SET_KEY'\nallow-http = true\n",
+    )
+    .unwrap();
+    let e = fails(
+        dir.path(),
+        &[
+            "run",
+            "job.sql",
+            "--mode",
+            "stream",
+            "--catalog",
+            "catalog.toml",
+            "--checkpoint-dir",
+            "profile:chk/team",
+        ],
+    );
+    assert_eq!(
+        e,
+        "checkpoint store s3://bucket/chk/team: storage profile 'chk': access-key-id-env names the environment variable MELTWATER_TEST_NEVER_SET_KEY, which is not set"
+    );
+    let e = fails(
+        dir.path(),
+        &[
+            "checkpoints",
+            "job.sql",
+            "--catalog",
+            "catalog.toml",
+            "--checkpoint-dir",
+            "gs://bucket/chk",
+        ],
+    );
+    assert_eq!(
+        e,
+        "checkpoint store gs://bucket/chk: unsupported storage URL scheme 'gs://' (supported: a local path, file://, s3://, memory://, or profile:<name>)"
+    );
+    assert_eq!(
+        tables(dir.path()),
+        Vec::<String>::new(),
+        "nothing was created"
+    );
 }

@@ -53,7 +53,7 @@ async fn load(
 }
 
 pub async fn run(catalog_file: Option<&Path>, command: CatalogCommand) -> Result<()> {
-    let catalogs = load_catalogs(catalog_file)?;
+    let catalogs = load_catalogs(catalog_file)?.iceberg;
     let find = |name: &str| {
         catalogs.iter().find(|c| c.name == name).ok_or_else(|| {
             anyhow!(

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use meltwater_iceberg::IcebergCatalogConfig;
-use meltwater_plan::catalogs::{parse_catalogs, EMBEDDED_DEFAULT};
+use meltwater_plan::catalogs::{parse_catalogs, Catalogs, EMBEDDED_DEFAULT};
 use meltwater_plan::{mode_rejection, plan_job, JobOptions, Mode, PlannedJob};
 
 #[derive(Parser)]
@@ -65,14 +64,16 @@ struct JobArgs {
 /// Options of stream mode.
 #[derive(clap::Args, Clone, Default)]
 struct StreamArgs {
-    /// The checkpoint store (default: `SET 'execution.checkpointing.dir'`, else
-    /// ./meltwater-data/checkpoints).
-    #[arg(long, value_name = "DIR")]
-    checkpoint_dir: Option<PathBuf>,
-    /// Restore from this checkpoint directory (`.../<job>/chk-<n>`) instead of the
-    /// newest one; the parallelism may differ from the run that wrote it.
-    #[arg(long, value_name = "PATH")]
-    from_checkpoint: Option<PathBuf>,
+    /// The checkpoint store: a directory, an `s3://bucket/prefix` or `file://` URL, or
+    /// `profile:NAME[/PATH]` naming a storage profile of the catalog file (default:
+    /// `SET 'execution.checkpointing.dir'`, else ./meltwater-data/checkpoints).
+    #[arg(long, value_name = "DIR|URL")]
+    checkpoint_dir: Option<String>,
+    /// Restore from this checkpoint directory (`.../<job>/chk-<n>`, a path or URL as
+    /// `meltwater checkpoints` lists it) instead of the newest one; the parallelism may
+    /// differ from the run that wrote it.
+    #[arg(long, value_name = "PATH|URL")]
+    from_checkpoint: Option<String>,
     /// Start from the beginning of the sources, ignoring earlier checkpoints.
     #[arg(long)]
     fresh: bool,
@@ -93,10 +94,10 @@ enum Command {
     Checkpoints {
         #[command(flatten)]
         job: JobArgs,
-        /// The checkpoint store (default: `SET 'execution.checkpointing.dir'`, else
-        /// ./meltwater-data/checkpoints).
-        #[arg(long, value_name = "DIR")]
-        checkpoint_dir: Option<PathBuf>,
+        /// The checkpoint store: a directory, a URL or `profile:NAME[/PATH]` (default:
+        /// `SET 'execution.checkpointing.dir'`, else ./meltwater-data/checkpoints).
+        #[arg(long, value_name = "DIR|URL")]
+        checkpoint_dir: Option<String>,
     },
     /// Print a job's logical plans and the physical plans of a mode.
     Explain {
@@ -157,9 +158,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The catalogs: `--catalog FILE`, else `catalogs/default.toml` here, else the embedded
-/// default.
-pub(crate) fn load_catalogs(explicit: Option<&Path>) -> Result<Vec<IcebergCatalogConfig>> {
+/// The catalogs and storage profiles: `--catalog FILE`, else `catalogs/default.toml` here,
+/// else the embedded default.
+pub(crate) fn load_catalogs(explicit: Option<&Path>) -> Result<Catalogs> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let (text, origin) = match explicit {
         Some(p) => (
@@ -197,7 +198,7 @@ async fn plan(
         job_id: args.job_id.clone(),
         run_id: uuid::Uuid::new_v4().to_string(),
         parallelism: args.parallelism,
-        catalogs: load_catalogs(cli_catalog)?,
+        catalogs: load_catalogs(cli_catalog)?.iceberg,
         create_tables,
     };
     Ok(plan_job(&job, &options).await?)
@@ -324,32 +325,39 @@ async fn run(cli: Cli) -> Result<()> {
             checkpoint_dir,
         } => {
             let planned = plan(catalog, &job, Mode::Stream, false).await?;
-            let opts = stream_cmd::options(&planned, checkpoint_dir.as_deref(), None, false)?;
-            stream_cmd::list_checkpoints(&planned, &opts)
+            let opts = stream_cmd::options(
+                &planned,
+                load_catalogs(catalog)?.storage,
+                checkpoint_dir.as_deref(),
+                None,
+                false,
+            )?;
+            stream_cmd::list_checkpoints(&planned, &opts).await
         }
     }
 }
 
 async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) -> Result<()> {
     // Plan the dataflow without touching catalogs first, so a job that cannot run in
-    // stream mode changes nothing.
+    // stream mode (or whose checkpoint store cannot be opened) changes nothing.
     let dry = plan(catalog, job, Mode::Stream, false).await?;
     let parallelism = meltwater_stream::job::job_parallelism(&dry);
     meltwater_stream::plan_stream(&dry, parallelism)?;
-    drop(dry);
-    let planned = plan_to_run(catalog, job, Mode::Stream).await?;
     let opts = stream_cmd::options(
-        &planned,
+        &dry,
+        load_catalogs(catalog)?.storage,
         args.checkpoint_dir.as_deref(),
         args.from_checkpoint.as_deref(),
         args.fresh,
     )?;
+    drop(dry);
+    let planned = plan_to_run(catalog, job, Mode::Stream).await?;
     println!(
         "running {} (job {}) in stream mode, parallelism {parallelism}, checkpoints every {} ms in {}",
         planned.file,
         planned.identity.job_id,
         opts.checkpoint_interval.as_millis(),
-        opts.checkpoint_dir.display()
+        stream_cmd::checkpoint_location(&opts)
     );
     let sources = planned.sources();
     let plan = meltwater_stream::plan_stream(&planned, parallelism)?;

@@ -1,42 +1,54 @@
 //! `run --mode stream`, `explain --mode stream` and `checkpoints`.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use meltwater_plan::PlannedJob;
-use meltwater_state::CheckpointStore;
+use meltwater_state::{CheckpointStore, StorageLocation, StorageProfiles};
 use meltwater_stream::metrics::JobMetrics;
 use meltwater_stream::{StreamOptions, StreamPlan};
 
 use crate::report::{count, plural, size};
 
 /// Where checkpoints go unless `SET 'execution.checkpointing.dir'` says otherwise.
-pub fn default_checkpoint_dir() -> PathBuf {
-    PathBuf::from("meltwater-data/checkpoints")
-}
+pub const DEFAULT_CHECKPOINT_DIR: &str = "meltwater-data/checkpoints";
 
-/// The stream options of a planned job and the command line.
+/// The stream options of a planned job, the catalog file's storage profiles and the
+/// command line. The checkpoint locations are checked here (a misspelt profile, an unset
+/// credential variable), before the job starts.
 pub fn options(
     job: &PlannedJob,
-    checkpoint_dir: Option<&Path>,
-    from_checkpoint: Option<&Path>,
+    storage: StorageProfiles,
+    checkpoint_dir: Option<&str>,
+    from_checkpoint: Option<&str>,
     fresh: bool,
 ) -> Result<StreamOptions> {
-    let mut o = StreamOptions::from_settings(
-        &job.identity.job_id,
-        &job.settings,
-        default_checkpoint_dir(),
-    )
-    .map_err(|e| anyhow!("{}: {e}", job.file))?;
+    let mut o =
+        StreamOptions::from_settings(&job.identity.job_id, &job.settings, DEFAULT_CHECKPOINT_DIR)
+            .map_err(|e| anyhow!("{}: {e}", job.file))?;
     if let Some(d) = checkpoint_dir {
-        o.checkpoint_dir = d.to_path_buf();
+        o.checkpoint_dir = d.to_string();
     }
-    o.from_checkpoint = from_checkpoint.map(Path::to_path_buf);
+    o.storage = storage;
+    o.from_checkpoint = from_checkpoint.map(str::to_string);
     o.resume = !fresh;
+    CheckpointStore::open(&o.checkpoint_dir, &o.storage).map_err(|e| anyhow!(e.to_string()))?;
+    if let Some(from) = &o.from_checkpoint {
+        StorageLocation::open(from, &o.storage).map_err(|e| anyhow!(e.to_string()))?;
+    }
     Ok(o)
+}
+
+/// The checkpoint store as users read it: a `profile:<name>` resolved to its URL.
+pub fn checkpoint_location(opts: &StreamOptions) -> String {
+    match CheckpointStore::open(&opts.checkpoint_dir, &opts.storage) {
+        Ok(store) if store.root().to_string() != opts.checkpoint_dir => {
+            format!("{} ({})", store.root(), opts.checkpoint_dir)
+        }
+        _ => opts.checkpoint_dir.clone(),
+    }
 }
 
 /// A `print` or `blackhole` sink of a running job and its counters.
@@ -175,16 +187,18 @@ pub fn spawn_status(
 }
 
 /// `meltwater checkpoints JOB`: the job's complete checkpoints.
-pub fn list_checkpoints(job: &PlannedJob, opts: &StreamOptions) -> Result<()> {
-    let store = CheckpointStore::new(&opts.checkpoint_dir);
+pub async fn list_checkpoints(job: &PlannedJob, opts: &StreamOptions) -> Result<()> {
+    let store = CheckpointStore::open(&opts.checkpoint_dir, &opts.storage)
+        .map_err(|e| anyhow!(e.to_string()))?;
     let list = store
         .list(&job.identity.job_id)
+        .await
         .map_err(|e| anyhow!(e.to_string()))?;
     println!(
         "job {}: {} in {}",
         job.identity.job_id,
         plural(list.len() as u64, "complete checkpoint"),
-        store.job_dir(&job.identity.job_id).display()
+        store.job_dir(&job.identity.job_id)
     );
     if list.is_empty() {
         return Ok(());
@@ -201,7 +215,7 @@ pub fn list_checkpoints(job: &PlannedJob, opts: &StreamOptions) -> Result<()> {
             size(m.size_bytes()),
             m.duration_ms,
             m.operators.len(),
-            m.dir.display()
+            m.dir.as_ref().map(|d| d.to_string()).unwrap_or_default()
         );
     }
     Ok(())

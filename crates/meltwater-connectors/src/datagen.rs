@@ -90,6 +90,7 @@ const TABLE_OPTIONS: &[&str] = &[
     "seed",
     "datagen.base-time",
     "source.splits",
+    crate::WATERMARK_IDLE_TIMEOUT,
 ];
 const FIELD_OPTIONS: &[&str] = &[
     "kind",
@@ -392,6 +393,7 @@ impl DataGenTable {
     /// Validates the options of `def`.
     pub fn try_new(def: TableDef) -> Result<Self> {
         let options = OptionReader::new(&def, CONNECTOR);
+        crate::watermark_idle_timeout_ms(&def, CONNECTOR)?;
         let columns_list = def
             .schema
             .fields()

@@ -88,6 +88,7 @@ const COMMON_OPTIONS: &[&str] = &[
     "format",
     "error.policy",
     "source.monitor-interval",
+    crate::WATERMARK_IDLE_TIMEOUT,
 ];
 const CSV_OPTIONS: &[&str] = &[
     "csv.field-delimiter",
@@ -211,6 +212,7 @@ impl FileSystemTable {
             .unwrap_or_default();
         let monitor_interval_ms =
             options.parse_with("source.monitor-interval", parse_duration_ms)?;
+        crate::watermark_idle_timeout_ms(&def, CONNECTOR)?;
 
         Ok(Self {
             name: def.name,
@@ -1113,6 +1115,27 @@ mod tests {
     }
 
     #[test]
+    fn watermark_idle_timeout_is_a_duration() {
+        let ok = table(&[
+            ("path", "/tmp"),
+            ("format", "csv"),
+            ("scan.watermark.idle-timeout", "5 s"),
+        ]);
+        assert!(ok.is_ok());
+        let err = table(&[
+            ("path", "/tmp"),
+            ("format", "csv"),
+            ("scan.watermark.idle-timeout", "soon"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("invalid value 'soon' for option 'scan.watermark.idle-timeout'"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn options_are_validated() {
         let err =
             table(&[("path", "/tmp"), ("format", "csv"), ("csv.delimiter", ";")]).unwrap_err();
@@ -1120,6 +1143,7 @@ mod tests {
             err.to_string(),
             "table 't': unknown option 'csv.delimiter' for connector 'filesystem' (valid options: \
              'connector', 'path', 'format', 'error.policy', 'source.monitor-interval', \
+             'scan.watermark.idle-timeout', \
              'csv.field-delimiter', 'csv.quote-character', 'csv.header', 'csv.null-literal')"
         );
         let err =

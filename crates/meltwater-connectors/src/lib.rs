@@ -122,6 +122,18 @@ pub fn sink_only(table: &str, connector: &str) -> ConnectorError {
     }
 }
 
+/// `'scan.watermark.idle-timeout'` (Flink's name), an option of every source table: in
+/// stream mode its splits without data for this long stop holding its watermark back
+/// (overrides the job's `table.exec.source.idle-timeout` for this table).
+pub const WATERMARK_IDLE_TIMEOUT: &str = "scan.watermark.idle-timeout";
+
+/// A source table's [`WATERMARK_IDLE_TIMEOUT`] in milliseconds, when set; an invalid
+/// duration is an error naming the table and the option.
+pub fn watermark_idle_timeout_ms(def: &TableDef, connector: &'static str) -> Result<Option<u64>> {
+    options::OptionReader::new(def, connector)
+        .parse_with(WATERMARK_IDLE_TIMEOUT, options::parse_duration_ms)
+}
+
 /// Builds the provider for a `CREATE TABLE ... WITH ('connector' = ...)` definition.
 ///
 /// Unknown connectors and unknown or invalid options are errors that name the table and

@@ -35,6 +35,19 @@ pub trait StreamSource: Send + Sync + std::fmt::Debug {
     /// split set is fixed (the source ends once its splits are read).
     fn discovery_interval_ms(&self) -> Option<u64>;
 
+    /// What split discovery needs to resume after a restart besides the splits' own
+    /// positions (e.g. the table snapshot an incremental read started from); stored in
+    /// every checkpoint. `Null` when discovery keeps no state.
+    fn enumerator_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores [`StreamSource::enumerator_state`] from a checkpoint, before the first
+    /// discovery.
+    fn restore_enumerator(&self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+
     /// Opens a split at a position.
     async fn open(
         &self,

@@ -1,10 +1,19 @@
-//! `IcebergSource`: an Iceberg table's snapshot (as loaded when the job was planned) read
-//! in stream mode. Each data file of the snapshot is one split, identified by its path;
-//! a split's position counts the rows of that file emitted so far (after deletes).
-//! The split set is fixed: incremental reading of later appends is not done yet.
+//! `IcebergSource`: an Iceberg table read in stream mode. Each data file is one split,
+//! identified by its path; a split's position counts the rows of that file emitted so far
+//! (after deletes).
+//!
+//! - Bounded (the default): the snapshot current when the job was planned; the source
+//!   ends once its files are read.
+//! - Monitored (`monitor_ms` set): that snapshot, then every later **append** snapshot's
+//!   new data files as they are committed (the table is reloaded from its catalog at each
+//!   interval). Compaction (`replace`) snapshots add no rows and are skipped; an
+//!   `overwrite` or `delete` snapshot stops the job with an error naming it, since an
+//!   append-only stream cannot express it (as Flink's Iceberg source does by default).
+//!   The starting snapshot is part of the checkpointed state, so a restarted job keeps
+//!   reading from where it left off instead of from the snapshot current at its restart.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -13,28 +22,58 @@ use futures::stream::BoxStream;
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowReaderBuilder;
 use iceberg::scan::FileScanTask;
+use iceberg::spec::{DataContentType, ManifestStatus, Operation};
 use iceberg::table::Table;
+use iceberg::Catalog;
 use meltwater_connectors::stream::{Split, SplitPosition, SplitReader, StreamSource};
 use meltwater_connectors::{ConnectorError, Result};
 
 use crate::scan::conform;
 
-/// An Iceberg table's current snapshot as a bounded stream source.
+/// What discovery knows: the snapshot the read started from, the newest table
+/// metadata, and in which snapshot each incrementally discovered file was added.
+#[derive(Debug, Default)]
+struct Discovery {
+    /// The snapshot read in full first (`None`: the table had none; everything is
+    /// incremental). Set from the planning snapshot, or restored from a checkpoint.
+    base: Option<Option<i64>>,
+    /// The table as last loaded.
+    table: Option<Table>,
+    added_in: HashMap<String, i64>,
+}
+
+/// An Iceberg table as a stream source; see the module docs.
 #[derive(Debug, Clone)]
 pub struct IcebergSource {
     name: String,
     table: Table,
     /// The provider schema (`IcebergTable::schema()`).
     schema: SchemaRef,
+    /// Reloads the table for monitoring.
+    catalog: Option<Arc<dyn Catalog>>,
+    monitor_ms: Option<u64>,
+    discovery: Arc<Mutex<Discovery>>,
 }
 
 impl IcebergSource {
+    /// A bounded source over `table`'s current snapshot.
     pub fn new(name: String, table: Table, schema: SchemaRef) -> Self {
         Self {
             name,
             table,
             schema,
+            catalog: None,
+            monitor_ms: None,
+            discovery: Arc::default(),
         }
+    }
+
+    /// Keeps reading the appends committed after the current snapshot, reloading the
+    /// table from `catalog` every `interval_ms`.
+    pub fn monitored(mut self, catalog: Arc<dyn Catalog>, interval_ms: u64) -> Self {
+        self.catalog = Some(catalog);
+        self.monitor_ms = Some(interval_ms.max(1));
+        self
     }
 
     fn io_error(&self, path: &str, message: impl std::fmt::Display) -> ConnectorError {
@@ -45,15 +84,20 @@ impl IcebergSource {
         }
     }
 
-    /// The file scan tasks of the loaded snapshot reading `columns`.
-    async fn plan(&self, columns: Vec<String>, context: &str) -> Result<Vec<FileScanTask>> {
-        let Some(snapshot) = self.table.metadata().current_snapshot() else {
+    /// The file scan tasks of `table`'s snapshot `snapshot` reading `columns`.
+    async fn plan(
+        &self,
+        table: &Table,
+        snapshot: Option<i64>,
+        columns: Vec<String>,
+        context: &str,
+    ) -> Result<Vec<FileScanTask>> {
+        let Some(snapshot) = snapshot else {
             return Ok(Vec::new());
         };
-        let scan = self
-            .table
+        let scan = table
             .scan()
-            .snapshot_id(snapshot.snapshot_id())
+            .snapshot_id(snapshot)
             .select(columns)
             .build()
             .map_err(|e| self.io_error(context, format!("planning the scan: {e}")))?;
@@ -65,11 +109,108 @@ impl IcebergSource {
             .map_err(|e| self.io_error(context, format!("planning the scan: {e}")))
     }
 
+    fn all_columns(&self) -> Vec<String> {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
     fn projected(&self, projection: Option<&[usize]>) -> Result<SchemaRef> {
         match projection {
             None => Ok(self.schema.clone()),
             Some(p) => Ok(Arc::new(self.schema.project(p)?)),
         }
+    }
+
+    /// The snapshot read in full first, fixed at the first call.
+    fn base(&self) -> Option<i64> {
+        let mut d = self.discovery.lock().expect("discovery lock");
+        *d.base.get_or_insert_with(|| {
+            self.table
+                .metadata()
+                .current_snapshot()
+                .map(|s| s.snapshot_id())
+        })
+    }
+
+    /// The snapshots after `base` up to the current one of `table`, oldest first.
+    fn snapshots_after(
+        &self,
+        table: &Table,
+        base: Option<i64>,
+    ) -> Result<Vec<iceberg::spec::SnapshotRef>> {
+        let metadata = table.metadata();
+        let mut chain = Vec::new();
+        let mut next = metadata.current_snapshot().cloned();
+        while let Some(s) = next {
+            if Some(s.snapshot_id()) == base {
+                chain.reverse();
+                return Ok(chain);
+            }
+            next = s
+                .parent_snapshot_id()
+                .and_then(|p| metadata.snapshot_by_id(p).cloned());
+            chain.push(s);
+        }
+        match base {
+            None => {
+                chain.reverse();
+                Ok(chain)
+            }
+            Some(b) => Err(self.io_error(
+                "",
+                format!(
+                    "snapshot {b}, where this stream started reading, is no longer an ancestor of the table's current snapshot (the table was rolled back, or the snapshot expired)"
+                ),
+            )),
+        }
+    }
+
+    /// The data files each append snapshot after the base added, in commit order.
+    async fn appended_files(&self, table: &Table, base: Option<i64>) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        for snapshot in self.snapshots_after(table, base)? {
+            let id = snapshot.snapshot_id();
+            match &snapshot.summary().operation {
+                Operation::Append => {}
+                Operation::Replace => continue,
+                op => {
+                    return Err(self.io_error(
+                        "",
+                        format!(
+                            "snapshot {id} is an '{}' commit, not an append: the stream source reads appends only; restart the job with --fresh to read the table as it is now",
+                            op.as_str()
+                        ),
+                    ))
+                }
+            }
+            let context = format!("snapshot {id}");
+            let list = table
+                .manifest_list_reader(&snapshot)
+                .load()
+                .await
+                .map_err(|e| self.io_error(&context, e))?;
+            for manifest_file in list.entries() {
+                if manifest_file.added_snapshot_id != id {
+                    continue;
+                }
+                let manifest = manifest_file
+                    .load_manifest(table.file_io())
+                    .await
+                    .map_err(|e| self.io_error(&manifest_file.manifest_path, e))?;
+                for entry in manifest.entries() {
+                    if entry.status() == ManifestStatus::Added
+                        && entry.content_type() == DataContentType::Data
+                        && entry.snapshot_id().is_none_or(|s| s == id)
+                    {
+                        out.push((entry.file_path().to_string(), id));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -81,26 +222,53 @@ impl StreamSource for IcebergSource {
     }
 
     async fn discover_splits(&self) -> Result<Vec<Split>> {
+        let base = self.base();
+        let table = match (&self.catalog, self.monitor_ms) {
+            (Some(catalog), Some(_)) => catalog
+                .load_table(self.table.identifier())
+                .await
+                .map_err(|e| self.io_error("", format!("reloading the table: {e}")))?,
+            _ => self.table.clone(),
+        };
         let mut ids: Vec<String> = self
-            .plan(
-                self.schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect(),
-                "",
-            )
+            .plan(&table, base, self.all_columns(), "")
             .await?
             .into_iter()
             .map(|t| t.data_file_path)
             .collect();
         ids.sort();
         ids.dedup();
+        if self.monitor_ms.is_some() {
+            let appended = self.appended_files(&table, base).await?;
+            let mut d = self.discovery.lock().expect("discovery lock");
+            for (path, snapshot) in appended {
+                ids.push(path.clone());
+                d.added_in.insert(path, snapshot);
+            }
+            d.table = Some(table);
+        }
         Ok(ids.into_iter().map(|id| Split { id }).collect())
     }
 
     fn discovery_interval_ms(&self) -> Option<u64> {
-        None
+        self.monitor_ms
+    }
+
+    fn enumerator_state(&self) -> serde_json::Value {
+        match self.monitor_ms {
+            Some(_) => serde_json::json!({ "base_snapshot": self.base() }),
+            None => serde_json::Value::Null,
+        }
+    }
+
+    fn restore_enumerator(&self, state: &serde_json::Value) -> Result<()> {
+        if self.monitor_ms.is_none() {
+            return Ok(());
+        }
+        if let Some(base) = state.get("base_snapshot") {
+            self.discovery.lock().expect("discovery lock").base = Some(base.as_i64());
+        }
+        Ok(())
     }
 
     async fn open(
@@ -123,8 +291,31 @@ impl StreamSource for IcebergSource {
             .iter()
             .map(|f| f.name().clone())
             .collect();
+        // A file appended after the base snapshot is planned in the snapshot that added
+        // it; the others in the base snapshot.
+        let (table, snapshot) = {
+            let d = self.discovery.lock().expect("discovery lock");
+            match d.added_in.get(&split.id) {
+                Some(s) => (
+                    d.table.clone().unwrap_or_else(|| self.table.clone()),
+                    Some(*s),
+                ),
+                None => (
+                    d.table.clone().unwrap_or_else(|| self.table.clone()),
+                    d.base.flatten(),
+                ),
+            }
+        };
+        let snapshot = snapshot.or_else(|| {
+            // Discovery has not run in this process (cannot happen: the runtime
+            // discovers before opening); read the planning snapshot.
+            self.table
+                .metadata()
+                .current_snapshot()
+                .map(|s| s.snapshot_id())
+        });
         let tasks: Vec<FileScanTask> = self
-            .plan(columns, &split.id)
+            .plan(&table, snapshot, columns, &split.id)
             .await?
             .into_iter()
             .filter(|t| t.data_file_path == split.id)

@@ -61,13 +61,15 @@ impl IcebergTable {
         &self.table
     }
 
-    /// The table's snapshot as loaded, read in stream mode: one split per data file.
-    pub fn stream_source(&self) -> Arc<dyn StreamSource> {
-        Arc::new(IcebergSource::new(
-            self.name.clone(),
-            self.table.clone(),
-            self.schema.clone(),
-        ))
+    /// The table read in stream mode, one split per data file: the snapshot as loaded,
+    /// then (with `monitor_ms`) the appends committed after it, looked for at that
+    /// interval.
+    pub fn stream_source(&self, monitor_ms: Option<u64>) -> Arc<dyn StreamSource> {
+        let source = IcebergSource::new(self.name.clone(), self.table.clone(), self.schema.clone());
+        Arc::new(match monitor_ms {
+            Some(ms) => source.monitored(self.catalog.clone(), ms),
+            None => source,
+        })
     }
 
     /// The catalog the table was loaded from (and commits go to).

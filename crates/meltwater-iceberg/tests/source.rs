@@ -129,7 +129,7 @@ async fn snapshot_files_are_splits_read_like_the_batch_scan() {
 
     // No snapshot yet: no splits.
     let (ctx0, _) = session(catalog.clone(), "empty").await;
-    let empty = iceberg_table(&ctx0).await.stream_source();
+    let empty = iceberg_table(&ctx0).await.stream_source(None);
     assert!(empty.discover_splits().await.unwrap().is_empty());
     assert_eq!(empty.discovery_interval_ms(), None);
     drop(ctx);
@@ -157,7 +157,7 @@ async fn snapshot_files_are_splits_read_like_the_batch_scan() {
     let (ctx, _) = session(catalog.clone(), "reader").await;
     let table = iceberg_table(&ctx).await;
     let table_schema = datafusion::datasource::TableProvider::schema(&table);
-    let source = table.stream_source();
+    let source = table.stream_source(None);
     assert_eq!(source.schema(None), table_schema);
     assert_eq!(source.discovery_interval_ms(), None);
     let splits = source.discover_splits().await.unwrap();
@@ -247,4 +247,81 @@ async fn snapshot_files_are_splits_read_like_the_batch_scan() {
         )
         .await;
     assert!(missing.is_err());
+}
+
+/// Commits `values` (rows of `(id, category, amount, ts)`) as one append.
+async fn append(catalog: &Arc<dyn Catalog>, run: &str, values: &str) {
+    let (ctx, commits) = session(catalog.clone(), run).await;
+    sql(&ctx, &format!("INSERT INTO lake.db.orders VALUES {values}")).await;
+    commits.commit_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitored_source_adds_the_files_of_later_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path()).await;
+    let (_ctx, commits) = session(catalog.clone(), "setup").await;
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("amount", DataType::Int64, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+    ]);
+    let creation =
+        table_creation("lake.db.orders", "orders", &schema, &[], HashMap::new()).unwrap();
+    let provider = IcebergCatalogProvider::try_new("lake", catalog.clone(), commits.clone())
+        .await
+        .unwrap();
+    assert!(provider.create_table("db", creation, false).await.unwrap());
+    append(&catalog, "run-1", "(1, 'a', 10, NULL), (2, 'b', 20, NULL)").await;
+
+    // Planned now: the base snapshot holds run-1's file.
+    let (ctx, _) = session(catalog.clone(), "reader").await;
+    let source = iceberg_table(&ctx).await.stream_source(Some(50));
+    assert_eq!(source.discovery_interval_ms(), Some(50));
+    let first = source.discover_splits().await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let state = source.enumerator_state();
+    assert!(state["base_snapshot"].is_i64(), "{state}");
+
+    // Two appends later, discovery lists their files too, after the base's.
+    append(&catalog, "run-2", "(3, 'a', 30, NULL)").await;
+    append(&catalog, "run-3", "(4, 'c', 40, NULL), (5, 'c', 50, NULL)").await;
+    let all = source.discover_splits().await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[0], first[0]);
+    let mut ids = Vec::new();
+    for split in &all[1..] {
+        let (batches, end) = read_split(source.as_ref(), split, 0, None, 8).await;
+        assert_eq!(
+            end as usize,
+            batches.iter().map(RecordBatch::num_rows).sum::<usize>()
+        );
+        ids.extend(ints(&batches, 0));
+    }
+    ids.sort();
+    assert_eq!(ids, [3, 4, 5], "the appended rows, each once");
+
+    // A source planned after run-3 but restored from the checkpointed state starts from
+    // the same base: run-2's and run-3's files are still incremental splits, so the
+    // positions checkpointed for them still apply.
+    let (ctx, _) = session(catalog.clone(), "restarted").await;
+    let restarted = iceberg_table(&ctx).await.stream_source(Some(50));
+    restarted.restore_enumerator(&state).unwrap();
+    assert_eq!(restarted.enumerator_state(), state);
+    assert_eq!(restarted.discover_splits().await.unwrap(), all);
+    // Without the state, the base is the planning snapshot: all three files at once.
+    let (ctx, _) = session(catalog.clone(), "fresh").await;
+    let fresh = iceberg_table(&ctx).await.stream_source(Some(50));
+    let mut fresh_ids: Vec<String> = fresh
+        .discover_splits()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let mut all_ids: Vec<String> = all.into_iter().map(|s| s.id).collect();
+    fresh_ids.sort();
+    all_ids.sort();
+    assert_eq!(fresh_ids, all_ids);
 }

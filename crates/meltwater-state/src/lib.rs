@@ -1,4 +1,5 @@
-//! Keyed state for the streaming runtime (DESIGN.md §5): key groups and checkpoint storage.
+//! Keyed state for the streaming runtime (DESIGN.md §5): key groups and checkpoint storage
+//! (a local directory or any object store, see [`location`]).
 //!
 //! Keyed state is partitioned into a fixed number of **key groups** per job (default
 //! 128, Flink's "max parallelism"). A key's group is a stable hash of its values modulo
@@ -8,12 +9,14 @@
 //! group, so it can be restored at another parallelism by filtering on the new ranges.
 
 pub mod keygroup;
+pub mod location;
 pub mod store;
 
 pub use keygroup::{
     key_group_hashes, key_groups, subtask_for_key_group, with_key_groups, KeyGroupRange,
     DEFAULT_KEY_GROUPS, KEY_GROUP_COLUMN,
 };
+pub use location::{StorageLocation, StorageProfile, StorageProfiles, PROFILE_PREFIX};
 pub use store::{
     CheckpointManifest, CheckpointStore, OperatorManifest, StateError, SubtaskManifest,
 };

@@ -97,6 +97,8 @@ pub enum NodeKind {
         /// Indices into the read batch of the columns the scan emits.
         output_columns: Vec<usize>,
         watermark: Option<SourceWatermark>,
+        /// The table's `'scan.watermark.idle-timeout'` (overrides the job's).
+        idle_timeout_ms: Option<u64>,
     },
     Stateless(Vec<Step>),
     /// `UNION ALL`: the rows of every input, relabelled with the union's schema.

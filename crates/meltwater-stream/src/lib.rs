@@ -17,8 +17,9 @@ pub mod operator;
 pub mod ops;
 pub mod planner;
 pub mod runtime;
+pub mod watermark;
 
 pub use graph::StreamGraph;
 pub use job::{run_plan, run_stream_job, QueryResult, StreamJobError};
 pub use planner::{plan_statements, plan_stream, StreamPlan};
-pub use runtime::{StreamOptions, StreamReport};
+pub use runtime::{StopSignal, StreamOptions, StreamReport};

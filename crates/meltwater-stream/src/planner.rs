@@ -91,6 +91,9 @@ struct Builder<'a> {
     statement: usize,
     counter: usize,
     ttl_ms: Option<u64>,
+    /// `iceberg.source.monitor-interval`: Iceberg tables read in stream mode follow their
+    /// appends at this interval.
+    iceberg_monitor_ms: Option<u64>,
 }
 
 /// Plans every statement of `job` (its INSERTs, then its queries) into one dataflow.
@@ -112,6 +115,18 @@ pub fn plan_statements(
         .settings
         .get("table.exec.state.ttl")
         .and_then(|v| parse_duration_ms(v));
+    let iceberg_monitor_ms = match job.settings.get("iceberg.source.monitor-interval") {
+        Some(v) => Some(parse_duration_ms(v).filter(|ms| *ms > 0).ok_or_else(|| {
+            StreamPlanError {
+                file: job.file.clone(),
+                loc: meltwater_sql::SourceLoc { line: 1, column: 1 },
+                message: format!(
+                    "SET 'iceberg.source.monitor-interval': expected a duration such as '10 s', got '{v}'"
+                ),
+            }
+        })?),
+        None => None,
+    };
     let mut b = Builder {
         state: &state,
         graph: StreamGraph::default(),
@@ -119,6 +134,7 @@ pub fn plan_statements(
         statement: 0,
         counter: 0,
         ttl_ms,
+        iceberg_monitor_ms,
     };
     let mut outputs = Vec::new();
     let all: Vec<(usize, &PlannedStatement, bool)> = inserts
@@ -563,7 +579,16 @@ impl Builder<'_> {
                         .map(|w| format!(", watermark {}", w.text))
                         .unwrap_or_default()
                 );
-                self.scan_source(scan, name, source, read, watermark)
+                let idle_timeout_ms = meltwater_connectors::watermark_idle_timeout_ms(
+                    &table.def,
+                    "source",
+                )
+                .map_err(|e| e.to_string())?;
+                let name = match idle_timeout_ms {
+                    Some(ms) => format!("{name}, idle after {ms} ms"),
+                    None => name,
+                };
+                self.scan_source(scan, name, source, read, watermark, idle_timeout_ms)
             }
             LogicalPlan::Projection(p) => {
                 let input = self.plan_in(&p.input, window)?;
@@ -734,6 +759,7 @@ impl Builder<'_> {
                         read_projection: None,
                         output_columns: (0..n).collect(),
                         watermark: None,
+                        idle_timeout_ms: None,
                     },
                     parallelism: 1,
                     input: None,
@@ -841,9 +867,16 @@ impl Builder<'_> {
         };
         self.scan_source(
             scan,
-            format!("source: {} (iceberg snapshot)", table.name()),
-            table.stream_source(),
+            match self.iceberg_monitor_ms {
+                Some(ms) => format!(
+                    "source: {} (iceberg snapshot, then appends every {ms} ms)",
+                    table.name()
+                ),
+                None => format!("source: {} (iceberg snapshot)", table.name()),
+            },
+            table.stream_source(self.iceberg_monitor_ms),
             read,
+            None,
             None,
         )
     }
@@ -858,6 +891,7 @@ impl Builder<'_> {
         source: Arc<dyn meltwater_connectors::stream::StreamSource>,
         read: Vec<usize>,
         watermark: Option<SourceWatermark>,
+        idle_timeout_ms: Option<u64>,
     ) -> Result<usize, String> {
         let id = self.next_id("source");
         let mut node = self.add(StreamNode {
@@ -868,6 +902,7 @@ impl Builder<'_> {
                 read_projection: Some(read),
                 output_columns: (0..scan.projected_schema.fields().len()).collect(),
                 watermark,
+                idle_timeout_ms,
             },
             parallelism: self.parallelism,
             input: None,

@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::poll_fn;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,23 +38,28 @@ use crate::aggregate::spec::AggregateSpec;
 use crate::aggregate::updating::UpdatingAggregateOperator;
 use crate::aggregate::window::WindowAggregateOperator;
 use crate::graph::{NodeKind, Partitioning, SinkKind, StreamGraph};
-use crate::message::{EventTime, Message, MIN_WATERMARK};
+use crate::message::{EventTime, Message, WatermarkStatus, MIN_WATERMARK};
 use crate::metrics::{CheckpointStatus, JobMetrics, OperatorMetrics};
 use crate::operator::{Operator, OperatorSnapshot, Output, RestoredState, SubtaskInfo};
 use crate::ops::sink::{pending_files_of, CollectSinkOperator, IcebergSinkOperator};
 use crate::ops::stateless::StatelessOperator;
+use crate::watermark::{WatermarkCombiner, WatermarkUpdate};
 
 /// How a stream job runs.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
     pub job_id: String,
-    /// Root of the checkpoint store (`<dir>/<job>/chk-<n>`).
-    pub checkpoint_dir: PathBuf,
+    /// Root of the checkpoint store (`<dir>/<job>/chk-<n>`): a local path, an `s3://`,
+    /// `file://` or `memory://` URL, or `profile:<name>[/<path>]`.
+    pub checkpoint_dir: String,
+    /// The catalog file's storage profiles (`[storage.<name>]`).
+    pub storage: meltwater_state::StorageProfiles,
     pub checkpoint_interval: Duration,
     /// Complete checkpoints kept.
     pub retained: usize,
-    /// Restore from this checkpoint directory instead of the newest one.
-    pub from_checkpoint: Option<PathBuf>,
+    /// Restore from this checkpoint directory (a path or URL, as the store lists it)
+    /// instead of the newest one.
+    pub from_checkpoint: Option<String>,
     /// Resume from the newest complete checkpoint (when `from_checkpoint` is unset).
     pub resume: bool,
     pub key_groups: u16,
@@ -63,13 +67,50 @@ pub struct StreamOptions {
     pub batch_size: usize,
     /// Splits without data for this long stop holding the watermark back.
     pub idle_timeout: Option<Duration>,
+    /// Stops the job from outside (see [`StopSignal`]).
+    pub stop: StopSignal,
+}
+
+/// Stops a running job from outside, as if its process stopped: every task is aborted
+/// and awaited, no further checkpoint is taken and nothing more is committed; the run
+/// returns its report with `stopped` set. The next run resumes from the last complete
+/// checkpoint. Clones share the signal.
+#[derive(Debug, Clone)]
+pub struct StopSignal(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl StopSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the job to stop (again is a no-op).
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once [`StopSignal::stop`] was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
 }
 
 impl StreamOptions {
-    pub fn new(job_id: impl Into<String>, checkpoint_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(job_id: impl Into<String>, checkpoint_dir: impl Into<String>) -> Self {
         Self {
             job_id: job_id.into(),
             checkpoint_dir: checkpoint_dir.into(),
+            storage: Default::default(),
             checkpoint_interval: Duration::from_secs(10),
             retained: 3,
             from_checkpoint: None,
@@ -78,6 +119,7 @@ impl StreamOptions {
             channel_capacity: 8,
             batch_size: 8192,
             idle_timeout: None,
+            stop: StopSignal::default(),
         }
     }
 }
@@ -90,6 +132,8 @@ pub struct StreamReport {
     pub last_checkpoint: Option<u64>,
     pub commits: Vec<CommitSummary>,
     pub elapsed: Duration,
+    /// The run was stopped through [`StreamOptions::stop`] rather than ending.
+    pub stopped: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +183,8 @@ struct SnapshotCtx {
     store: CheckpointStore,
     job_id: String,
     events: mpsc::UnboundedSender<Event>,
+    /// Set when the job is being stopped from outside.
+    stop: StopSignal,
 }
 
 /// An operator of a chain with its identity and counters.
@@ -296,6 +342,29 @@ impl Chain {
         Ok(())
     }
 
+    /// Tells every downstream subtask whether this subtask holds the watermark back.
+    async fn status(&mut self, status: WatermarkStatus) -> Result<()> {
+        if !self.outputs.senders.is_empty() {
+            self.outputs.broadcast(Message::Status(status)).await?;
+        }
+        Ok(())
+    }
+
+    /// Emits what the combined watermark of the inputs did: `Active`, then the watermark,
+    /// then `Idle`.
+    async fn apply(&mut self, u: WatermarkUpdate) -> Result<()> {
+        if u.became_active {
+            self.status(WatermarkStatus::Active).await?;
+        }
+        if let Some(wm) = u.watermark {
+            self.watermark(wm).await?;
+        }
+        if u.became_idle {
+            self.status(WatermarkStatus::Idle).await?;
+        }
+        Ok(())
+    }
+
     /// Snapshots every operator; `extra` is the source's state (chain head) if any.
     async fn snapshot(
         &mut self,
@@ -333,6 +402,7 @@ impl Chain {
                     info.index,
                     &snap.keyed,
                 )
+                .await
                 .map_err(|e| DataFusionError::Execution(e.to_string()))?
             {
                 m.keyed_file = Some(file);
@@ -386,54 +456,55 @@ async fn run_chain(
     mut control: mpsc::UnboundedReceiver<Control>,
 ) -> Result<()> {
     let n = inputs.len();
-    let mut ended = vec![false; n];
     let mut blocked = vec![false; n];
-    let mut watermarks = vec![MIN_WATERMARK; n];
+    // Watermarks, idleness and the end of each input.
+    let mut wm = WatermarkCombiner::new(n);
     let mut aligning: Option<u64> = None;
     let mut start = 0usize;
     loop {
-        if ended.iter().all(|e| *e) {
+        if wm.all_ended() {
             break;
         }
         let (j, msg) = poll_fn(|cx| {
             for o in 0..n {
                 let j = (start + o) % n;
-                if ended[j] || blocked[j] {
+                if wm.is_ended(j) || blocked[j] {
                     continue;
                 }
                 match inputs[j].poll_recv(cx) {
-                    Poll::Ready(Some(m)) => return Poll::Ready((j, m)),
-                    Poll::Ready(None) => return Poll::Ready((j, Message::End)),
+                    Poll::Ready(m) => return Poll::Ready((j, m)),
                     Poll::Pending => {}
                 }
             }
             Poll::Pending
         })
         .await;
+        let msg = match msg {
+            Some(m) => m,
+            // The upstream task is gone without ending its stream because the job is
+            // being stopped (its tasks are aborted): stop without finishing, so that no
+            // window is flushed.
+            None if chain.ctx.stop.is_stopped() => return Ok(()),
+            None => Message::End,
+        };
         start = (j + 1) % n;
         match msg {
             Message::Data(b) => chain.push_input(0, input_of[j], vec![b]).await?,
-            Message::Watermark(w) => {
-                watermarks[j] = watermarks[j].max(w);
-                let min = combined(&watermarks, &ended);
-                if let Some(min) = min {
-                    chain.watermark(min).await?;
-                }
-            }
+            Message::Watermark(w) => chain.apply(wm.watermark(j, w)).await?,
+            // Idleness concerns watermarks only: an idle input still delivers barriers
+            // (and data), so alignment keeps waiting on it.
+            Message::Status(status) => chain.apply(wm.status(j, status)).await?,
             Message::Barrier(id) => {
                 blocked[j] = true;
                 aligning = Some(id);
             }
             Message::End => {
-                ended[j] = true;
                 blocked[j] = false;
-                if let Some(min) = combined(&watermarks, &ended) {
-                    chain.watermark(min).await?;
-                }
+                chain.apply(wm.end(j)).await?;
             }
         }
         if let Some(id) = aligning {
-            if (0..n).all(|k| blocked[k] || ended[k]) {
+            if (0..n).all(|k| blocked[k] || wm.is_ended(k)) {
                 chain.snapshot(id, None).await?;
                 if !chain.outputs.senders.is_empty() {
                     chain.outputs.broadcast(Message::Barrier(id)).await?;
@@ -448,21 +519,14 @@ async fn run_chain(
     serve_finished(&mut chain, &mut control, None).await
 }
 
-fn combined(watermarks: &[EventTime], ended: &[bool]) -> Option<EventTime> {
-    watermarks
-        .iter()
-        .zip(ended)
-        .filter(|(_, e)| !**e)
-        .map(|(w, _)| *w)
-        .min()
-}
-
 /// A source subtask's splits and where each stands.
 #[derive(Debug, Clone)]
 struct SourceState {
     operator_id: String,
     /// split id -> (position, exhausted)
     splits: BTreeMap<String, (SplitPosition, bool)>,
+    /// Asked for its enumerator state at each checkpoint.
+    source: Arc<dyn StreamSource>,
 }
 
 impl SourceState {
@@ -477,7 +541,7 @@ impl SourceState {
                 )
             })
             .collect();
-        serde_json::json!({ "splits": splits })
+        serde_json::json!({ "splits": splits, "enumerator": self.source.enumerator_state() })
     }
 
     fn merge_json(&mut self, v: &serde_json::Value) {
@@ -563,6 +627,8 @@ async fn run_source_chain(
     let mut open: HashSet<String> = HashSet::new();
     let discovery = spec.source.discovery_interval_ms();
     let mut next_discovery = Instant::now();
+    // Whether this subtask told downstream it is idle.
+    let mut idle = false;
     let err = |e: meltwater_connectors::ConnectorError| DataFusionError::External(Box::new(e));
     loop {
         // Discover splits (at start, then every interval when the source is monitored).
@@ -594,6 +660,17 @@ async fn run_source_chain(
         if readers.is_empty() && discovery.is_none() {
             break;
         }
+        let idle_at = source_progress(
+            &mut chain,
+            &split_wm,
+            idle_timeout,
+            discovery.is_some(),
+            spec.watermark.is_some(),
+            &mut idle,
+            &spec.job,
+        )
+        .await?;
+        let idle_wait = idle_at.map(|t| t.saturating_duration_since(Instant::now()));
         let wait = next_discovery.saturating_duration_since(Instant::now());
         tokio::select! {
             biased;
@@ -627,6 +704,10 @@ async fn run_source_chain(
                         }
                         let out = batch.project(&spec.output_columns)?;
                         JobMetrics::add(&spec.metrics.rows_out, rows);
+                        if idle {
+                            idle = false;
+                            chain.status(WatermarkStatus::Active).await?;
+                        }
                         chain.push_from(0, vec![out]).await?;
                     }
                     None => {
@@ -636,25 +717,63 @@ async fn run_source_chain(
                         split_wm.remove(&id);
                     }
                 }
-                if spec.watermark.is_some() {
-                    let now = Instant::now();
-                    let active = split_wm.values().filter(|(_, last)| {
-                        idle_timeout.is_none_or(|t| now.duration_since(*last) < t)
-                    });
-                    if let Some(min) = active.map(|(w, _)| *w).min() {
-                        if min > chain.watermark && min > MIN_WATERMARK {
-                            chain.watermark(min).await?;
-                            spec.job.watermark.store(min, Ordering::Relaxed);
-                        }
-                    }
-                }
             }
             _ = tokio::time::sleep(wait), if discovery.is_some() => {}
+            _ = tokio::time::sleep(idle_wait.unwrap_or_default()), if idle_wait.is_some() => {}
         }
     }
     chain.finish().await?;
     let _ = chain.ctx.events.send(Event::Finished { task: chain.key });
     serve_finished(&mut chain, &mut control, Some(&state)).await
+}
+
+/// A source subtask's watermark status and watermark, from the splits it reads (split id
+/// -> (watermark, when it last produced data)). A split without data for `idle_timeout`
+/// stops holding the watermark back; once no split does (all idle, or none to read while
+/// `monitored` discovery may bring some), the subtask turns idle downstream; it turns
+/// active again as soon as a split counts (a new one, or an idle one producing data: the
+/// caller sends `Active` before that data). Otherwise the watermark is the minimum over
+/// the splits that count. Returns when the next split turns idle, if one may.
+#[allow(clippy::too_many_arguments)]
+async fn source_progress(
+    chain: &mut Chain,
+    splits: &HashMap<String, (EventTime, Instant)>,
+    idle_timeout: Option<Duration>,
+    monitored: bool,
+    has_watermark: bool,
+    idle: &mut bool,
+    job: &JobMetrics,
+) -> Result<Option<Instant>> {
+    if splits.is_empty() && !monitored {
+        // Bounded and read: the subtask ends (with the final watermark) instead.
+        return Ok(None);
+    }
+    let now = Instant::now();
+    let counting: Vec<(EventTime, Instant)> = splits
+        .values()
+        .filter(|(_, last)| idle_timeout.is_none_or(|t| now.duration_since(*last) < t))
+        .copied()
+        .collect();
+    if counting.is_empty() {
+        if !*idle {
+            *idle = true;
+            chain.status(WatermarkStatus::Idle).await?;
+        }
+        return Ok(None);
+    }
+    if *idle {
+        *idle = false;
+        chain.status(WatermarkStatus::Active).await?;
+    }
+    if has_watermark {
+        if let Some(min) = counting.iter().map(|(w, _)| *w).min() {
+            if min > chain.watermark && min > MIN_WATERMARK {
+                chain.watermark(min).await?;
+                job.watermark.store(min, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(idle_timeout.and_then(|t| counting.iter().map(|(_, last)| *last + t).min()))
 }
 
 fn build_operator(
@@ -736,7 +855,7 @@ fn build_operator(
 }
 
 /// The state a restored operator subtask receives.
-fn restored_state(
+async fn restored_state(
     manifest: &CheckpointManifest,
     info: &SubtaskInfo,
 ) -> Result<Option<RestoredState>> {
@@ -751,6 +870,7 @@ fn restored_state(
         if let Some(file) = &s.keyed_file {
             for b in manifest
                 .read_keyed(file)
+                .await
                 .map_err(|e| DataFusionError::Execution(e.to_string()))?
             {
                 let sel = range.select(&b)?;
@@ -812,13 +932,17 @@ pub async fn run_graph(
     metrics: Arc<JobMetrics>,
 ) -> std::result::Result<StreamReport, StreamError> {
     let started = Instant::now();
-    let store = CheckpointStore::new(&options.checkpoint_dir);
+    let store = CheckpointStore::open(&options.checkpoint_dir, &options.storage)
+        .map_err(|e| StreamError::Checkpoint(e.to_string()))?;
     let restore = match &options.from_checkpoint {
         Some(dir) => Some(
-            CheckpointManifest::load(dir).map_err(|e| StreamError::Checkpoint(e.to_string()))?,
+            CheckpointManifest::open(dir, &options.storage)
+                .await
+                .map_err(|e| StreamError::Checkpoint(e.to_string()))?,
         ),
         None if options.resume => store
             .latest(&options.job_id)
+            .await
             .map_err(|e| StreamError::Checkpoint(e.to_string()))?,
         None => None,
     };
@@ -847,6 +971,7 @@ pub async fn run_graph(
         store: store.clone(),
         job_id: options.job_id.clone(),
         events: events_tx.clone(),
+        stop: options.stop.clone(),
     };
     // Channels: for each chain with an upstream chain, one per (upstream, downstream) subtask pair.
     let chain_of = |node: usize| {
@@ -930,6 +1055,7 @@ pub async fn run_graph(
                 })?;
                 if let Some(m) = &restore {
                     if let Some(rs) = restored_state(m, &info)
+                        .await
                         .map_err(|e| StreamError::Checkpoint(df_message(&e)))?
                     {
                         op.restore(rs).await.map_err(|e| {
@@ -975,17 +1101,31 @@ pub async fn run_graph(
                 read_projection,
                 output_columns,
                 watermark,
+                idle_timeout_ms,
             } = &head.kind
             {
                 source_tasks.push((c, i));
                 let mut st = SourceState {
                     operator_id: head.id.clone(),
                     splits: BTreeMap::new(),
+                    source: source.clone(),
                 };
                 if let Some(m) = &restore {
                     if let Some(op) = m.operators.get(&head.id) {
                         for s in &op.subtasks {
                             st.merge_json(&s.state);
+                        }
+                        // Every subtask stored the same enumerator state; the source is
+                        // shared by the subtasks, so the first restores it.
+                        if let (0, Some(s)) = (i, op.subtasks.first()) {
+                            source
+                                .restore_enumerator(&s.state["enumerator"])
+                                .map_err(|e| {
+                                    StreamError::Checkpoint(format!(
+                                        "{}: restoring from checkpoint {}: {e}",
+                                        head.name, m.checkpoint_id
+                                    ))
+                                })?;
                         }
                     }
                 }
@@ -1000,7 +1140,13 @@ pub async fn run_graph(
                     metrics: op_metrics(chain_nodes[0]),
                     job: metrics.clone(),
                 };
-                let (bs, idle) = (options.batch_size, options.idle_timeout);
+                let bs = options.batch_size;
+                // The table's timeout wins over the job's; 0 turns idleness off.
+                let idle = match idle_timeout_ms {
+                    Some(0) => None,
+                    Some(ms) => Some(Duration::from_millis(*ms)),
+                    None => options.idle_timeout,
+                };
                 handles.push(tokio::spawn(async move {
                     if let Err(e) = run_source_chain(chain, spec, st, p, bs, idle, ctl_rx).await {
                         let _ = events.send(Event::Failed {
@@ -1039,6 +1185,8 @@ pub async fn run_graph(
     // directory, must not have its commits mistaken for replays of earlier ones).
     let mut highest = store
         .highest_id(&options.job_id)
+        .await
+        .map_err(|e| StreamError::Checkpoint(e.to_string()))?
         .max(restore.as_ref().map(|m| m.checkpoint_id).unwrap_or(0));
     for node in &graph.nodes {
         if let NodeKind::Sink {
@@ -1090,6 +1238,15 @@ pub async fn run_graph(
             });
         }
         tokio::select! {
+            _ = options.stop.stopped() => {
+                abort(&handles);
+                for h in handles {
+                    let _ = h.await;
+                }
+                report.stopped = true;
+                report.elapsed = started.elapsed();
+                return Ok(report);
+            }
             _ = ticker.tick(), if pending.is_none() && finished.len() < total => {
                 let id = next_id;
                 next_id += 1;
@@ -1155,11 +1312,14 @@ pub async fn run_graph(
                 duration_ms: p.triggered.elapsed().as_millis() as u64,
                 key_groups: options.key_groups,
                 operators,
-                dir: PathBuf::new(),
+                dir: None,
             };
-            manifest.dir = store
-                .commit_manifest(&manifest)
-                .map_err(|e| StreamError::Checkpoint(e.to_string()))?;
+            manifest.dir = Some(
+                store
+                    .commit_manifest(&manifest)
+                    .await
+                    .map_err(|e| StreamError::Checkpoint(e.to_string()))?,
+            );
             let commits = commit_sinks(graph, &manifest, &options.job_id).await;
             let commits = match commits {
                 Ok(c) => c,
@@ -1173,7 +1333,7 @@ pub async fn run_graph(
                     .into_iter()
                     .filter(|c| c.snapshot_id.is_some() && !c.already_committed),
             );
-            let _ = store.prune(&options.job_id, options.retained);
+            let _ = store.prune(&options.job_id, options.retained).await;
             report.checkpoints += 1;
             report.last_checkpoint = Some(manifest.checkpoint_id);
             metrics
@@ -1204,7 +1364,7 @@ impl StreamOptions {
     pub fn from_settings(
         job_id: &str,
         settings: &BTreeMap<String, String>,
-        default_dir: PathBuf,
+        default_dir: &str,
     ) -> std::result::Result<Self, String> {
         let mut o = StreamOptions::new(job_id, default_dir);
         let duration = |key: &str, v: &str| {
@@ -1219,7 +1379,7 @@ impl StreamOptions {
             }
         }
         if let Some(v) = settings.get("execution.checkpointing.dir") {
-            o.checkpoint_dir = PathBuf::from(v.strip_prefix("file://").unwrap_or(v));
+            o.checkpoint_dir = v.clone();
         }
         if let Some(v) = settings.get("execution.checkpointing.num-retained") {
             o.retained = v

@@ -89,9 +89,9 @@ impl StreamRunner {
         let mut options = meltwater_stream::StreamOptions::from_settings(
             &job.identity.job_id,
             &job.settings,
-            dir.path().to_path_buf(),
+            &dir.path().display().to_string(),
         )?;
-        options.checkpoint_dir = dir.path().to_path_buf();
+        options.checkpoint_dir = dir.path().display().to_string();
         options.checkpoint_interval = std::time::Duration::from_millis(200);
         options.resume = false;
         meltwater_stream::run_plan(job, plan, &options, |_, _| {})
