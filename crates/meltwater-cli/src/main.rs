@@ -363,6 +363,7 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
     let plan = meltwater_stream::plan_stream(&planned, parallelism)?;
     let mut status = None;
     let mut sinks = Vec::new();
+    let signals = stream_cmd::spawn_stop_on_signals(opts.stop.clone());
     let result = meltwater_stream::run_plan(&planned, plan, &opts, |plan, metrics| {
         sinks = stream_cmd::connector_sinks(plan, &metrics);
         status = Some(stream_cmd::spawn_status(
@@ -375,9 +376,19 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
     if let Some(s) = status {
         s.abort();
     }
+    signals.abort();
     let (report, _) = result?;
     if let Some(id) = report.restored_from {
         println!("restored from checkpoint {id}");
+    }
+    if report.stopped {
+        println!(
+            "stopped{}",
+            report
+                .last_checkpoint
+                .map(|id| format!(" after checkpoint {id}; the next run resumes from it"))
+                .unwrap_or_default()
+        );
     }
     report::print_stream(&sources, &sinks, &report);
     Ok(())

@@ -96,6 +96,47 @@ pub fn explain(plan: &StreamPlan) -> String {
     plan.graph.to_string()
 }
 
+/// Stops the job on SIGINT or SIGTERM: the first asks for a final checkpoint (committed)
+/// and then stops, so the next run resumes exactly there; a second stops at once (the
+/// next run resumes from the last complete checkpoint).
+pub fn spawn_stop_on_signals(stop: meltwater_stream::StopSignal) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            if wait_for_signal().await.is_err() {
+                return;
+            }
+            if first {
+                eprintln!("stopping: taking a checkpoint and committing it first (signal again to stop at once)");
+                stop.stop_after_checkpoint();
+                first = false;
+            } else {
+                eprintln!("stopping now");
+                stop.stop();
+                return;
+            }
+        }
+    })
+}
+
+/// Resolves on the next SIGINT or SIGTERM.
+async fn wait_for_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            _ = int.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
+
 /// Prints a status line every `every` on stderr: rows/s in and out, watermark lag, the
 /// last checkpoint and backpressured operators.
 pub fn spawn_status(

@@ -22,4 +22,4 @@ pub mod watermark;
 pub use graph::StreamGraph;
 pub use job::{run_plan, run_stream_job, QueryResult, StreamJobError};
 pub use planner::{plan_statements, plan_stream, StreamPlan};
-pub use runtime::{StopSignal, StreamOptions, StreamReport};
+pub use runtime::{StopMode, StopSignal, StreamOptions, StreamReport};

@@ -71,16 +71,32 @@ pub struct StreamOptions {
     pub stop: StopSignal,
 }
 
-/// Stops a running job from outside, as if its process stopped: every task is aborted
-/// and awaited, no further checkpoint is taken and nothing more is committed; the run
-/// returns its report with `stopped` set. The next run resumes from the last complete
-/// checkpoint. Clones share the signal.
+/// Stops a running job from outside. Clones share the signal.
+///
+/// - [`StopSignal::stop`]: as if the process stopped: every task is aborted and awaited,
+///   no further checkpoint is taken and nothing more is committed. The next run resumes
+///   from the last complete checkpoint.
+/// - [`StopSignal::stop_after_checkpoint`]: a checkpoint is taken at once (or the one in
+///   flight completes), its files are committed, then the tasks are aborted: the next run
+///   resumes exactly where this one stopped and recomputes nothing.
+///
+/// Either way the run returns its report with `stopped` set.
 #[derive(Debug, Clone)]
-pub struct StopSignal(Arc<tokio::sync::watch::Sender<bool>>);
+pub struct StopSignal(Arc<tokio::sync::watch::Sender<StopMode>>);
+
+/// How a [`StopSignal`] asks the job to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    Running,
+    /// Stop after a checkpoint completed and committed.
+    AfterCheckpoint,
+    /// Stop now.
+    Now,
+}
 
 impl Default for StopSignal {
     fn default() -> Self {
-        Self(Arc::new(tokio::sync::watch::channel(false).0))
+        Self(Arc::new(tokio::sync::watch::channel(StopMode::Running).0))
     }
 }
 
@@ -89,19 +105,50 @@ impl StopSignal {
         Self::default()
     }
 
-    /// Asks the job to stop (again is a no-op).
+    /// Asks the job to stop now (again is a no-op).
     pub fn stop(&self) {
-        self.0.send_replace(true);
+        self.0.send_replace(StopMode::Now);
     }
 
-    pub fn is_stopped(&self) -> bool {
+    /// Asks the job to stop once a checkpoint taken now has completed and committed; a
+    /// later [`StopSignal::stop`] still stops it at once.
+    pub fn stop_after_checkpoint(&self) {
+        self.0.send_if_modified(|m| {
+            let changed = *m == StopMode::Running;
+            if changed {
+                *m = StopMode::AfterCheckpoint;
+            }
+            changed
+        });
+    }
+
+    pub fn mode(&self) -> StopMode {
         *self.0.borrow()
+    }
+
+    /// Whether the job is being stopped at once.
+    pub fn is_stopped(&self) -> bool {
+        self.mode() == StopMode::Now
+    }
+
+    /// Resolves once the mode differs from `seen`, with the new mode.
+    pub async fn changed_from(&self, seen: StopMode) -> StopMode {
+        let mut rx = self.0.subscribe();
+        let mode = match rx.wait_for(|m| *m != seen).await {
+            Ok(m) => Some(*m),
+            Err(_) => None,
+        };
+        match mode {
+            Some(m) => m,
+            None => std::future::pending().await,
+        }
     }
 
     /// Resolves once [`StopSignal::stop`] was called.
     pub async fn stopped(&self) {
+        self.changed_from(StopMode::Running).await;
         let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|stopped| *stopped).await;
+        let _ = rx.wait_for(|m| *m == StopMode::Now).await;
     }
 }
 
@@ -924,6 +971,24 @@ async fn commit_sinks(
     Ok(out)
 }
 
+/// Asks the sources (which inject the barrier) and the tasks that already finished
+/// (which snapshot on request) to take checkpoint `id`.
+fn trigger_checkpoint(
+    id: u64,
+    source_tasks: &[TaskKey],
+    finished: &HashSet<TaskKey>,
+    controls: &HashMap<TaskKey, mpsc::UnboundedSender<Control>>,
+) {
+    for key in source_tasks {
+        if !finished.contains(key) {
+            let _ = controls[key].send(Control::Trigger(id));
+        }
+    }
+    for key in finished {
+        let _ = controls[key].send(Control::Trigger(id));
+    }
+}
+
 /// Runs the graph until every source ends (bounded sources) or forever (unbounded).
 pub async fn run_graph(
     graph: &StreamGraph,
@@ -1210,6 +1275,9 @@ pub async fn run_graph(
     }
     let mut pending: Option<Pending> = None;
     let mut final_done = false;
+    let mut stop_mode = options.stop.mode();
+    // The checkpoint after which a stop requested with a checkpoint takes effect.
+    let mut drain_at: Option<u64> = None;
     let mut ticker = tokio::time::interval(options.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -1237,27 +1305,45 @@ pub async fn run_graph(
                 acks: HashMap::new(),
             });
         }
-        tokio::select! {
-            _ = options.stop.stopped() => {
-                abort(&handles);
-                for h in handles {
-                    let _ = h.await;
+        // A stop after a checkpoint: trigger one now unless one is in flight; the job
+        // stops once it has completed and committed.
+        let trigger_now =
+            drain_at.is_none() && stop_mode == StopMode::AfterCheckpoint && finished.len() < total;
+        if trigger_now {
+            match &pending {
+                Some(p) => drain_at = Some(p.id),
+                None => {
+                    let id = next_id;
+                    next_id += 1;
+                    trigger_checkpoint(id, &source_tasks, &finished, &controls);
+                    drain_at = Some(id);
+                    pending = Some(Pending {
+                        id,
+                        triggered: Instant::now(),
+                        triggered_at: chrono::Utc::now().to_rfc3339(),
+                        acks: HashMap::new(),
+                    });
                 }
-                report.stopped = true;
-                report.elapsed = started.elapsed();
-                return Ok(report);
+            }
+        }
+        tokio::select! {
+            mode = options.stop.changed_from(stop_mode) => {
+                stop_mode = mode;
+                if mode == StopMode::Now {
+                    abort(&handles);
+                    for h in handles {
+                        let _ = h.await;
+                    }
+                    report.stopped = true;
+                    report.elapsed = started.elapsed();
+                    return Ok(report);
+                }
+                continue;
             }
             _ = ticker.tick(), if pending.is_none() && finished.len() < total => {
                 let id = next_id;
                 next_id += 1;
-                for key in &source_tasks {
-                    if !finished.contains(key) {
-                        let _ = controls[key].send(Control::Trigger(id));
-                    }
-                }
-                for key in &finished {
-                    let _ = controls[key].send(Control::Trigger(id));
-                }
+                trigger_checkpoint(id, &source_tasks, &finished, &controls);
                 pending = Some(Pending { id, triggered: Instant::now(), triggered_at: chrono::Utc::now().to_rfc3339(), acks: HashMap::new() });
             }
             ev = events_rx.recv() => {
@@ -1345,6 +1431,15 @@ pub async fn run_graph(
                 bytes: manifest.size_bytes(),
                 completed_at: Some(Instant::now()),
             });
+            if drain_at == Some(manifest.checkpoint_id) {
+                abort(&handles);
+                for h in handles {
+                    let _ = h.await;
+                }
+                report.stopped = true;
+                report.elapsed = started.elapsed();
+                return Ok(report);
+            }
         }
     }
     drop(controls);
