@@ -853,3 +853,48 @@ fn checkpoint_store_errors_name_the_profile_or_variable_and_change_nothing() {
         "nothing was created"
     );
 }
+
+#[test]
+fn explain_stream_shows_a_join_with_both_exchanges_and_its_state() {
+    let dir = job_dir(&format!(
+        "{}\nCREATE TABLE IF NOT EXISTS lake.db.pairs (a BIGINT, b BIGINT);\n\
+         INSERT INTO lake.db.pairs SELECT x.order_id, y.order_id FROM orders x \
+         JOIN orders y ON x.customer_id = y.customer_id AND x.amount < y.amount;\n",
+        orders_ddl()
+    ));
+    let out = succeeds(
+        dir.path(),
+        &[
+            "explain",
+            "job.sql",
+            "--mode",
+            "stream",
+            "--parallelism",
+            "2",
+        ],
+    );
+    assert!(
+        out.contains("Inner join on x.customer_id = y.customer_id with a residual condition"),
+        "{out}"
+    );
+    assert!(out.contains("HASH[x.customer_id]"), "{out}");
+    assert!(out.contains("HASH[y.customer_id]"), "{out}");
+    assert!(
+        out.contains("output=append-only state=rows of both inputs by key [x.customer_id] with their match counts"),
+        "{out}"
+    );
+    // An outer join's output is updating: the planner refuses it into a table without a
+    // primary key, saying why.
+    std::fs::write(
+        dir.path().join("outer.sql"),
+        format!(
+            "{}\nCREATE TABLE IF NOT EXISTS lake.db.pairs (a BIGINT, b BIGINT);\n\
+             INSERT INTO lake.db.pairs SELECT x.order_id, y.order_id FROM orders x \
+             LEFT JOIN orders y ON x.customer_id = y.customer_id;\n",
+            orders_ddl()
+        ),
+    )
+    .unwrap();
+    let msg = fails(dir.path(), &["explain", "outer.sql", "--mode", "stream"]);
+    assert!(msg.contains("updating stream"), "{msg}");
+}

@@ -506,7 +506,7 @@ impl Builder<'_> {
                 };
                 if self.updating(input) {
                     return Err(format!(
-                        "INSERT INTO {}: the query produces an updating stream (an aggregate without a window updates its rows as input arrives); writing updates into an Iceberg table needs upserts, which are not supported yet — aggregate over a window (TUMBLE, HOP, CUMULATE, SESSION) to produce an append-only stream",
+                        "INSERT INTO {}: the query produces an updating stream (an aggregate without a window, or an outer or anti join, changes rows it already emitted as input arrives); writing updates into an Iceberg table needs upserts, which are not supported yet — aggregate over a window (TUMBLE, HOP, CUMULATE, SESSION), or use an inner join, to produce an append-only stream",
                         dml.table_name
                     ));
                 }
