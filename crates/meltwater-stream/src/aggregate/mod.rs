@@ -12,9 +12,13 @@
 //!   output stream (+I, -U/+U, -D), over append-only or updating input.
 //!
 //! Both aggregates keep DataFusion [`Accumulator`]s per group and checkpoint them as
-//! their `state()` values (merged back with `merge_batch` on restore).
+//! their `state()` values (merged back with `merge_batch` on restore). The window
+//! aggregate over aligned windows (every window kind but merging SESSION) keeps its
+//! state columnar instead when every aggregate has a DataFusion `GroupsAccumulator`
+//! ([`columnar::ColumnarWindows`]), with the same checkpoint format.
 
 pub mod assign;
+mod columnar;
 pub mod session_rows;
 pub mod spec;
 pub mod updating;
@@ -42,12 +46,15 @@ use datafusion::logical_expr::Accumulator;
 /// One group's accumulators, one per aggregate function.
 pub(crate) type Accumulators = Vec<Box<dyn Accumulator>>;
 
-/// A batch's aggregate inputs reordered so each group's rows are contiguous.
+/// A batch's aggregate inputs (and optionally its key columns) reordered so each group's
+/// rows are contiguous.
 pub(crate) struct GroupedRows {
     /// Per aggregate: its input arrays, rows in group order.
     args: Vec<Vec<ArrayRef>>,
     /// Per aggregate: its FILTER mask, rows in group order.
     filters: Vec<Option<BooleanArray>>,
+    /// The key columns given to [`GroupedRows::with_keys`], rows in group order.
+    keys: Vec<ArrayRef>,
     /// Per group: (offset, length) in the reordered rows.
     ranges: Vec<(usize, usize)>,
 }
@@ -60,6 +67,17 @@ impl GroupedRows {
     pub(crate) fn new(
         args: &[Vec<ArrayRef>],
         filters: &[Option<BooleanArray>],
+        ids: &[usize],
+        groups: usize,
+    ) -> Result<Self> {
+        Self::with_keys(args, filters, &[], ids, groups)
+    }
+
+    /// [`GroupedRows::new`], reordering the key columns `keys` as well.
+    pub(crate) fn with_keys(
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<BooleanArray>],
+        keys: &[ArrayRef],
         ids: &[usize],
         groups: usize,
     ) -> Result<Self> {
@@ -83,20 +101,30 @@ impl GroupedRows {
                 next[g] += 1;
             }
         }
+        // Rows already in group order (one group, none dropped): no copy.
+        let identity =
+            offset == ids.len() && order.iter().enumerate().all(|(i, &r)| r as usize == i);
         let order = UInt32Array::from(order);
+        let reorder = |c: &ArrayRef| -> Result<ArrayRef> {
+            if identity {
+                Ok(Arc::clone(c))
+            } else {
+                Ok(take(c.as_ref(), &order, None)?)
+            }
+        };
         let args = args
             .iter()
-            .map(|a| {
-                a.iter()
-                    .map(|c| Ok(take(c.as_ref(), &order, None)?))
-                    .collect::<Result<Vec<_>>>()
-            })
+            .map(|a| a.iter().map(reorder).collect::<Result<Vec<_>>>())
             .collect::<Result<Vec<_>>>()?;
+        let keys = keys.iter().map(reorder).collect::<Result<Vec<_>>>()?;
         let filters = filters
             .iter()
             .map(|f| {
                 f.as_ref()
                     .map(|f| -> Result<BooleanArray> {
+                        if identity {
+                            return Ok(f.clone());
+                        }
                         let t = take(f, &order, None)?;
                         Ok(t.as_any()
                             .downcast_ref::<BooleanArray>()
@@ -109,22 +137,44 @@ impl GroupedRows {
         Ok(Self {
             args,
             filters,
+            keys,
             ranges,
         })
+    }
+
+    /// Group `g`'s (offset, length) in the reordered rows.
+    pub(crate) fn range(&self, g: usize) -> (usize, usize) {
+        self.ranges[g]
+    }
+
+    /// Group `g`'s rows of the key columns.
+    pub(crate) fn keys(&self, g: usize) -> Vec<ArrayRef> {
+        let (offset, len) = self.ranges[g];
+        self.keys.iter().map(|k| k.slice(offset, len)).collect()
+    }
+
+    /// Group `g`'s rows of aggregate `i`'s inputs.
+    pub(crate) fn args(&self, i: usize, g: usize) -> Vec<ArrayRef> {
+        let (offset, len) = self.ranges[g];
+        self.args[i].iter().map(|a| a.slice(offset, len)).collect()
+    }
+
+    /// Group `g`'s rows of aggregate `i`'s FILTER mask (`None`: no FILTER).
+    pub(crate) fn filter(&self, i: usize, g: usize) -> Option<BooleanArray> {
+        let (offset, len) = self.ranges[g];
+        self.filters[i].as_ref().map(|m| m.slice(offset, len))
     }
 
     /// Feeds group `g`'s rows into `accs` (retracting them if `retract`). Rows whose
     /// FILTER is false or NULL are skipped for that aggregate.
     pub(crate) fn update(&self, g: usize, accs: &mut Accumulators, retract: bool) -> Result<()> {
-        let (offset, len) = self.ranges[g];
+        let (_, len) = self.ranges[g];
         if len == 0 {
             return Ok(());
         }
         for (i, acc) in accs.iter_mut().enumerate() {
-            let mut values: Vec<ArrayRef> =
-                self.args[i].iter().map(|a| a.slice(offset, len)).collect();
-            if let Some(mask) = &self.filters[i] {
-                let mask = mask.slice(offset, len);
+            let mut values = self.args(i, g);
+            if let Some(mask) = self.filter(i, g) {
                 if mask.true_count() == 0 {
                     continue;
                 }

@@ -1,0 +1,293 @@
+//! Vectorized state of a window aggregate over aligned windows: per open window, the
+//! keys interned by a DataFusion [`GroupValues`] (group index = key) and one
+//! [`GroupsAccumulator`] per aggregate, holding every key's state in columns, as batch
+//! mode's hash aggregate does.
+//!
+//! [`super::window::WindowAggregateOperator`] uses it when every aggregate supports a
+//! `GroupsAccumulator` and the windows do not merge (it assigns windows, counts late
+//! rows, fires windows and shapes the output and checkpoints the same way on both
+//! paths); otherwise it keeps one `Accumulator` per (window, key).
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::internal_err;
+use datafusion::error::Result;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::window::WindowKey;
+use super::GroupedRows;
+
+/// One window's groups: its keys interned to group indices `0..len`.
+enum Groups {
+    Keys(Box<dyn GroupValues>),
+    /// No key columns: a single group (index 0) once any row arrived.
+    Global {
+        len: usize,
+    },
+}
+
+impl Groups {
+    fn new(key_schema: &SchemaRef) -> Result<Self> {
+        if key_schema.fields().is_empty() {
+            Ok(Groups::Global { len: 0 })
+        } else {
+            Ok(Groups::Keys(new_group_values(
+                Arc::clone(key_schema),
+                &GroupOrdering::None,
+            )?))
+        }
+    }
+
+    /// Sets `indices` to the group index of each of the `rows` rows of `keys`.
+    fn intern(&mut self, keys: &[ArrayRef], rows: usize, indices: &mut Vec<usize>) -> Result<()> {
+        indices.clear();
+        match self {
+            Groups::Keys(values) => values.intern(keys, indices),
+            Groups::Global { len } => {
+                indices.resize(rows, 0);
+                if rows > 0 {
+                    *len = 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Groups::Keys(values) => values.len(),
+            Groups::Global { len } => *len,
+        }
+    }
+
+    /// The key columns in group-index order (none without keys), and the number of
+    /// groups. Leaves no groups behind.
+    fn drain(&mut self) -> Result<(Vec<ArrayRef>, usize)> {
+        let len = self.len();
+        match self {
+            Groups::Keys(values) => Ok((values.emit(EmitTo::All)?, len)),
+            Groups::Global { len: l } => {
+                *l = 0;
+                Ok((vec![], len))
+            }
+        }
+    }
+}
+
+/// One open window's state.
+pub(crate) struct ColumnarWindow {
+    groups: Groups,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// A window's final rows: the key columns, each aggregate's values (group order), and
+/// the number of rows.
+pub(crate) struct WindowResult {
+    pub keys: Vec<ArrayRef>,
+    pub values: Vec<ArrayRef>,
+    pub rows: usize,
+}
+
+impl ColumnarWindow {
+    /// Evaluates every aggregate for every key, consuming the window.
+    pub(crate) fn finish(mut self) -> Result<WindowResult> {
+        let (keys, rows) = self.groups.drain()?;
+        let values = self
+            .accumulators
+            .iter_mut()
+            .map(|a| a.evaluate(EmitTo::All))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WindowResult { keys, values, rows })
+    }
+}
+
+/// A window's checkpoint: its key columns and every aggregate's state columns
+/// (concatenated in aggregate order), `rows` rows.
+pub(crate) struct WindowState {
+    pub window: WindowKey,
+    pub keys: Vec<ArrayRef>,
+    pub states: Vec<ArrayRef>,
+    pub rows: usize,
+}
+
+/// The open windows of a vectorized window aggregate.
+pub(crate) struct ColumnarWindows {
+    aggr_exprs: Vec<Arc<AggregateFunctionExpr>>,
+    /// The key columns (every field nullable).
+    key_schema: SchemaRef,
+    /// Per aggregate: the types of its state fields.
+    state_types: Vec<Vec<DataType>>,
+    /// Open windows by (end, start).
+    pub(crate) windows: BTreeMap<WindowKey, ColumnarWindow>,
+    /// Scratch: the group index of each row of the window being updated.
+    indices: Vec<usize>,
+}
+
+impl ColumnarWindows {
+    /// The vectorized state for `aggr_exprs` over keys of `key_types`, or `None` when an
+    /// aggregate has no `GroupsAccumulator` or its state fields differ in number from
+    /// its `Accumulator`'s (`state_lens`, the checkpoint layout).
+    pub(crate) fn try_new(
+        aggr_exprs: &[Arc<AggregateFunctionExpr>],
+        key_types: Vec<DataType>,
+        state_lens: &[usize],
+    ) -> Result<Option<Self>> {
+        if !aggr_exprs.iter().all(|a| a.groups_accumulator_supported()) {
+            return Ok(None);
+        }
+        let mut state_types = Vec::with_capacity(aggr_exprs.len());
+        for (a, &n) in aggr_exprs.iter().zip(state_lens) {
+            let fields = a.state_fields()?;
+            if fields.len() != n {
+                return Ok(None);
+            }
+            state_types.push(fields.iter().map(|f| f.data_type().clone()).collect());
+        }
+        let key_schema = Arc::new(Schema::new(
+            key_types
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("k{i}"), t, true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(Some(Self {
+            aggr_exprs: aggr_exprs.to_vec(),
+            key_schema,
+            state_types,
+            windows: BTreeMap::new(),
+            indices: Vec::new(),
+        }))
+    }
+
+    fn new_window(
+        aggr_exprs: &[Arc<AggregateFunctionExpr>],
+        key_schema: &SchemaRef,
+    ) -> Result<ColumnarWindow> {
+        Ok(ColumnarWindow {
+            groups: Groups::new(key_schema)?,
+            accumulators: aggr_exprs
+                .iter()
+                .map(|a| a.create_groups_accumulator())
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Feeds rows grouped by window (group `g` of `rows` is window `windows[g]`, with
+    /// its key columns and aggregate inputs): input rows (`update_batch`, honouring
+    /// FILTER masks), or with `merge` state rows as [`ColumnarWindows::checkpoint`]
+    /// writes them (`merge_batch`).
+    pub(crate) fn update(
+        &mut self,
+        windows: &[WindowKey],
+        rows: &GroupedRows,
+        merge: bool,
+    ) -> Result<()> {
+        for (g, window) in windows.iter().enumerate() {
+            let (_, len) = rows.range(g);
+            if len == 0 {
+                continue;
+            }
+            let state = match self.windows.entry(*window) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => v.insert(Self::new_window(&self.aggr_exprs, &self.key_schema)?),
+            };
+            state.groups.intern(&rows.keys(g), len, &mut self.indices)?;
+            let total = state.groups.len();
+            for (i, acc) in state.accumulators.iter_mut().enumerate() {
+                let values = rows.args(i, g);
+                let filter = rows.filter(i, g);
+                if merge {
+                    acc.merge_batch(&values, &self.indices, filter.as_ref(), total)?;
+                } else {
+                    acc.update_batch(&values, &self.indices, filter.as_ref(), total)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every open window's keys and state, in window order. Taking state drains a
+    /// `GroupsAccumulator`, so each window is rebuilt from what was taken.
+    pub(crate) fn checkpoint(&mut self) -> Result<Vec<WindowState>> {
+        let mut out = Vec::with_capacity(self.windows.len());
+        for (window, state) in self.windows.iter_mut() {
+            let (keys, rows) = state.groups.drain()?;
+            let mut per_aggregate = Vec::with_capacity(state.accumulators.len());
+            for acc in state.accumulators.iter_mut() {
+                per_aggregate.push(acc.state(EmitTo::All)?);
+            }
+            let mut fresh = Self::new_window(&self.aggr_exprs, &self.key_schema)?;
+            fresh.groups.intern(&keys, rows, &mut self.indices)?;
+            let total = fresh.groups.len();
+            if total != rows {
+                return internal_err!(
+                    "window aggregate: {rows} keys of window {window:?} interned as {total} groups"
+                );
+            }
+            for (acc, values) in fresh.accumulators.iter_mut().zip(&per_aggregate) {
+                acc.merge_batch(values, &self.indices, None, total)?;
+            }
+            *state = fresh;
+            out.push(WindowState {
+                window: *window,
+                keys,
+                states: per_aggregate.into_iter().flatten().collect(),
+                rows,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Merges restored state rows: `ids[row]` is the row's index into `windows`;
+    /// `keys` the key columns, `states` the state columns (as in
+    /// [`ColumnarWindows::checkpoint`]).
+    pub(crate) fn restore(
+        &mut self,
+        windows: &[WindowKey],
+        ids: &[usize],
+        keys: &[ArrayRef],
+        states: &[ArrayRef],
+    ) -> Result<()> {
+        let keys = keys
+            .iter()
+            .zip(self.key_schema.fields())
+            .map(|(k, f)| cast_to(k, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let width: usize = self.state_types.iter().map(|t| t.len()).sum();
+        if states.len() != width {
+            return internal_err!(
+                "window aggregate: a checkpoint with {} state columns, expected {width}",
+                states.len()
+            );
+        }
+        let mut per_aggregate = Vec::with_capacity(self.state_types.len());
+        let mut c = 0;
+        for types in &self.state_types {
+            let mut arrays = Vec::with_capacity(types.len());
+            for t in types {
+                arrays.push(cast_to(&states[c], t)?);
+                c += 1;
+            }
+            per_aggregate.push(arrays);
+        }
+        let filters = vec![None; per_aggregate.len()];
+        let grouped = GroupedRows::with_keys(&per_aggregate, &filters, &keys, ids, windows.len())?;
+        self.update(windows, &grouped, true)
+    }
+}
+
+fn cast_to(array: &ArrayRef, data_type: &DataType) -> Result<ArrayRef> {
+    if array.data_type() == data_type {
+        Ok(Arc::clone(array))
+    } else {
+        Ok(cast(array, data_type)?)
+    }
+}
