@@ -12,7 +12,11 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray, TimestampMillisecondArray,
+    TimestampNanosecondArray, TimestampSecondArray, UInt32Array,
+};
+use datafusion::arrow::buffer::ScalarBuffer;
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, SchemaRef, TimeUnit};
 use datafusion::common::{
@@ -488,8 +492,28 @@ pub fn ms_to_timestamps(ms: Vec<i64>, time_type: &DataType) -> Result<ArrayRef> 
         return internal_err!("window bounds of type {time_type}; expected a timestamp");
     };
     let (mul, div) = unit_scale(unit);
-    let values: Int64Array = ms.into_iter().map(|v| Some(v * div / mul)).collect();
-    Ok(cast(&(Arc::new(values) as ArrayRef), time_type)?)
+    // Built in place: no per-value Option, no cast (this runs for every windowed row).
+    let values: ScalarBuffer<i64> = if (mul, div) == (1, 1) {
+        ms.into()
+    } else {
+        ms.into_iter().map(|v| v * div / mul).collect()
+    };
+    let tz = match time_type {
+        DataType::Timestamp(_, tz) => tz.clone(),
+        _ => None,
+    };
+    Ok(match unit {
+        TimeUnit::Second => Arc::new(TimestampSecondArray::new(values, None).with_timezone_opt(tz)),
+        TimeUnit::Millisecond => {
+            Arc::new(TimestampMillisecondArray::new(values, None).with_timezone_opt(tz))
+        }
+        TimeUnit::Microsecond => {
+            Arc::new(TimestampMicrosecondArray::new(values, None).with_timezone_opt(tz))
+        }
+        TimeUnit::Nanosecond => {
+            Arc::new(TimestampNanosecondArray::new(values, None).with_timezone_opt(tz))
+        }
+    })
 }
 
 /// Appends window_start/window_end/window_time (= end - 1 ms) to the rows `indices` of
