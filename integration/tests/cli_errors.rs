@@ -898,3 +898,47 @@ fn explain_stream_shows_a_join_with_both_exchanges_and_its_state() {
     let msg = fails(dir.path(), &["explain", "outer.sql", "--mode", "stream"]);
     assert!(msg.contains("updating stream"), "{msg}");
 }
+
+#[test]
+fn stream_window_aggregate_spills_over_its_memory_budget_with_the_same_rows() {
+    let dir = job_dir(&format!(
+        "SET 'state.memory-budget' = '1 KiB';\n{}\n\
+         CREATE TABLE IF NOT EXISTS lake.db.hourly_${{mode}} (w TIMESTAMP(3), category STRING, n BIGINT, s DECIMAL(20, 2));\n\
+         INSERT INTO lake.db.hourly_${{mode}} SELECT window_start, category, COUNT(*), SUM(amount) \
+         FROM TABLE(HOP(TABLE orders, DESCRIPTOR(order_time), INTERVAL '1' HOUR, INTERVAL '3' HOUR)) \
+         GROUP BY window_start, window_end, category;\n",
+        orders_ddl()
+    ));
+    let run = |mode: &str| {
+        succeeds(
+            dir.path(),
+            &[
+                "run",
+                "job.sql",
+                "--mode",
+                mode,
+                "--parallelism",
+                "2",
+                "--param",
+                &format!("mode={mode}"),
+            ],
+        )
+    };
+    let stream = run("stream");
+    let batch = run("batch");
+    assert!(stream.contains("spilled "), "{stream}");
+    assert!(stream.contains("over its memory budget"), "{stream}");
+    let rows = |out: &str, table: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with(&format!("wrote {table}: ")))
+            .unwrap_or_else(|| panic!("no line for {table} in:\n{out}"))
+            .split(" rows")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        rows(&stream, "lake.db.hourly_stream").replace("stream", ""),
+        rows(&batch, "lake.db.hourly_batch").replace("batch", "")
+    );
+}

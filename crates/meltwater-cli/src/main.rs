@@ -364,8 +364,10 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
     let mut status = None;
     let mut sinks = Vec::new();
     let signals = stream_cmd::spawn_stop_on_signals(opts.stop.clone());
+    let mut job_metrics = None;
     let result = meltwater_stream::run_plan(&planned, plan, &opts, |plan, metrics| {
         sinks = stream_cmd::connector_sinks(plan, &metrics);
+        job_metrics = Some(metrics.clone());
         status = Some(stream_cmd::spawn_status(
             plan,
             metrics,
@@ -391,5 +393,18 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
         );
     }
     report::print_stream(&sources, &sinks, &report);
+    if let Some(metrics) = job_metrics {
+        for op in &metrics.operators {
+            let spilled = meltwater_stream::metrics::JobMetrics::get(&op.spilled_bytes);
+            if spilled > 0 {
+                println!(
+                    "spilled {} of state to local files in {} ({}), over its memory budget",
+                    report::size(spilled),
+                    op.id,
+                    op.name
+                );
+            }
+        }
+    }
     Ok(())
 }

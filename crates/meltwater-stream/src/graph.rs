@@ -110,6 +110,8 @@ pub enum NodeKind {
     WindowAggregate {
         aggregate: Aggregate,
         window: WindowSpec,
+        /// `state.memory-budget`: bytes of state per subtask before spilling.
+        memory_budget: Option<usize>,
     },
     UpdatingAggregate {
         aggregate: Aggregate,

@@ -16,6 +16,8 @@ pub struct OperatorMetrics {
     /// How often a send found the channel full.
     pub backpressure_events: AtomicU64,
     pub late_records: AtomicU64,
+    /// State bytes spilled to local files over the memory budget.
+    pub spilled_bytes: AtomicU64,
 }
 
 /// What the status line shows about checkpoints.

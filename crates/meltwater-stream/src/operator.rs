@@ -55,6 +55,8 @@ pub struct RestoredState {
 pub struct OperatorCounters {
     /// Records dropped because they arrived after the watermark passed their window.
     pub late_records: u64,
+    /// State bytes written to local spill files (over the operator's memory budget).
+    pub spilled_bytes: u64,
 }
 
 /// Collects an operator's output.

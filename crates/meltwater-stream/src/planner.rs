@@ -94,6 +94,8 @@ struct Builder<'a> {
     /// `iceberg.source.monitor-interval`: Iceberg tables read in stream mode follow their
     /// appends at this interval.
     iceberg_monitor_ms: Option<u64>,
+    /// `state.memory-budget`: state bytes per window-aggregate subtask before spilling.
+    memory_budget: Option<usize>,
 }
 
 /// Plans every statement of `job` (its INSERTs, then its queries) into one dataflow.
@@ -127,6 +129,20 @@ pub fn plan_statements(
         })?),
         None => None,
     };
+    let memory_budget = match job.settings.get("state.memory-budget") {
+        Some(v) => Some(
+            parse_bytes(v)
+                .filter(|b| *b > 0)
+                .ok_or_else(|| StreamPlanError {
+                    file: job.file.clone(),
+                    loc: meltwater_sql::SourceLoc { line: 1, column: 1 },
+                    message: format!(
+                "SET 'state.memory-budget': expected a size such as '256 MiB' or '2 GiB', got '{v}'"
+            ),
+                })?,
+        ),
+        None => None,
+    };
     let mut b = Builder {
         state: &state,
         graph: StreamGraph::default(),
@@ -135,6 +151,7 @@ pub fn plan_statements(
         counter: 0,
         ttl_ms,
         iceberg_monitor_ms,
+        memory_budget,
     };
     let mut outputs = Vec::new();
     let all: Vec<(usize, &PlannedStatement, bool)> = inserts
@@ -305,6 +322,22 @@ pub fn apply_operator_settings(
         }
     }
     Ok(())
+}
+
+/// `512 KiB`, `256 MiB`, `2 GiB`, `1 GB` (powers of 1024 either way), or plain bytes.
+pub fn parse_bytes(v: &str) -> Option<usize> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" | "bytes" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// `10 s`, `1min`, `500 ms`, `2h`, `1d`, or plain milliseconds.
@@ -706,6 +739,7 @@ impl Builder<'_> {
                                 window_end_group: end.expect("windowed"),
                                 sessions_assigned,
                             },
+                            memory_budget: self.memory_budget,
                         },
                         parallelism,
                         input: Some((input, partitioning)),

@@ -241,6 +241,8 @@ struct ChainOp {
     metrics: Arc<OperatorMetrics>,
     /// Late records already added to `metrics` (shared by every subtask).
     late_reported: u64,
+    /// Spilled bytes already added to `metrics`.
+    spilled_reported: u64,
 }
 
 /// Where a chain's output goes.
@@ -378,9 +380,17 @@ impl Chain {
             let mut out = Output::default();
             wm = self.ops[k].op.on_watermark(wm, &mut out).await?;
             let op = &mut self.ops[k];
-            let late = op.op.counters().late_records;
-            JobMetrics::add(&op.metrics.late_records, late - op.late_reported);
-            op.late_reported = late;
+            let counters = op.op.counters();
+            JobMetrics::add(
+                &op.metrics.late_records,
+                counters.late_records - op.late_reported,
+            );
+            op.late_reported = counters.late_records;
+            JobMetrics::add(
+                &op.metrics.spilled_bytes,
+                counters.spilled_bytes - op.spilled_reported,
+            );
+            op.spilled_reported = counters.spilled_bytes;
             self.push_from(k + 1, out.take()).await?;
         }
         if !self.outputs.senders.is_empty() {
@@ -843,13 +853,17 @@ fn build_operator(
             *time_index,
             node.schema.clone(),
         )?),
-        NodeKind::WindowAggregate { aggregate, window } => {
+        NodeKind::WindowAggregate {
+            aggregate,
+            window,
+            memory_budget,
+        } => {
             let spec = AggregateSpec::try_new(aggregate, state)?;
-            Box::new(WindowAggregateOperator::try_new(
-                spec,
-                *window,
-                info.clone(),
-            )?)
+            let op = WindowAggregateOperator::try_new(spec, *window, info.clone())?;
+            Box::new(match memory_budget {
+                Some(budget) => op.with_memory_budget(*budget, spill_dir(info)),
+                None => op,
+            })
         }
         NodeKind::UpdatingAggregate { aggregate, ttl_ms } => {
             let mut spec = AggregateSpec::try_new(aggregate, state)?;
@@ -899,6 +913,17 @@ fn build_operator(
             ))
         }
     })
+}
+
+/// Where an operator subtask spills state: a directory of this process under the
+/// system's temporary directory, removed with the operator.
+fn spill_dir(info: &SubtaskInfo) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "meltwater-spill-{}-{}-{}",
+        std::process::id(),
+        info.operator_id,
+        info.index
+    ))
 }
 
 /// The state a restored operator subtask receives.
@@ -1138,6 +1163,7 @@ pub async fn run_graph(
                     op,
                     metrics: op_metrics(n),
                     late_reported: 0,
+                    spilled_reported: 0,
                 });
             }
             let outputs = Outputs {

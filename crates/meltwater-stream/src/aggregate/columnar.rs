@@ -10,11 +10,14 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::internal_err;
 use datafusion::error::Result;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -129,6 +132,24 @@ pub(crate) struct ColumnarWindows {
     pub(crate) windows: BTreeMap<WindowKey, ColumnarWindow>,
     /// Scratch: the group index of each row of the window being updated.
     indices: Vec<usize>,
+    /// Set with a memory budget: where windows' state goes when over it.
+    spill: Option<Spill>,
+}
+
+/// State moved out of memory: per window, files of (keys, state) rows, merged back
+/// when the window fires or a checkpoint is taken.
+struct Spill {
+    budget: usize,
+    dir: PathBuf,
+    files: BTreeMap<WindowKey, Vec<PathBuf>>,
+    next: u64,
+    bytes: u64,
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl ColumnarWindows {
@@ -164,7 +185,150 @@ impl ColumnarWindows {
             state_types,
             windows: BTreeMap::new(),
             indices: Vec::new(),
+            spill: None,
         }))
+    }
+
+    /// Keeps the open windows' state within `budget` bytes (as the accumulators and key
+    /// tables report their sizes): when over it, the windows that fire last move to
+    /// Arrow IPC files under `dir` (created; removed with the operator) until half the
+    /// budget is used, and new rows for them start fresh state in memory.
+    pub(crate) fn with_memory_budget(mut self, budget: usize, dir: PathBuf) -> Self {
+        self.spill = Some(Spill {
+            budget: budget.max(1),
+            dir,
+            files: BTreeMap::new(),
+            next: 0,
+            bytes: 0,
+        });
+        self
+    }
+
+    /// Bytes written to spill files so far.
+    pub(crate) fn spilled_bytes(&self) -> u64 {
+        self.spill.as_ref().map(|s| s.bytes).unwrap_or(0)
+    }
+
+    /// The memory the open windows' state takes, as its parts report it.
+    pub(crate) fn memory_size(&self) -> usize {
+        self.windows
+            .values()
+            .map(|w| {
+                let groups = match &w.groups {
+                    Groups::Keys(values) => values.size(),
+                    Groups::Global { .. } => 0,
+                };
+                groups + w.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Spills the windows that fire last while over the budget.
+    fn spill_if_over_budget(&mut self) -> Result<()> {
+        let Some(budget) = self.spill.as_ref().map(|s| s.budget) else {
+            return Ok(());
+        };
+        let mut size = self.memory_size();
+        if size <= budget {
+            return Ok(());
+        }
+        while size > budget / 2 {
+            let Some((window, mut state)) = self.windows.pop_last() else {
+                break;
+            };
+            let (keys, states, rows) = drain(&mut state)?;
+            if rows > 0 {
+                self.write_spill(window, &keys, &states)?;
+            }
+            size = self.memory_size();
+        }
+        Ok(())
+    }
+
+    fn write_spill(
+        &mut self,
+        window: WindowKey,
+        keys: &[ArrayRef],
+        states: &[ArrayRef],
+    ) -> Result<()> {
+        let spill = self.spill.as_mut().expect("spilling needs a budget");
+        std::fs::create_dir_all(&spill.dir)?;
+        let columns: Vec<ArrayRef> = keys.iter().chain(states).cloned().collect();
+        let fields: Vec<Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect();
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let path = spill.dir.join(format!("spill-{}.arrow", spill.next));
+        spill.next += 1;
+        let file = std::fs::File::create(&path)?;
+        let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), &batch.schema())?;
+        writer.write(&batch)?;
+        writer.finish()?;
+        spill.bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        spill.files.entry(window).or_default().push(path);
+        Ok(())
+    }
+
+    /// A spill file's key columns and flattened state columns.
+    fn read_spill(&self, path: &PathBuf) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, usize)> {
+        let reader = FileReader::try_new(std::fs::File::open(path)?, None)?;
+        let schema = reader.schema();
+        let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+        let batch = concat_batches(&schema, &batches)?;
+        let k = self.key_schema.fields().len();
+        let columns = batch.columns();
+        Ok((
+            columns[..k].to_vec(),
+            columns[k..].to_vec(),
+            batch.num_rows(),
+        ))
+    }
+
+    /// Merges (keys, flattened state) rows into `window`.
+    fn merge_into(
+        &mut self,
+        window: &mut ColumnarWindow,
+        keys: &[ArrayRef],
+        states: &[ArrayRef],
+        rows: usize,
+    ) -> Result<()> {
+        window.groups.intern(keys, rows, &mut self.indices)?;
+        let total = window.groups.len();
+        let mut c = 0;
+        for (acc, types) in window.accumulators.iter_mut().zip(&self.state_types) {
+            let values = &states[c..c + types.len()];
+            c += types.len();
+            acc.merge_batch(values, &self.indices, None, total)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the windows that fire at `watermark` and returns them, in firing order,
+    /// with their spilled state merged back.
+    pub(crate) fn take_fired(
+        &mut self,
+        watermark: crate::message::EventTime,
+    ) -> Result<BTreeMap<WindowKey, ColumnarWindow>> {
+        let mut fired = super::window::take_fired(&mut self.windows, watermark);
+        let spilled = match self.spill.as_mut() {
+            Some(spill) => super::window::take_fired(&mut spill.files, watermark),
+            None => BTreeMap::new(),
+        };
+        for (window, paths) in spilled {
+            let mut state = match fired.remove(&window) {
+                Some(state) => state,
+                None => Self::new_window(&self.aggr_exprs, &self.key_schema)?,
+            };
+            for path in &paths {
+                let (keys, states, rows) = self.read_spill(path)?;
+                self.merge_into(&mut state, &keys, &states, rows)?;
+                let _ = std::fs::remove_file(path);
+            }
+            fired.insert(window, state);
+        }
+        Ok(fired)
     }
 
     fn new_window(
@@ -211,35 +375,48 @@ impl ColumnarWindows {
                 }
             }
         }
-        Ok(())
+        self.spill_if_over_budget()
     }
 
     /// Every open window's keys and state, in window order. Taking state drains a
     /// `GroupsAccumulator`, so each window is rebuilt from what was taken.
     pub(crate) fn checkpoint(&mut self) -> Result<Vec<WindowState>> {
         let mut out = Vec::with_capacity(self.windows.len());
-        for (window, state) in self.windows.iter_mut() {
-            let (keys, rows) = state.groups.drain()?;
-            let mut per_aggregate = Vec::with_capacity(state.accumulators.len());
-            for acc in state.accumulators.iter_mut() {
-                per_aggregate.push(acc.state(EmitTo::All)?);
-            }
+        let windows: Vec<WindowKey> = self.windows.keys().copied().collect();
+        for window in windows {
+            let mut state = self.windows.remove(&window).expect("listed above");
+            let (keys, states, rows) = drain(&mut state)?;
             let mut fresh = Self::new_window(&self.aggr_exprs, &self.key_schema)?;
-            fresh.groups.intern(&keys, rows, &mut self.indices)?;
+            self.merge_into(&mut fresh, &keys, &states, rows)?;
             let total = fresh.groups.len();
             if total != rows {
                 return internal_err!(
                     "window aggregate: {rows} keys of window {window:?} interned as {total} groups"
                 );
             }
-            for (acc, values) in fresh.accumulators.iter_mut().zip(&per_aggregate) {
-                acc.merge_batch(values, &self.indices, None, total)?;
-            }
-            *state = fresh;
+            self.windows.insert(window, fresh);
             out.push(WindowState {
-                window: *window,
+                window,
                 keys,
-                states: per_aggregate.into_iter().flatten().collect(),
+                states,
+                rows,
+            });
+        }
+        // Spilled parts of windows: more rows of the same windows (restore merges them).
+        let spilled: Vec<(WindowKey, PathBuf)> = match &self.spill {
+            Some(spill) => spill
+                .files
+                .iter()
+                .flat_map(|(w, paths)| paths.iter().map(move |p| (*w, p.clone())))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (window, path) in spilled {
+            let (keys, states, rows) = self.read_spill(&path)?;
+            out.push(WindowState {
+                window,
+                keys,
+                states,
                 rows,
             });
         }
@@ -290,4 +467,15 @@ fn cast_to(array: &ArrayRef, data_type: &DataType) -> Result<ArrayRef> {
     } else {
         Ok(cast(array, data_type)?)
     }
+}
+
+/// Empties a window: its key columns, its state columns (every aggregate's, flattened in
+/// aggregate order) and its number of groups.
+fn drain(window: &mut ColumnarWindow) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, usize)> {
+    let (keys, rows) = window.groups.drain()?;
+    let mut states = Vec::new();
+    for acc in window.accumulators.iter_mut() {
+        states.extend(acc.state(EmitTo::All)?);
+    }
+    Ok((keys, states, rows))
 }

@@ -469,6 +469,7 @@ impl Operator for SessionRowsOperator {
     fn counters(&self) -> OperatorCounters {
         OperatorCounters {
             late_records: self.late_records,
+            ..Default::default()
         }
     }
 }

@@ -304,6 +304,17 @@ impl WindowAggregateOperator {
         Self::build(spec, window, info, true)
     }
 
+    /// Keeps the open windows' state within `budget` bytes by spilling the windows that
+    /// fire last to files under `dir` (see [`super::columnar`]). Only the columnar state
+    /// spills; the per-group path (merging sessions, DISTINCT) ignores the budget.
+    pub fn with_memory_budget(mut self, budget: usize, dir: std::path::PathBuf) -> Self {
+        self.columnar = self
+            .columnar
+            .take()
+            .map(|c| c.with_memory_budget(budget, dir));
+        self
+    }
+
     /// `vectorize`: run columnar when the window kind and aggregates allow it (always,
     /// but for tests forcing the per-group path).
     fn build(
@@ -909,7 +920,7 @@ impl Operator for WindowAggregateOperator {
         self.watermark = watermark;
         let batch = match self.columnar.as_mut() {
             Some(columnar) => {
-                let fired = take_fired(&mut columnar.windows, watermark);
+                let fired = columnar.take_fired(watermark)?;
                 self.emit_columnar(fired)?
             }
             None => {
@@ -942,6 +953,11 @@ impl Operator for WindowAggregateOperator {
         };
         OperatorCounters {
             late_records: self.late_records + self.late_hop_windows / per_row,
+            spilled_bytes: self
+                .columnar
+                .as_ref()
+                .map(|c| c.spilled_bytes())
+                .unwrap_or(0),
         }
     }
 }
@@ -1438,9 +1454,36 @@ mod tests {
         checkpoint_after: usize,
         parallelism: usize,
     ) -> (Vec<String>, u64) {
+        scenario_within(
+            spec,
+            window,
+            columnar,
+            batches,
+            checkpoint_after,
+            parallelism,
+            None,
+        )
+        .await
+    }
+
+    /// [`scenario`] with every operator kept within a state budget of `budget` bytes.
+    async fn scenario_within(
+        spec: &AggregateSpec,
+        window: WindowSpec,
+        columnar: bool,
+        batches: &[RecordBatch],
+        checkpoint_after: usize,
+        parallelism: usize,
+        budget: Option<usize>,
+    ) -> (Vec<String>, u64) {
+        let spill_dir = tempfile::tempdir().unwrap();
+        let within = |op: WindowAggregateOperator, i: usize| match budget {
+            Some(b) => op.with_memory_budget(b, spill_dir.path().join(format!("op-{i}"))),
+            None => op,
+        };
         let kind = window.kind;
         let mut out = Vec::new();
-        let mut op = operator_for(spec.clone(), window, 0, 1, columnar);
+        let mut op = within(operator_for(spec.clone(), window, 0, 1, columnar), 99);
         for (b, batch) in batches[..=checkpoint_after].iter().enumerate() {
             feed(&mut op, assign(kind, batch.clone()).await).await;
             out.extend(rows(&watermark(&mut op, random_watermark(b)).await));
@@ -1448,7 +1491,10 @@ mod tests {
         let snap = snapshot(&mut op).await;
         let mut late = op.counters().late_records;
         for i in 0..parallelism {
-            let mut op = operator_for(spec.clone(), window, i, parallelism, columnar);
+            let mut op = within(
+                operator_for(spec.clone(), window, i, parallelism, columnar),
+                i,
+            );
             op.restore(restored(&snap, i, parallelism)).await.unwrap();
             // The watermark comes back first (nothing left to fire at it).
             assert!(watermark(&mut op, random_watermark(checkpoint_after))
@@ -1516,6 +1562,29 @@ mod tests {
                 assert!(columnar.1 > 0, "{kind} {sql}: some rows are late");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn spilling_over_the_budget_gives_the_same_rows() {
+        let batches = random_batches(5, 8, 400, 150);
+        let spec = spec_for(windowed_schema(), MANY_SQL).await;
+        for (kind, assigned) in kinds() {
+            let window = window_spec(kind, 1, 2, assigned);
+            let in_memory = scenario(&spec, window, true, &batches, 3, 2).await;
+            // 1 byte: every window is spilled after every batch; 16 KiB: some are.
+            for budget in [1, 16 << 10] {
+                let spilled =
+                    scenario_within(&spec, window, true, &batches, 3, 2, Some(budget)).await;
+                assert_eq!(spilled, in_memory, "{kind}, budget {budget}");
+            }
+        }
+        // The spill is counted, and the memory it frees is what the budget allows.
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = operator_for(spec.clone(), window_spec(TUMBLE, 1, 2, false), 0, 1, true)
+            .with_memory_budget(1, dir.path().join("op"));
+        feed(&mut op, assign(TUMBLE, batches[0].clone()).await).await;
+        assert!(op.counters().spilled_bytes > 0);
+        assert_eq!(op.columnar.as_ref().unwrap().memory_size(), 0);
     }
 
     #[tokio::test]
