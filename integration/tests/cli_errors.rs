@@ -757,23 +757,8 @@ fn stream_operator_settings_set_parallelism_and_state_names() {
     assert!(out.contains("[daily-counts] window aggregate"), "{out}");
     assert!(out.contains("[s1-sink-6] sink: iceberg lake.db.daily_s <- s1-calc-5 FORWARD (chained)\n      parallelism=3"), "{out}");
 
-    let run = |mode: &str| {
-        succeeds(
-            dir.path(),
-            &[
-                "run",
-                "job.sql",
-                "--mode",
-                mode,
-                "--parallelism",
-                "2",
-                "--param",
-                &format!("mode={mode}"),
-            ],
-        )
-    };
-    let stream = run("stream");
-    let batch = run("batch");
+    let stream = run_in_mode(dir.path(), "stream");
+    let batch = run_in_mode(dir.path(), "batch");
     assert!(
         stream.contains("wrote lake.db.daily_stream: 15 rows"),
         "{stream}"
@@ -909,23 +894,8 @@ fn stream_window_aggregate_spills_over_its_memory_budget_with_the_same_rows() {
          GROUP BY window_start, window_end, category;\n",
         orders_ddl()
     ));
-    let run = |mode: &str| {
-        succeeds(
-            dir.path(),
-            &[
-                "run",
-                "job.sql",
-                "--mode",
-                mode,
-                "--parallelism",
-                "2",
-                "--param",
-                &format!("mode={mode}"),
-            ],
-        )
-    };
-    let stream = run("stream");
-    let batch = run("batch");
+    let stream = run_in_mode(dir.path(), "stream");
+    let batch = run_in_mode(dir.path(), "batch");
     assert!(stream.contains("spilled "), "{stream}");
     assert!(stream.contains("over its memory budget"), "{stream}");
     let rows = |out: &str, table: &str| -> String {
@@ -941,4 +911,22 @@ fn stream_window_aggregate_spills_over_its_memory_budget_with_the_same_rows() {
         rows(&stream, "lake.db.hourly_stream").replace("stream", ""),
         rows(&batch, "lake.db.hourly_batch").replace("batch", "")
     );
+}
+
+/// Runs `job.sql` in `mode` at parallelism 2 with `--param mode=<mode>` (so the job can
+/// name its tables per mode) and returns stdout.
+fn run_in_mode(dir: &Path, mode: &str) -> String {
+    succeeds(
+        dir,
+        &[
+            "run",
+            "job.sql",
+            "--mode",
+            mode,
+            "--parallelism",
+            "2",
+            "--param",
+            &format!("mode={mode}"),
+        ],
+    )
 }
