@@ -138,7 +138,7 @@ async fn wait_for_signal() -> std::io::Result<()> {
 }
 
 /// Prints a status line every `every` on stderr: rows/s in and out, watermark lag, the
-/// last checkpoint and backpressured operators.
+/// last checkpoint, state spilled to disk and backpressured operators.
 pub fn spawn_status(
     plan: &StreamPlan,
     metrics: Arc<JobMetrics>,
@@ -208,8 +208,18 @@ pub fn spawn_status(
                     ));
                 }
             }
+            let spilled: u64 = metrics
+                .operators
+                .iter()
+                .map(|op| JobMetrics::get(&op.spilled_bytes))
+                .sum();
+            let spilled = if spilled > 0 {
+                format!(", spilled {}", size(spilled))
+            } else {
+                String::new()
+            };
             eprintln!(
-                "… {:.0} s: in {} rows/s, out {} rows/s (total {} in, {} out), {lag}, {ckpt}{}",
+                "… {:.0} s: in {} rows/s, out {} rows/s (total {} in, {} out), {lag}, {ckpt}{spilled}{}",
                 started.elapsed().as_secs_f64(),
                 count(((rin - last_in) as f64 / secs) as u64),
                 count(((rout - last_out) as f64 / secs) as u64),
