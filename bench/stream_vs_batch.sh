@@ -17,39 +17,15 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 
-gen() {
-  cat <<SQL
-SET 'parallelism.default' = '$P';
-SET 'execution.checkpointing.interval' = '10 s';
-CREATE TABLE gen (
-  id BIGINT, k INT, v BIGINT, ts TIMESTAMP(3),
-  WATERMARK FOR ts AS ts - INTERVAL '2' HOUR
-) WITH (
-  'connector' = 'datagen', 'number-of-rows' = '$ROWS', 'seed' = '1',
-  'fields.id.kind' = 'sequence', 'fields.id.start' = '1', 'fields.id.end' = '$ROWS',
-  'fields.k.min' = '0', 'fields.k.max' = '999',
-  'fields.v.min' = '0', 'fields.v.max' = '1000',
-  'fields.ts.max-past' = '1 h'
-);
-SQL
-}
-
-cat > tumble.sql <<SQL
-$(gen)
-CREATE TABLE IF NOT EXISTS lake.bench.tumble_\${mode} (ws TIMESTAMP(6), k INT, n BIGINT);
-INSERT INTO lake.bench.tumble_\${mode}
-SELECT window_start, k, COUNT(*) FROM TABLE(TUMBLE(TABLE gen, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
-GROUP BY window_start, window_end, k;
-SQL
-
-cat > hop.sql <<SQL
-$(gen)
-CREATE TABLE IF NOT EXISTS lake.bench.hop_\${mode} (ws TIMESTAMP(6), k INT, n BIGINT, s BIGINT, m BIGINT);
-INSERT INTO lake.bench.hop_\${mode}
-SELECT window_start, k, COUNT(*), SUM(v), MAX(v)
-FROM TABLE(HOP(TABLE gen, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE))
-GROUP BY window_start, window_end, k;
-SQL
+. "$ROOT/bench/lib.sh"
+for job in tumble hop; do
+  {
+    bench_gen_sql "$ROWS" "$P"
+    echo "CREATE TABLE IF NOT EXISTS lake.bench.${job}_\${mode} ($(bench_window_columns $job));"
+    echo "INSERT INTO lake.bench.${job}_\${mode}"
+    bench_window_select $job
+  } > $job.sql
+done
 
 cores=$P
 for job in tumble hop; do

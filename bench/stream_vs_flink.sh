@@ -76,38 +76,12 @@ trap cleanup EXIT
 cd "$WORK"
 
 # ---- Meltwater -------------------------------------------------------------------------
+. "$ROOT/bench/lib.sh"
 mw_sql() { # job rows
-  cat <<SQL
-SET 'parallelism.default' = '$P';
-SET 'execution.checkpointing.interval' = '10 s';
-CREATE TABLE gen (
-  id BIGINT, k INT, v BIGINT, ts TIMESTAMP(3),
-  WATERMARK FOR ts AS ts - INTERVAL '2' HOUR
-) WITH (
-  'connector' = 'datagen', 'number-of-rows' = '$2', 'seed' = '1',
-  'fields.id.kind' = 'sequence', 'fields.id.start' = '1', 'fields.id.end' = '$2',
-  'fields.k.min' = '0', 'fields.k.max' = '999',
-  'fields.v.min' = '0', 'fields.v.max' = '1000',
-  'fields.ts.max-past' = '1 h'
-);
-SQL
-  case $1 in
-    tumble) cat <<SQL
-CREATE TABLE bh (ws TIMESTAMP(3), k INT, n BIGINT) WITH ('connector' = 'blackhole');
-INSERT INTO bh
-SELECT window_start, k, COUNT(*) FROM TABLE(TUMBLE(TABLE gen, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
-GROUP BY window_start, window_end, k;
-SQL
-    ;;
-    hop) cat <<SQL
-CREATE TABLE bh (ws TIMESTAMP(3), k INT, n BIGINT, s BIGINT, m BIGINT) WITH ('connector' = 'blackhole');
-INSERT INTO bh
-SELECT window_start, k, COUNT(*), SUM(v), MAX(v)
-FROM TABLE(HOP(TABLE gen, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE))
-GROUP BY window_start, window_end, k;
-SQL
-    ;;
-  esac
+  bench_gen_sql "$2" "$P"
+  echo "CREATE TABLE bh ($(bench_window_columns $1)) WITH ('connector' = 'blackhole');"
+  echo "INSERT INTO bh"
+  bench_window_select $1
 }
 
 # ---- Flink (PyFlink TableEnvironment, STREAMING mode) -----------------------------------
