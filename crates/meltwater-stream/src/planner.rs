@@ -117,32 +117,34 @@ pub fn plan_statements(
         .settings
         .get("table.exec.state.ttl")
         .and_then(|v| parse_duration_ms(v));
-    let iceberg_monitor_ms = match job.settings.get("iceberg.source.monitor-interval") {
-        Some(v) => Some(parse_duration_ms(v).filter(|ms| *ms > 0).ok_or_else(|| {
-            StreamPlanError {
-                file: job.file.clone(),
-                loc: meltwater_sql::SourceLoc { line: 1, column: 1 },
-                message: format!(
-                    "SET 'iceberg.source.monitor-interval': expected a duration such as '10 s', got '{v}'"
-                ),
-            }
-        })?),
-        None => None,
+    // A job-wide setting's error: the job file, at its start (SET statements are merged).
+    let setting_error = |message: String| StreamPlanError {
+        file: job.file.clone(),
+        loc: meltwater_sql::SourceLoc { line: 1, column: 1 },
+        message,
     };
-    let memory_budget = match job.settings.get("state.memory-budget") {
-        Some(v) => Some(
-            parse_bytes(v)
-                .filter(|b| *b > 0)
-                .ok_or_else(|| StreamPlanError {
-                    file: job.file.clone(),
-                    loc: meltwater_sql::SourceLoc { line: 1, column: 1 },
-                    message: format!(
-                "SET 'state.memory-budget': expected a size such as '256 MiB' or '2 GiB', got '{v}'"
-            ),
-                })?,
-        ),
-        None => None,
+    // A setting parsed by `parse` into a positive value, `expected` naming valid values.
+    let positive = |key: &str, parse: fn(&str) -> Option<u64>, expected: &str| {
+        job.settings
+            .get(key)
+            .map(|v| {
+                parse(v).filter(|n| *n > 0).ok_or_else(|| {
+                    setting_error(format!("SET '{key}': expected {expected}, got '{v}'"))
+                })
+            })
+            .transpose()
     };
+    let iceberg_monitor_ms = positive(
+        "iceberg.source.monitor-interval",
+        parse_duration_ms,
+        "a duration such as '10 s'",
+    )?;
+    let memory_budget = positive(
+        "state.memory-budget",
+        |v| parse_bytes(v).map(|b| b as u64),
+        "a size such as '256 MiB' or '2 GiB'",
+    )?
+    .map(|b| b as usize);
     let mut b = Builder {
         state: &state,
         graph: StreamGraph::default(),
@@ -178,11 +180,7 @@ pub fn plan_statements(
         }
     }
     let mut graph = b.graph;
-    apply_operator_settings(&mut graph, &job.settings).map_err(|message| StreamPlanError {
-        file: job.file.clone(),
-        loc: meltwater_sql::SourceLoc { line: 1, column: 1 },
-        message,
-    })?;
+    apply_operator_settings(&mut graph, &job.settings).map_err(setting_error)?;
     Ok(StreamPlan {
         graph,
         queries: outputs,

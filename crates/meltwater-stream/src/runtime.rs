@@ -996,6 +996,24 @@ async fn commit_sinks(
     Ok(out)
 }
 
+/// Aborts every task, waits for them, and returns the report of a run stopped from
+/// outside.
+async fn stopped(
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    mut report: StreamReport,
+    started: Instant,
+) -> StreamReport {
+    for h in &handles {
+        h.abort();
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    report.stopped = true;
+    report.elapsed = started.elapsed();
+    report
+}
+
 /// Asks the sources (which inject the barrier) and the tasks that already finished
 /// (which snapshot on request) to take checkpoint `id`.
 fn trigger_checkpoint(
@@ -1299,6 +1317,16 @@ pub async fn run_graph(
         triggered_at: String,
         acks: HashMap<TaskKey, Vec<(String, SubtaskManifest)>>,
     }
+    impl Pending {
+        fn new(id: u64) -> Self {
+            Self {
+                id,
+                triggered: Instant::now(),
+                triggered_at: chrono::Utc::now().to_rfc3339(),
+                acks: HashMap::new(),
+            }
+        }
+    }
     let mut pending: Option<Pending> = None;
     let mut final_done = false;
     let mut stop_mode = options.stop.mode();
@@ -1324,12 +1352,7 @@ pub async fn run_graph(
             for tx in controls.values() {
                 let _ = tx.send(Control::Trigger(id));
             }
-            pending = Some(Pending {
-                id,
-                triggered: Instant::now(),
-                triggered_at: chrono::Utc::now().to_rfc3339(),
-                acks: HashMap::new(),
-            });
+            pending = Some(Pending::new(id));
         }
         // A stop after a checkpoint: trigger one now unless one is in flight; the job
         // stops once it has completed and committed.
@@ -1343,12 +1366,7 @@ pub async fn run_graph(
                     next_id += 1;
                     trigger_checkpoint(id, &source_tasks, &finished, &controls);
                     drain_at = Some(id);
-                    pending = Some(Pending {
-                        id,
-                        triggered: Instant::now(),
-                        triggered_at: chrono::Utc::now().to_rfc3339(),
-                        acks: HashMap::new(),
-                    });
+                    pending = Some(Pending::new(id));
                 }
             }
         }
@@ -1356,13 +1374,7 @@ pub async fn run_graph(
             mode = options.stop.changed_from(stop_mode) => {
                 stop_mode = mode;
                 if mode == StopMode::Now {
-                    abort(&handles);
-                    for h in handles {
-                        let _ = h.await;
-                    }
-                    report.stopped = true;
-                    report.elapsed = started.elapsed();
-                    return Ok(report);
+                    return Ok(stopped(handles, report, started).await);
                 }
                 continue;
             }
@@ -1370,7 +1382,7 @@ pub async fn run_graph(
                 let id = next_id;
                 next_id += 1;
                 trigger_checkpoint(id, &source_tasks, &finished, &controls);
-                pending = Some(Pending { id, triggered: Instant::now(), triggered_at: chrono::Utc::now().to_rfc3339(), acks: HashMap::new() });
+                pending = Some(Pending::new(id));
             }
             ev = events_rx.recv() => {
                 let Some(ev) = ev else {
@@ -1458,13 +1470,7 @@ pub async fn run_graph(
                 completed_at: Some(Instant::now()),
             });
             if drain_at == Some(manifest.checkpoint_id) {
-                abort(&handles);
-                for h in handles {
-                    let _ = h.await;
-                }
-                report.stopped = true;
-                report.elapsed = started.elapsed();
-                return Ok(report);
+                return Ok(stopped(handles, report, started).await);
             }
         }
     }
