@@ -24,6 +24,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use indexmap::IndexMap;
+
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt8Array,
@@ -119,10 +121,10 @@ fn roles(join_type: JoinType) -> Result<[Role; 2]> {
     })
 }
 
-/// A distinct row of one side with its multiplicity.
+/// A distinct row of one side (the encoded row is its key in [`KeyRows`]) with its
+/// multiplicity.
 #[derive(Debug, Clone)]
 struct Entry {
-    row: Box<[u8]>,
     copies: u32,
     /// Rows of the other side each copy matches.
     matches: u32,
@@ -131,6 +133,10 @@ struct Entry {
     written: i64,
 }
 
+/// The distinct rows of one join key, by encoded row: looked up by row in O(1), and by
+/// position while a batch's candidate pairs are evaluated.
+type KeyRows = IndexMap<Box<[u8]>, Entry>;
+
 /// One input's rows, by key.
 struct Side {
     schema: SchemaRef,
@@ -138,7 +144,7 @@ struct Side {
     key_codec: KeyCodec,
     row_codec: KeyCodec,
     role: Role,
-    table: HashMap<Box<[u8]>, Vec<Entry>>,
+    table: HashMap<Box<[u8]>, KeyRows>,
     rows: usize,
 }
 
@@ -186,11 +192,14 @@ impl Side {
     fn add(&mut self, key: &[u8], row: &[u8], stored: Entry) {
         let entries = self.table.entry(key.into()).or_default();
         self.rows += stored.copies as usize;
-        if let Some(e) = entries.iter_mut().find(|e| e.row.as_ref() == row) {
-            e.copies += stored.copies;
-            e.written = e.written.max(stored.written);
-        } else {
-            entries.push(stored);
+        match entries.get_mut(row) {
+            Some(e) => {
+                e.copies += stored.copies;
+                e.written = e.written.max(stored.written);
+            }
+            None => {
+                entries.insert(row.into(), stored);
+            }
         }
     }
 
@@ -198,7 +207,7 @@ impl Side {
     fn expire(&mut self, cutoff: i64) {
         let mut dropped = 0usize;
         self.table.retain(|_, entries| {
-            entries.retain(|e| {
+            entries.retain(|_, e| {
                 let keep = e.written >= cutoff;
                 if !keep {
                     dropped += e.copies as usize;
@@ -215,12 +224,12 @@ impl Side {
         let Some(entries) = self.table.get_mut(key) else {
             return false;
         };
-        let Some(i) = entries.iter().position(|e| e.row.as_ref() == row) else {
+        let Some(e) = entries.get_mut(row) else {
             return false;
         };
-        entries[i].copies -= 1;
-        if entries[i].copies == 0 {
-            entries.swap_remove(i);
+        e.copies -= 1;
+        if e.copies == 0 {
+            entries.swap_remove(row);
             if entries.is_empty() {
                 self.table.remove(key);
             }
@@ -390,9 +399,11 @@ impl JoinOperator {
             while c < cand_rows.len() && cand_rows[c] == i {
                 if pass[c] {
                     let entries = self.sides[o].table.get_mut(key).expect("candidate key");
-                    let e = &mut entries[cand_entries[c]];
+                    let (row, e) = entries
+                        .get_index_mut(cand_entries[c])
+                        .expect("candidate row");
                     let times = e.copies;
-                    let other = Src::Stored(e.row.clone());
+                    let other = Src::Stored(row.clone());
                     matches += times;
                     if accumulate {
                         if e.matches == 0 {
@@ -450,7 +461,6 @@ impl JoinOperator {
             }
             if accumulate && matchable[i] {
                 let stored = Entry {
-                    row: row.into(),
                     copies: 1,
                     matches,
                     key_group: groups[i],
@@ -495,7 +505,13 @@ impl JoinOperator {
         let stored: Vec<&[u8]> = cand_rows
             .iter()
             .zip(cand_entries)
-            .map(|(i, e)| self.sides[o].table[keys.key(*i)][*e].row.as_ref())
+            .map(|(i, e)| {
+                self.sides[o].table[keys.key(*i)]
+                    .get_index(*e)
+                    .expect("candidate row")
+                    .0
+                    .as_ref()
+            })
             .collect();
         let other = self.sides[o].decode(&stored)?;
         let (left, right) = if s == LEFT {
@@ -651,12 +667,16 @@ impl Operator for JoinOperator {
         let mut keyed = Vec::new();
         for s in [LEFT, RIGHT] {
             let side = &self.sides[s];
-            let entries: Vec<&Entry> = side.table.values().flatten().collect();
+            let (rows, entries): (Vec<&[u8]>, Vec<&Entry>) = side
+                .table
+                .values()
+                .flatten()
+                .map(|(row, e)| (row.as_ref(), e))
+                .unzip();
             if entries.is_empty() {
                 continue;
             }
             let n = entries.len();
-            let rows: Vec<&[u8]> = entries.iter().map(|e| e.row.as_ref()).collect();
             let own = side.decode(&rows)?;
             let mut columns: Vec<ArrayRef> = vec![
                 Arc::new(UInt8Array::from(vec![s as u8; n])),
@@ -742,7 +762,6 @@ impl Operator for JoinOperator {
                     let i = *i as usize;
                     let row = rows.key(j);
                     let stored = Entry {
-                        row: row.into(),
                         copies: copies.value(i),
                         matches: matches.value(i),
                         key_group: groups[j],
