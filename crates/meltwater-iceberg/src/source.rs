@@ -39,7 +39,15 @@ struct Discovery {
     base: Option<Option<i64>>,
     /// The table as last loaded.
     table: Option<Table>,
+    /// The base snapshot's data files (sorted), listed once.
+    base_files: Option<Vec<String>>,
+    /// The data files of the append snapshots read so far, in commit order, and the
+    /// snapshot that added each.
+    appended: Vec<String>,
     added_in: HashMap<String, i64>,
+    /// The newest snapshot whose appends are in `appended` (`None`: none yet; the next
+    /// discovery reads the snapshots after the base).
+    through: Option<i64>,
 }
 
 /// An Iceberg table as a stream source; see the module docs.
@@ -135,17 +143,17 @@ impl IcebergSource {
         })
     }
 
-    /// The snapshots after `base` up to the current one of `table`, oldest first.
+    /// The snapshots after `after` (all of them when `None`) up to the current one of `table`, oldest first.
     fn snapshots_after(
         &self,
         table: &Table,
-        base: Option<i64>,
+        after: Option<i64>,
     ) -> Result<Vec<iceberg::spec::SnapshotRef>> {
         let metadata = table.metadata();
         let mut chain = Vec::new();
         let mut next = metadata.current_snapshot().cloned();
         while let Some(s) = next {
-            if Some(s.snapshot_id()) == base {
+            if Some(s.snapshot_id()) == after {
                 chain.reverse();
                 return Ok(chain);
             }
@@ -154,7 +162,7 @@ impl IcebergSource {
                 .and_then(|p| metadata.snapshot_by_id(p).cloned());
             chain.push(s);
         }
-        match base {
+        match after {
             None => {
                 chain.reverse();
                 Ok(chain)
@@ -162,16 +170,20 @@ impl IcebergSource {
             Some(b) => Err(self.io_error(
                 "",
                 format!(
-                    "snapshot {b}, where this stream started reading, is no longer an ancestor of the table's current snapshot (the table was rolled back, or the snapshot expired)"
+                    "snapshot {b}, up to which this stream has read the table, is no longer an ancestor of the table's current snapshot (the table was rolled back, or the snapshot expired)"
                 ),
             )),
         }
     }
 
-    /// The data files each append snapshot after the base added, in commit order.
-    async fn appended_files(&self, table: &Table, base: Option<i64>) -> Result<Vec<(String, i64)>> {
+    /// The data files each append snapshot after `after` added, in commit order.
+    async fn appended_files(
+        &self,
+        table: &Table,
+        after: Option<i64>,
+    ) -> Result<Vec<(String, i64)>> {
         let mut out = Vec::new();
-        for snapshot in self.snapshots_after(table, base)? {
+        for snapshot in self.snapshots_after(table, after)? {
             let id = snapshot.snapshot_id();
             match &snapshot.summary().operation {
                 Operation::Append => {}
@@ -230,21 +242,51 @@ impl StreamSource for IcebergSource {
                 .map_err(|e| self.io_error("", format!("reloading the table: {e}")))?,
             _ => self.table.clone(),
         };
-        let mut ids: Vec<String> = self
-            .plan(&table, base, self.all_columns(), "")
-            .await?
-            .into_iter()
-            .map(|t| t.data_file_path)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        if self.monitor_ms.is_some() {
-            let appended = self.appended_files(&table, base).await?;
-            let mut d = self.discovery.lock().expect("discovery lock");
-            for (path, snapshot) in appended {
-                ids.push(path.clone());
-                d.added_in.insert(path, snapshot);
+        // The base snapshot's files and the appends already read are listed once; each
+        // discovery reads only the snapshots committed since the last one.
+        let cached = self
+            .discovery
+            .lock()
+            .expect("discovery lock")
+            .base_files
+            .clone();
+        let mut ids = match cached {
+            Some(ids) => ids,
+            None => {
+                let mut ids: Vec<String> = self
+                    .plan(&table, base, self.all_columns(), "")
+                    .await?
+                    .into_iter()
+                    .map(|t| t.data_file_path)
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                self.discovery.lock().expect("discovery lock").base_files = Some(ids.clone());
+                ids
             }
+        };
+        if self.monitor_ms.is_some() {
+            let from = self
+                .discovery
+                .lock()
+                .expect("discovery lock")
+                .through
+                .or(base);
+            let appended = self.appended_files(&table, from).await?;
+            let mut d = self.discovery.lock().expect("discovery lock");
+            // Another subtask sharing this source may have read them meanwhile.
+            if d.through.or(base) == from {
+                for (path, snapshot) in appended {
+                    d.appended.push(path.clone());
+                    d.added_in.insert(path, snapshot);
+                }
+                d.through = table
+                    .metadata()
+                    .current_snapshot()
+                    .map(|s| s.snapshot_id())
+                    .or(from);
+            }
+            ids.extend(d.appended.iter().cloned());
             d.table = Some(table);
         }
         Ok(ids.into_iter().map(|id| Split { id }).collect())
