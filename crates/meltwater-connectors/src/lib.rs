@@ -21,6 +21,7 @@ pub mod error;
 pub mod filesystem;
 pub mod format;
 mod options;
+pub use options::parse_duration_ms;
 pub mod print;
 pub mod sink_table;
 pub mod stream;

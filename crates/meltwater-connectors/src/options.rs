@@ -88,7 +88,7 @@ pub(crate) fn parse_bool(s: &str) -> std::result::Result<bool, String> {
 /// A duration in milliseconds, written as Flink writes durations: a count followed by an
 /// optional unit (`ms`, `s`, `min`, `h`, `d` and their long forms), with or without a
 /// space: `'10 s'`, `'5min'`, `'1 h'`, `'1 d'`. A bare count is milliseconds.
-pub(crate) fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
+pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
     const EXPECTED: &str = "expected a duration such as '500 ms', '10 s', '5 min', '1 h', '1 d' or a count of milliseconds";
     let s = s.trim();
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();

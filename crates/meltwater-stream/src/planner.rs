@@ -338,22 +338,10 @@ pub fn parse_bytes(v: &str) -> Option<usize> {
     n.checked_mul(scale)
 }
 
-/// `10 s`, `1min`, `500 ms`, `2h`, `1d`, or plain milliseconds.
+/// `10 s`, `1min`, `500 ms`, `2h`, `1d`, or plain milliseconds (the syntax connector
+/// options use); `None` when invalid.
 pub fn parse_duration_ms(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let unit = unit.trim().to_ascii_lowercase();
-    let ms = match unit.as_str() {
-        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
-        "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
-        "min" | "mins" | "minute" | "minutes" | "m" => 60_000,
-        "h" | "hour" | "hours" => 3_600_000,
-        "d" | "day" | "days" => 86_400_000,
-        _ => return None,
-    };
-    Some(n * ms)
+    meltwater_connectors::parse_duration_ms(v).ok()
 }
 
 fn physical(
