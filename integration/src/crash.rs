@@ -1,8 +1,8 @@
 //! The crash-and-restart scenario shared by the crash tests (`tests/stream_crash.rs`, local
 //! checkpoints; `tests/stream_crash_s3.rs`, checkpoints in an S3-compatible store): a stream
-//! job from a bounded `datagen` into two Iceberg tables (the rows as they are, and a TUMBLE
-//! count per key), killed with SIGKILL at random moments, restarted, and checked to hold
-//! every row exactly once.
+//! job from a bounded `datagen` into three Iceberg tables (the rows as they are, a TUMBLE
+//! count per key, and an updating count per key upserted by primary key), killed with
+//! SIGKILL at random moments, restarted, and checked to hold every row exactly once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,8 +13,10 @@ use serde_json::Value;
 
 use crate::{meltwater_bin, read_iceberg};
 
-/// The job: `rows` generated rows into `lake.crash.raw{suffix}` and
-/// `lake.crash.counts{suffix}`, job id `crash{suffix}`, checkpoints every 300 ms.
+/// The job: `rows` generated rows into `lake.crash.raw{suffix}`,
+/// `lake.crash.counts{suffix}` and `lake.crash.totals{suffix}` (upserts: in stream mode
+/// each checkpoint replaces the changed keys' rows), job id `crash{suffix}`,
+/// checkpoints every 300 ms.
 /// `settings` is inserted after the job's own `SET` statements.
 pub fn crash_job(rows: u64, suffix: &str, settings: &str) -> String {
     format!(
@@ -44,6 +46,9 @@ CREATE TABLE gen (
 
 CREATE TABLE IF NOT EXISTS lake.crash.raw{suffix} (id BIGINT, k INT, ts TIMESTAMP(6));
 CREATE TABLE IF NOT EXISTS lake.crash.counts{suffix} (window_start TIMESTAMP(6), k INT, n BIGINT);
+CREATE TABLE IF NOT EXISTS lake.crash.totals{suffix} (
+  k INT, n BIGINT, max_id BIGINT, PRIMARY KEY (k) NOT ENFORCED
+);
 
 INSERT INTO lake.crash.raw{suffix} SELECT id, k, ts FROM gen;
 
@@ -51,6 +56,8 @@ INSERT INTO lake.crash.counts{suffix}
 SELECT window_start, k, COUNT(*) AS n
 FROM TABLE(TUMBLE(TABLE gen, DESCRIPTOR(ts), INTERVAL '10' MINUTE))
 GROUP BY window_start, window_end, k;
+
+INSERT INTO lake.crash.totals{suffix} SELECT k, COUNT(*), MAX(id) FROM gen GROUP BY k;
 "#
     )
 }
@@ -124,8 +131,27 @@ fn rows_of(python: &Path, dir: &Path, table: &str, reader: &str) -> Vec<Value> {
 
 /// Checks with DuckDB and pyiceberg that `crash.raw{suffix}` holds each of the `rows` ids
 /// exactly once and `crash.counts{suffix}` each window once, both equal to the batch run's
-/// tables `crash.raw_batch` and `crash.counts_batch`.
+/// tables `crash.raw_batch` and `crash.counts_batch`; and with DuckDB (pyiceberg does not
+/// read equality deletes) that the upserted `crash.totals{suffix}` holds one row per key,
+/// equal to the batch run's `crash.totals_batch`.
 pub fn assert_exactly_once(python: &Path, dir: &Path, suffix: &str, rows: u64) {
+    let totals_table = format!("crash.totals{suffix}");
+    let totals = rows_of(python, dir, &totals_table, "duckdb");
+    let n: u64 = totals.iter().map(|r| r["n"].as_u64().unwrap()).sum();
+    assert_eq!(
+        n, rows,
+        "duckdb: sum of the upserted counts in {totals_table}"
+    );
+    assert_eq!(
+        totals.len(),
+        10,
+        "duckdb: one row per key in {totals_table}"
+    );
+    assert_eq!(
+        totals,
+        rows_of(python, dir, "crash.totals_batch", "duckdb"),
+        "duckdb: upserted stream totals differ from batch totals"
+    );
     let raw_table = format!("crash.raw{suffix}");
     let counts_table = format!("crash.counts{suffix}");
     for reader in ["duckdb", "pyiceberg"] {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use iceberg::{NamespaceIdent, TableIdent};
+use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use meltwater_iceberg::open_catalog_readonly as open_catalog;
 
 use crate::load_catalogs;

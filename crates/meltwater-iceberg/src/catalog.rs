@@ -12,6 +12,7 @@ use datafusion::error::Result as DfResult;
 use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
 
 use crate::commit::JobCommits;
+use crate::committer::LakeCatalog;
 use crate::error::{IcebergContext, IcebergError, Result};
 use crate::table::IcebergTable;
 
@@ -24,7 +25,7 @@ pub struct IcebergCatalogProvider {
 #[derive(Debug)]
 struct Inner {
     name: String,
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<LakeCatalog>,
     commits: Arc<JobCommits>,
     /// Namespaces and their tables as listed when the job started and as it created them
     /// (for the synchronous listing DataFusion asks for).
@@ -36,7 +37,7 @@ struct Inner {
 impl IcebergCatalogProvider {
     pub async fn try_new(
         name: &str,
-        catalog: Arc<dyn Catalog>,
+        catalog: Arc<LakeCatalog>,
         commits: Arc<JobCommits>,
     ) -> Result<Self> {
         let mut listing = BTreeMap::new();
@@ -70,7 +71,7 @@ impl IcebergCatalogProvider {
         &self.inner.name
     }
 
-    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+    pub fn catalog(&self) -> &Arc<LakeCatalog> {
         &self.inner.catalog
     }
 

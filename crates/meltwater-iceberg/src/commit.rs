@@ -16,7 +16,9 @@ use iceberg::spec::{DataFile, TableMetadata};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, ErrorKind, TableIdent};
 
-use crate::error::{IcebergContext, Result};
+use crate::committer::{CommitOutcome, LakeCatalog};
+use crate::error::{IcebergContext, IcebergError, Result};
+use crate::snapshot::{produce, AddedFiles, CommitIds};
 use crate::{SUMMARY_JOB_ID, SUMMARY_RUN_ID};
 
 /// Who writes: recorded in every snapshot a run commits.
@@ -27,9 +29,9 @@ pub struct JobIdentity {
 }
 
 struct PendingTable {
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<LakeCatalog>,
     ident: TableIdent,
-    files: Vec<DataFile>,
+    files: AddedFiles,
 }
 
 /// Data files written by a run and not yet committed, per table.
@@ -75,24 +77,43 @@ impl JobCommits {
         &self.identity
     }
 
-    /// Registers files written for `table` (its full name) by one writer task.
+    /// Registers data files written for `table` (its full name) by one writer task.
     pub fn add(
         &self,
         table: &str,
-        catalog: Arc<dyn Catalog>,
+        catalog: Arc<LakeCatalog>,
         ident: TableIdent,
         files: Vec<DataFile>,
     ) {
+        self.add_files(
+            table,
+            catalog,
+            ident,
+            AddedFiles {
+                data: files,
+                deletes: Vec::new(),
+            },
+        )
+    }
+
+    /// Registers data and delete files written for `table` by one writer task.
+    pub(crate) fn add_files(
+        &self,
+        table: &str,
+        catalog: Arc<LakeCatalog>,
+        ident: TableIdent,
+        files: AddedFiles,
+    ) {
         let mut pending = self.pending.lock().expect("commit registry poisoned");
-        pending
+        let entry = pending
             .entry(table.to_string())
             .or_insert_with(|| PendingTable {
                 catalog,
                 ident,
-                files: Vec::new(),
-            })
-            .files
-            .extend(files);
+                files: AddedFiles::default(),
+            });
+        entry.files.data.extend(files.data);
+        entry.files.deletes.extend(files.deletes);
     }
 
     /// Tables with pending files.
@@ -129,7 +150,7 @@ impl JobCommits {
             (SUMMARY_JOB_ID.to_string(), self.identity.job_id.clone()),
             (SUMMARY_RUN_ID.to_string(), self.identity.run_id.clone()),
         ]);
-        commit_fast_append(
+        commit_files(
             pending.catalog.as_ref(),
             &pending.ident,
             name,
@@ -152,6 +173,27 @@ pub(crate) fn find_marked_snapshot(
             marker.iter().all(|(k, v)| p.get(k) == Some(v))
         })
         .map(|s| s.snapshot_id())
+}
+
+/// Loads the table's head, unless its history already holds a snapshot carrying
+/// `marker` (an earlier attempt landed): then `summary` records that snapshot.
+async fn load_uncommitted(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    name: &str,
+    marker: &HashMap<String, String>,
+    summary: &mut CommitSummary,
+) -> Result<Option<iceberg::table::Table>> {
+    let table = catalog
+        .load_table(ident)
+        .await
+        .context(|| format!("loading {name}"))?;
+    if let Some(id) = find_marked_snapshot(table.metadata(), marker) {
+        summary.snapshot_id = Some(id);
+        summary.already_committed = true;
+        return Ok(None);
+    }
+    Ok(Some(table))
 }
 
 /// Commits `files` to the table `ident` (named `name` in summaries and errors) as one
@@ -181,15 +223,10 @@ pub(crate) async fn commit_fast_append(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let table = catalog
-            .load_table(ident)
-            .await
-            .context(|| format!("loading {name}"))?;
-        if let Some(id) = find_marked_snapshot(table.metadata(), &properties) {
-            summary.snapshot_id = Some(id);
-            summary.already_committed = true;
+        let Some(table) = load_uncommitted(catalog, ident, name, &properties, &mut summary).await?
+        else {
             return Ok(summary);
-        }
+        };
         let tx = Transaction::new(&table);
         let action = tx
             .fast_append()
@@ -215,6 +252,69 @@ pub(crate) async fn commit_fast_append(
             }
             Err(e) => {
                 return Err(e).context(|| format!("committing to {name} (attempt {attempt})"))
+            }
+        }
+    }
+}
+
+/// Commits `files` to `ident` as one snapshot carrying `properties` (the job's marker):
+/// a fast append when only data files are added, else a row delta built by
+/// [`produce`] and swapped in through the catalog's committer. Skipped when the
+/// table's history already holds a snapshot with the marker; conflicts reload and
+/// rebuild on the new head (row deltas of upserts never conflict: blind equality
+/// deletes make the last committer win per key, as in Flink's Iceberg sink).
+pub(crate) async fn commit_files(
+    catalog: &LakeCatalog,
+    ident: &TableIdent,
+    name: &str,
+    files: AddedFiles,
+    properties: HashMap<String, String>,
+) -> Result<CommitSummary> {
+    if files.deletes.is_empty() {
+        return commit_fast_append(catalog, ident, name, files.data, properties).await;
+    }
+    let all = files.data.iter().chain(files.deletes.iter());
+    let mut summary = CommitSummary {
+        table: name.to_string(),
+        snapshot_id: None,
+        files: files.data.len() + files.deletes.len(),
+        rows: files.data.iter().map(|f| f.record_count()).sum(),
+        bytes: all.map(|f| f.file_size_in_bytes()).sum(),
+        already_committed: false,
+    };
+    let mut ids: Option<CommitIds> = None;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(table) = load_uncommitted(catalog, ident, name, &properties, &mut summary).await?
+        else {
+            return Ok(summary);
+        };
+        let ids = ids.get_or_insert_with(|| CommitIds::new(table.metadata()));
+        let metadata = produce(name, &table, &files, &properties, ids, attempt).await?;
+        let outcome = catalog.swap_metadata(&table, &metadata).await;
+        match outcome {
+            CommitOutcome::Committed => {
+                summary.snapshot_id = Some(ids.snapshot_id);
+                return Ok(summary);
+            }
+            CommitOutcome::Conflict | CommitOutcome::Unknown(_) if attempt < MAX_ATTEMPTS => {
+                // Reload: the marker check above tells whether an unknown outcome landed.
+                tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
+            }
+            CommitOutcome::Conflict => {
+                return Err(IcebergError::Table {
+                    table: name.to_string(),
+                    message: format!(
+                        "the commit lost the race to other writers {attempt} times; giving up"
+                    ),
+                })
+            }
+            CommitOutcome::Unknown(e) | CommitOutcome::Failed(e) => {
+                return Err(IcebergError::Table {
+                    table: name.to_string(),
+                    message: format!("committing (attempt {attempt}): {e}"),
+                })
             }
         }
     }

@@ -12,6 +12,7 @@ use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 // through this dependency's features (see Cargo.toml).
 use sqlx as _;
 
+use crate::committer::LakeCatalog;
 use crate::error::{IcebergError, Result};
 
 /// One Iceberg catalog a job can name as the first part of `catalog.namespace.table`.
@@ -77,17 +78,17 @@ fn normalize(path: &Path) -> PathBuf {
 }
 
 /// Opens a catalog, creating the embedded catalog's file and warehouse on first use.
-pub async fn open_catalog(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> {
+pub async fn open_catalog(config: &IcebergCatalogConfig) -> Result<Arc<LakeCatalog>> {
     open(config, true).await
 }
 
 /// Opens a catalog without creating anything: an embedded catalog whose file does not
 /// exist yet opens as an empty in-memory catalog (for `validate`, `explain`, listings).
-pub async fn open_catalog_readonly(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> {
+pub async fn open_catalog_readonly(config: &IcebergCatalogConfig) -> Result<Arc<LakeCatalog>> {
     open(config, false).await
 }
 
-async fn open(config: &IcebergCatalogConfig, create: bool) -> Result<Arc<dyn Catalog>> {
+async fn open(config: &IcebergCatalogConfig, create: bool) -> Result<Arc<LakeCatalog>> {
     let err = |message: String| IcebergError::Catalog {
         catalog: config.name.clone(),
         message,
@@ -141,7 +142,15 @@ async fn open(config: &IcebergCatalogConfig, create: bool) -> Result<Arc<dyn Cat
                         path.display()
                     ))
                 })?;
-            Ok(Arc::new(catalog))
+            let catalog: Arc<dyn Catalog> = Arc::new(catalog);
+            let lake = if in_memory {
+                LakeCatalog::read_only(&config.name, catalog)
+            } else {
+                LakeCatalog::sqlite(&config.name, catalog, path.clone(), catalog_name)
+                    .await
+                    .map_err(err)?
+            };
+            Ok(Arc::new(lake))
         }
     }
 }

@@ -39,3 +39,9 @@ impl From<IcebergError> for datafusion::error::DataFusionError {
         }
     }
 }
+
+impl From<datafusion::arrow::error::ArrowError> for IcebergError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        IcebergError::DataFusion(e.into())
+    }
+}

@@ -13,26 +13,32 @@
 
 pub mod catalog;
 pub mod commit;
+pub mod committer;
 pub mod config;
 pub mod error;
 pub mod predicate;
 pub mod scan;
 pub mod schema;
+pub mod snapshot;
 pub mod source;
 pub mod stream;
 pub mod table;
+pub mod upsert;
 pub mod write;
 
 pub use catalog::IcebergCatalogProvider;
 pub use commit::{CommitSummary, JobCommits, JobIdentity};
+pub use committer::{CommitOutcome, LakeCatalog};
 pub use config::{open_catalog, open_catalog_readonly, IcebergCatalogConfig, IcebergCatalogKind};
 pub use error::{IcebergError, Result};
+pub use snapshot::AddedFiles;
 pub use source::IcebergSource;
 pub use stream::{
     commit_checkpoint, commit_checkpoint_to, last_committed_checkpoint, IcebergStreamWriter,
     PendingDataFile,
 };
 pub use table::IcebergTable;
+pub use upsert::UpsertWriter;
 
 /// Snapshot summary key: the job that wrote a snapshot.
 pub const SUMMARY_JOB_ID: &str = "meltwater.job-id";

@@ -94,6 +94,34 @@ pub fn table_creation(
         .collect();
     let schema = arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(fields))
         .context(|| format!("table {table}: unsupported column type"))?;
+    // The primary key becomes the schema's identifier fields, which other engines read.
+    let key: Vec<&str> = properties
+        .get(crate::upsert::PRIMARY_KEY_PROPERTY)
+        .map(|k| k.split(',').collect())
+        .unwrap_or_default();
+    let schema = if key.is_empty() {
+        schema
+    } else {
+        let ids = key
+            .iter()
+            .map(|k| {
+                schema
+                    .field_by_name(k)
+                    .map(|f| f.id)
+                    .ok_or_else(|| IcebergError::Table {
+                        table: table.to_string(),
+                        message: format!(
+                            "PRIMARY KEY names column '{k}', which the table does not have"
+                        ),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        schema
+            .into_builder()
+            .with_identifier_field_ids(ids)
+            .build()
+            .context(|| format!("table {table}: invalid PRIMARY KEY"))?
+    };
     let mut spec = UnboundPartitionSpec::builder();
     for (i, p) in partitioning.iter().enumerate() {
         let field = schema

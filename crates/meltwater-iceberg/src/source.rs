@@ -28,6 +28,7 @@ use iceberg::Catalog;
 use meltwater_connectors::stream::{Split, SplitPosition, SplitReader, StreamSource};
 use meltwater_connectors::{ConnectorError, Result};
 
+use crate::committer::LakeCatalog;
 use crate::scan::conform;
 
 /// What discovery knows: the snapshot the read started from, the newest table
@@ -58,7 +59,7 @@ pub struct IcebergSource {
     /// The provider schema (`IcebergTable::schema()`).
     schema: SchemaRef,
     /// Reloads the table for monitoring.
-    catalog: Option<Arc<dyn Catalog>>,
+    catalog: Option<Arc<LakeCatalog>>,
     monitor_ms: Option<u64>,
     discovery: Arc<Mutex<Discovery>>,
 }
@@ -78,7 +79,7 @@ impl IcebergSource {
 
     /// Keeps reading the appends committed after the current snapshot, reloading the
     /// table from `catalog` every `interval_ms`.
-    pub fn monitored(mut self, catalog: Arc<dyn Catalog>, interval_ms: u64) -> Self {
+    pub fn monitored(mut self, catalog: Arc<LakeCatalog>, interval_ms: u64) -> Self {
         self.catalog = Some(catalog);
         self.monitor_ms = Some(interval_ms.max(1));
         self

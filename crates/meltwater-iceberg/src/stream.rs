@@ -15,17 +15,21 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use iceberg::spec::{
-    deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, TableMetadata,
+    deserialize_data_file_from_json, serialize_data_file_to_json, DataContentType, DataFile,
+    TableMetadata,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 use serde::{Deserialize, Serialize};
 
-use crate::commit::{commit_fast_append, find_marked_snapshot, CommitSummary};
+use crate::commit::{commit_fast_append, commit_files, find_marked_snapshot, CommitSummary};
+use crate::committer::LakeCatalog;
 use crate::error::{IcebergContext, IcebergError, Result};
+use crate::snapshot::AddedFiles;
 use crate::table::IcebergTable;
+use crate::upsert::UpsertWriter;
 use crate::write::TaskFileWriter;
 use crate::{SUMMARY_CHECKPOINT_ID, SUMMARY_JOB_ID};
 
@@ -136,8 +140,15 @@ pub struct IcebergStreamWriter {
     table_name: String,
     table: Table,
     subtask: usize,
-    writer: TaskFileWriter,
+    writer: StreamFiles,
     rows: u64,
+}
+
+/// Appends go straight to data files; upserts are buffered by key until the barrier.
+#[allow(clippy::large_enum_variant)]
+enum StreamFiles {
+    Append(TaskFileWriter),
+    Upsert(UpsertWriter),
 }
 
 impl std::fmt::Debug for IcebergStreamWriter {
@@ -159,12 +170,27 @@ impl IcebergStreamWriter {
 
     /// As [`Self::try_new`], from a loaded table and its full name.
     pub fn from_table(table_name: &str, table: Table, subtask: usize) -> Result<Self> {
-        let writer = new_writer(table_name, &table, subtask)?;
+        let writer = StreamFiles::Append(new_writer(table_name, &table, subtask)?);
         Ok(Self {
             table_name: table_name.to_string(),
             table,
             subtask,
             writer,
+            rows: 0,
+        })
+    }
+
+    /// A writer that upserts by the table's primary key: rows from [`Self::write`]
+    /// replace the rows of their keys, and [`Self::write_changes`] can delete keys.
+    /// The table must have a primary key containing its partition columns.
+    pub fn upsert(table: &IcebergTable, subtask: usize) -> Result<Self> {
+        let prefix = format!("{}-{subtask:05}", uuid::Uuid::new_v4());
+        let writer = UpsertWriter::try_new(table.name(), table.table(), prefix)?;
+        Ok(Self {
+            table_name: table.name().to_string(),
+            table: table.table().clone(),
+            subtask,
+            writer: StreamFiles::Upsert(writer),
             rows: 0,
         })
     }
@@ -190,7 +216,33 @@ impl IcebergStreamWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.writer.write(batch).await?;
+        match &mut self.writer {
+            StreamFiles::Append(w) => w.write(batch).await?,
+            StreamFiles::Upsert(w) => w.write(batch, None)?,
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Writes a batch of changes to an upserting writer: rows where `retract` is true
+    /// delete their key, the others upsert it. An appending writer refuses deletions.
+    pub async fn write_changes(
+        &mut self,
+        batch: &RecordBatch,
+        retract: &BooleanArray,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        match &mut self.writer {
+            StreamFiles::Upsert(w) => w.write(batch, Some(retract))?,
+            StreamFiles::Append(_) => {
+                return Err(IcebergError::Table {
+                    table: self.table_name.clone(),
+                    message: "an appending writer cannot delete rows".into(),
+                })
+            }
+        }
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -198,10 +250,17 @@ impl IcebergStreamWriter {
     /// Closes the open files and returns the data files written since the last call
     /// (empty when nothing was written). Later writes go to new files.
     pub async fn prepare_commit(&mut self) -> Result<Vec<PendingDataFile>> {
-        let next = new_writer(&self.table_name, &self.table, self.subtask)?;
-        let writer = std::mem::replace(&mut self.writer, next);
         self.rows = 0;
-        let files = writer.close().await?;
+        let files = match &mut self.writer {
+            StreamFiles::Append(w) => {
+                let next = new_writer(&self.table_name, &self.table, self.subtask)?;
+                std::mem::replace(w, next).close().await?
+            }
+            StreamFiles::Upsert(w) => {
+                let added = w.flush().await?;
+                added.data.into_iter().chain(added.deletes).collect()
+            }
+        };
         let metadata = self.table.metadata();
         files
             .into_iter()
@@ -243,7 +302,7 @@ pub async fn commit_checkpoint(
 /// [`commit_checkpoint`] by catalog and identifier; `table_name` is the table's full name
 /// (`catalog.namespace.table`), which every file's `table` must match.
 pub async fn commit_checkpoint_to(
-    catalog: &dyn Catalog,
+    catalog: &LakeCatalog,
     ident: &TableIdent,
     table_name: &str,
     files: Vec<PendingDataFile>,
@@ -280,11 +339,16 @@ pub async fn commit_checkpoint_to(
             already_committed: true,
         });
     }
-    let data_files = files
-        .iter()
-        .map(|f| f.to_data_file(metadata))
-        .collect::<Result<Vec<_>>>()?;
-    commit_fast_append(catalog, ident, table_name, data_files, marker).await
+    let mut added = AddedFiles::default();
+    for f in &files {
+        let file = f.to_data_file(metadata)?;
+        if file.content_type() == DataContentType::Data {
+            added.data.push(file);
+        } else {
+            added.deletes.push(file);
+        }
+    }
+    commit_files(catalog, ident, table_name, added, marker).await
 }
 
 fn checkpoint_marker(job_id: &str, checkpoint_id: u64) -> HashMap<String, String> {

@@ -14,9 +14,9 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 use iceberg::table::Table;
-use iceberg::Catalog;
 
 use crate::commit::JobCommits;
+use crate::committer::LakeCatalog;
 use crate::predicate::to_iceberg_predicate;
 use crate::scan::IcebergScanExec;
 use crate::schema::arrow_schema;
@@ -28,7 +28,7 @@ use meltwater_connectors::stream::StreamSource;
 #[derive(Debug, Clone)]
 pub struct IcebergTable {
     name: String,
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<LakeCatalog>,
     table: Table,
     schema: SchemaRef,
     commits: Arc<JobCommits>,
@@ -37,7 +37,7 @@ pub struct IcebergTable {
 impl IcebergTable {
     pub fn try_new(
         name: String,
-        catalog: Arc<dyn Catalog>,
+        catalog: Arc<LakeCatalog>,
         table: Table,
         commits: Arc<JobCommits>,
     ) -> crate::Result<Self> {
@@ -73,7 +73,7 @@ impl IcebergTable {
     }
 
     /// The catalog the table was loaded from (and commits go to).
-    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+    pub fn catalog(&self) -> &Arc<LakeCatalog> {
         &self.catalog
     }
 }
@@ -175,6 +175,9 @@ impl TableProvider for IcebergTable {
                 "{insert_op} into the Iceberg table {} is not supported yet; use INSERT INTO",
                 self.name
             )));
+        }
+        if crate::upsert::upsert_enabled(self.table.metadata()) {
+            crate::upsert::upsert_key(&self.name, self.table.metadata())?;
         }
         Ok(Arc::new(IcebergWriteExec::new(
             input,

@@ -37,17 +37,22 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::partitioning::unpartitioned_writer::UnpartitionedWriter;
 use iceberg::writer::partitioning::PartitioningWriter;
-use iceberg::Catalog;
+use iceberg::writer::IcebergWriterBuilder;
 
 use crate::commit::JobCommits;
+use crate::committer::LakeCatalog;
 use crate::error::IcebergContext;
+use crate::snapshot::AddedFiles;
+use crate::upsert::{upsert_enabled, UpsertWriter};
 
 /// Writes its input into data files of one table and registers them for commit.
 pub struct IcebergWriteExec {
     input: Arc<dyn ExecutionPlan>,
     table_name: String,
     table: Table,
-    catalog: Arc<dyn Catalog>,
+    /// The primary key when the write upserts (`'write.upsert' = 'true'`).
+    upsert_key: Option<Vec<String>>,
+    catalog: Arc<LakeCatalog>,
     commits: Arc<JobCommits>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -75,7 +80,7 @@ impl IcebergWriteExec {
         input: Arc<dyn ExecutionPlan>,
         table_name: String,
         table: Table,
-        catalog: Arc<dyn Catalog>,
+        catalog: Arc<LakeCatalog>,
         commits: Arc<JobCommits>,
     ) -> Self {
         let partitions = input.properties().output_partitioning().partition_count();
@@ -85,10 +90,14 @@ impl IcebergWriteExec {
             EmissionType::Final,
             Boundedness::Bounded,
         ));
+        let upsert_key = upsert_enabled(table.metadata())
+            .then(|| crate::upsert::primary_key(table.metadata()))
+            .filter(|k| !k.is_empty());
         Self {
             input,
             table_name,
             table,
+            upsert_key,
             catalog,
             commits,
             properties,
@@ -98,6 +107,15 @@ impl IcebergWriteExec {
 
     pub fn table_name(&self) -> &str {
         &self.table_name
+    }
+
+    fn table_schema_index(&self, column: &str) -> Option<usize> {
+        let schema = self.table.metadata().current_schema();
+        schema
+            .as_struct()
+            .fields()
+            .iter()
+            .position(|f| f.name == column)
     }
 }
 
@@ -109,7 +127,11 @@ impl DisplayAs for IcebergWriteExec {
             "IcebergWriteExec: table={}, partition_fields={}",
             self.table_name,
             spec.fields().len()
-        )
+        )?;
+        if let Some(key) = &self.upsert_key {
+            write!(f, ", upsert_key=[{}]", key.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -139,6 +161,19 @@ impl ExecutionPlan for IcebergWriteExec {
         let metadata = self.table.metadata();
         let schema = metadata.current_schema();
         let input_schema = self.input.schema();
+        if let Some(key) = &self.upsert_key {
+            // Every row of a key in one task: its writer keeps the key's last row.
+            // Columns are matched by position (the input has the table's columns).
+            let keys = key
+                .iter()
+                .filter_map(|k| self.table_schema_index(k))
+                .filter(|i| *i < input_schema.fields().len())
+                .map(|i| {
+                    Arc::new(Column::new(input_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>
+                })
+                .collect();
+            return vec![Distribution::HashPartitioned(keys)];
+        }
         let keys: Vec<Arc<dyn PhysicalExpr>> = metadata
             .default_partition_spec()
             .fields()
@@ -199,14 +234,16 @@ impl ExecutionPlan for IcebergWriteExec {
             catalog: self.catalog.clone(),
             commits: self.commits.clone(),
             partition,
+            upsert: self.upsert_key.is_some(),
         };
         let out = stream::once(async move {
             let files = task.run(input).await?;
-            let rows: u64 = files.iter().map(|f| f.record_count()).sum();
+            let rows: u64 = files.data.iter().map(|f| f.record_count()).sum();
+            let all = || files.data.iter().chain(files.deletes.iter());
             rows_written.add(rows as usize);
-            bytes_written.add(files.iter().map(|f| f.file_size_in_bytes() as usize).sum());
-            files_written.add(files.len());
-            task.commits.add(
+            bytes_written.add(all().map(|f| f.file_size_in_bytes() as usize).sum());
+            files_written.add(all().count());
+            task.commits.add_files(
                 &task.table_name,
                 task.catalog.clone(),
                 task.table.identifier().clone(),
@@ -222,33 +259,97 @@ impl ExecutionPlan for IcebergWriteExec {
 struct WriteTask {
     table_name: String,
     table: Table,
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<LakeCatalog>,
     commits: Arc<JobCommits>,
     partition: usize,
+    upsert: bool,
 }
 
 impl WriteTask {
-    async fn run(&self, mut input: SendableRecordBatchStream) -> Result<Vec<DataFile>> {
+    async fn run(&self, mut input: SendableRecordBatchStream) -> Result<AddedFiles> {
         let prefix = format!("{}-{:05}", self.commits.identity().run_id, self.partition);
+        if self.upsert {
+            let mut writer = UpsertWriter::try_new(&self.table_name, &self.table, prefix)?;
+            while let Some(batch) = input.next().await {
+                writer.write(&batch?, None)?;
+            }
+            return Ok(writer.flush().await?);
+        }
         let mut writer = TaskFileWriter::try_new(&self.table_name, &self.table, prefix)?;
         while let Some(batch) = input.next().await {
             writer.write(&batch?).await?;
         }
-        Ok(writer.close().await?)
+        Ok(AddedFiles {
+            data: writer.close().await?,
+            deletes: Vec::new(),
+        })
     }
 }
 
 type FileWriterBuilder =
     DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
+/// A writer of data or delete files that splits batches by the table's default
+/// partition spec: one open file per partition value seen (fan-out), or one stream of
+/// files for an unpartitioned table.
 // One per task: the size difference between the variants does not matter.
 #[allow(clippy::large_enum_variant)]
-enum PartitionedWriter {
-    Unpartitioned(UnpartitionedWriter<FileWriterBuilder>),
+pub(crate) enum PartitionedWriter<B: IcebergWriterBuilder> {
+    Unpartitioned(UnpartitionedWriter<B>),
     Fanout {
         splitter: RecordBatchPartitionSplitter,
-        writer: FanoutWriter<FileWriterBuilder>,
+        writer: FanoutWriter<B>,
     },
+}
+
+impl<B: IcebergWriterBuilder> PartitionedWriter<B> {
+    pub(crate) fn try_new(table_name: &str, table: &Table, builder: B) -> crate::Result<Self> {
+        let metadata = table.metadata();
+        let spec = metadata.default_partition_spec().clone();
+        Ok(if spec.is_unpartitioned() {
+            PartitionedWriter::Unpartitioned(UnpartitionedWriter::new(builder))
+        } else {
+            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+                metadata.current_schema().clone(),
+                spec,
+            )
+            .context(|| format!("writing {table_name} (partition spec)"))?;
+            PartitionedWriter::Fanout {
+                splitter,
+                writer: FanoutWriter::new(builder),
+            }
+        })
+    }
+
+    /// Writes a batch with the table's file schema.
+    pub(crate) async fn write(&mut self, name: &str, batch: RecordBatch) -> crate::Result<()> {
+        match self {
+            PartitionedWriter::Unpartitioned(writer) => writer
+                .write(batch)
+                .await
+                .context(|| format!("writing {name}")),
+            PartitionedWriter::Fanout { splitter, writer } => {
+                let parts = splitter
+                    .split(&batch)
+                    .context(|| format!("writing {name} (partitioning)"))?;
+                for (key, part) in parts {
+                    writer
+                        .write(key, part)
+                        .await
+                        .context(|| format!("writing {name}"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn close(self, name: &str) -> crate::Result<Vec<DataFile>> {
+        match self {
+            PartitionedWriter::Unpartitioned(writer) => writer.close().await,
+            PartitionedWriter::Fanout { writer, .. } => writer.close().await,
+        }
+        .context(|| format!("writing {name} (closing files)"))
+    }
 }
 
 /// The data file writer of one task (a batch write partition or a streaming sink
@@ -259,7 +360,7 @@ enum PartitionedWriter {
 pub(crate) struct TaskFileWriter {
     table_name: String,
     file_schema: SchemaRef,
-    inner: PartitionedWriter,
+    inner: PartitionedWriter<FileWriterBuilder>,
 }
 
 impl TaskFileWriter {
@@ -285,22 +386,10 @@ impl TaskFileWriter {
             names,
         );
         let builder = DataFileWriterBuilder::new(rolling);
-        let spec = metadata.default_partition_spec().clone();
-        let inner = if spec.is_unpartitioned() {
-            PartitionedWriter::Unpartitioned(UnpartitionedWriter::new(builder))
-        } else {
-            let splitter =
-                RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)
-                    .context(|| target("partition spec"))?;
-            PartitionedWriter::Fanout {
-                splitter,
-                writer: FanoutWriter::new(builder),
-            }
-        };
         Ok(Self {
             table_name: table_name.to_string(),
             file_schema,
-            inner,
+            inner: PartitionedWriter::try_new(table_name, table, builder)?,
         })
     }
 
@@ -308,41 +397,19 @@ impl TaskFileWriter {
     /// differs).
     pub(crate) async fn write(&mut self, batch: &RecordBatch) -> crate::Result<()> {
         let batch = with_schema(batch, &self.file_schema)?;
-        let name = &self.table_name;
-        match &mut self.inner {
-            PartitionedWriter::Unpartitioned(writer) => writer
-                .write(batch)
-                .await
-                .context(|| format!("writing {name} (data)")),
-            PartitionedWriter::Fanout { splitter, writer } => {
-                let parts = splitter
-                    .split(&batch)
-                    .context(|| format!("writing {name} (partitioning)"))?;
-                for (key, part) in parts {
-                    writer
-                        .write(key, part)
-                        .await
-                        .context(|| format!("writing {name} (data)"))?;
-                }
-                Ok(())
-            }
-        }
+        let name = format!("{} (data)", self.table_name);
+        self.inner.write(&name, batch).await
     }
 
     /// Closes the open files and returns every file written.
     pub(crate) async fn close(self) -> crate::Result<Vec<DataFile>> {
-        let name = self.table_name;
-        match self.inner {
-            PartitionedWriter::Unpartitioned(writer) => writer.close().await,
-            PartitionedWriter::Fanout { writer, .. } => writer.close().await,
-        }
-        .context(|| format!("writing {name} (closing files)"))
+        self.inner.close(&self.table_name).await
     }
 }
 
 /// Re-labels a batch with the table's file schema (field ids), casting where the plan's
 /// type differs only in representation.
-fn with_schema(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn with_schema(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.num_columns() != schema.fields().len() {
         return Err(DataFusionError::Plan(format!(
             "the query yields {} columns but the table has {}",

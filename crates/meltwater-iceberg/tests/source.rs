@@ -11,15 +11,15 @@ use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit}
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg::spec::Transform;
-use iceberg::Catalog;
 use meltwater_connectors::stream::{Split, StreamSource};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
+use meltwater_iceberg::LakeCatalog;
 use meltwater_iceberg::{
     open_catalog, IcebergCatalogConfig, IcebergCatalogProvider, IcebergTable, JobCommits,
     JobIdentity,
 };
 
-async fn catalog(dir: &Path) -> Arc<dyn Catalog> {
+async fn catalog(dir: &Path) -> Arc<LakeCatalog> {
     let config = IcebergCatalogConfig::sqlite(
         "lake",
         dir,
@@ -30,7 +30,7 @@ async fn catalog(dir: &Path) -> Arc<dyn Catalog> {
     open_catalog(&config).await.unwrap()
 }
 
-async fn session(catalog: Arc<dyn Catalog>, run: &str) -> (SessionContext, Arc<JobCommits>) {
+async fn session(catalog: Arc<LakeCatalog>, run: &str) -> (SessionContext, Arc<JobCommits>) {
     let commits = Arc::new(JobCommits::new(JobIdentity {
         job_id: "source-test".into(),
         run_id: run.into(),
@@ -250,7 +250,7 @@ async fn snapshot_files_are_splits_read_like_the_batch_scan() {
 }
 
 /// Commits `values` (rows of `(id, category, amount, ts)`) as one append.
-async fn append(catalog: &Arc<dyn Catalog>, run: &str, values: &str) {
+async fn append(catalog: &Arc<LakeCatalog>, run: &str, values: &str) {
     let (ctx, commits) = session(catalog.clone(), run).await;
     sql(&ctx, &format!("INSERT INTO lake.db.orders VALUES {values}")).await;
     commits.commit_all().await.unwrap();

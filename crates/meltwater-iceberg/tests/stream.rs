@@ -16,6 +16,7 @@ use iceberg::spec::Transform;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
 use meltwater_iceberg::stream::last_committed_checkpoint_in;
+use meltwater_iceberg::LakeCatalog;
 use meltwater_iceberg::{
     commit_checkpoint, last_committed_checkpoint, open_catalog, IcebergCatalogConfig,
     IcebergCatalogProvider, IcebergStreamWriter, IcebergTable, JobCommits, JobIdentity,
@@ -24,7 +25,7 @@ use meltwater_iceberg::{
 
 const JOB: &str = "stream-job";
 
-async fn catalog(dir: &Path) -> Arc<dyn Catalog> {
+async fn catalog(dir: &Path) -> Arc<LakeCatalog> {
     let config = IcebergCatalogConfig::sqlite(
         "lake",
         dir,
@@ -35,7 +36,7 @@ async fn catalog(dir: &Path) -> Arc<dyn Catalog> {
     open_catalog(&config).await.unwrap()
 }
 
-async fn provider(catalog: Arc<dyn Catalog>) -> IcebergCatalogProvider {
+async fn provider(catalog: Arc<LakeCatalog>) -> IcebergCatalogProvider {
     let commits = Arc::new(JobCommits::new(JobIdentity {
         job_id: JOB.into(),
         run_id: uuid::Uuid::new_v4().to_string(),
@@ -47,7 +48,7 @@ async fn provider(catalog: Arc<dyn Catalog>) -> IcebergCatalogProvider {
 
 /// Creates `lake.db.<name>` and returns it as the sink's plan would see it.
 async fn create(
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<LakeCatalog>,
     name: &str,
     columns: Schema,
     parts: &[PartitionFieldDef],
@@ -86,7 +87,7 @@ fn events(table: &IcebergTable, ids: std::ops::Range<i64>) -> RecordBatch {
 }
 
 /// Rows of `lake.db.<table>` as a fresh session reads them (`predicate` optional).
-async fn count(catalog: Arc<dyn Catalog>, table: &str, predicate: &str) -> i64 {
+async fn count(catalog: Arc<LakeCatalog>, table: &str, predicate: &str) -> i64 {
     let provider = provider(catalog).await;
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
     ctx.register_catalog("lake", Arc::new(provider));
@@ -95,7 +96,7 @@ async fn count(catalog: Arc<dyn Catalog>, table: &str, predicate: &str) -> i64 {
     rows[0].column(0).as_primitive::<Int64Type>().value(0)
 }
 
-async fn load(catalog: &Arc<dyn Catalog>, table: &str) -> iceberg::table::Table {
+async fn load(catalog: &Arc<LakeCatalog>, table: &str) -> iceberg::table::Table {
     catalog
         .load_table(&TableIdent::new(
             NamespaceIdent::new("db".into()),

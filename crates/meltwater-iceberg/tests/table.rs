@@ -12,11 +12,12 @@ use datafusion::prelude::SessionContext;
 use iceberg::spec::Transform;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
+use meltwater_iceberg::LakeCatalog;
 use meltwater_iceberg::{
     open_catalog, IcebergCatalogConfig, IcebergCatalogProvider, JobCommits, JobIdentity,
 };
 
-async fn catalog(dir: &Path) -> Arc<dyn Catalog> {
+async fn catalog(dir: &Path) -> Arc<LakeCatalog> {
     let config = IcebergCatalogConfig::sqlite(
         "lake",
         dir,
@@ -36,7 +37,7 @@ fn identity(job: &str, run: &str) -> JobIdentity {
 
 /// A session with the catalog registered as `lake`, and the commits its writes go to.
 async fn session(
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<LakeCatalog>,
     run: &str,
 ) -> (SessionContext, IcebergCatalogProvider, Arc<JobCommits>) {
     let commits = Arc::new(JobCommits::new(identity("test-job", run)));

@@ -56,7 +56,11 @@ pub enum Step {
 pub enum SinkKind {
     /// An Iceberg table, two-phase: files written until a barrier, committed when the
     /// checkpoint completes.
-    Iceberg { table: Arc<IcebergTable> },
+    /// `upsert`: rows upsert (and retractions delete) by the table's primary key.
+    Iceberg {
+        table: Arc<IcebergTable>,
+        upsert: bool,
+    },
     /// A query's rows, kept for the caller (the CLI prints them; tests compare them).
     Collect(Arc<Mutex<Vec<RecordBatch>>>),
     /// A `print` table: each row written to stdout (or stderr) as it arrives.
@@ -71,7 +75,7 @@ pub enum SinkKind {
 impl fmt::Debug for SinkKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SinkKind::Iceberg { table } => write!(f, "Iceberg({})", table.name()),
+            SinkKind::Iceberg { table, .. } => write!(f, "Iceberg({})", table.name()),
             SinkKind::Collect(_) => f.write_str("Collect"),
             SinkKind::Print { table, .. } => write!(f, "Print({table})"),
             SinkKind::Blackhole => f.write_str("Blackhole"),

@@ -523,28 +523,72 @@ impl Builder<'_> {
                         dml.table_name
                     ));
                 };
-                if self.updating(input) {
-                    return Err(format!(
-                        "INSERT INTO {}: the query produces an updating stream (an aggregate without a window, or an outer or anti join, changes rows it already emitted as input arrives); writing updates into an Iceberg table needs upserts, which are not supported yet — aggregate over a window (TUMBLE, HOP, CUMULATE, SESSION), or use an inner join, to produce an append-only stream",
-                        dml.table_name
-                    ));
-                }
+                let updating = self.updating(input);
+                let metadata = table.table().metadata();
+                let upsert = updating || meltwater_iceberg::upsert::upsert_enabled(metadata);
+                let key = if upsert {
+                    if meltwater_iceberg::upsert::primary_key(metadata).is_empty() {
+                        return Err(format!(
+                            "INSERT INTO {}: the query produces an updating stream (an aggregate without a window, or an outer or anti join, changes rows it already emitted as input arrives), and the table has no primary key to apply the changes by — declare one with PRIMARY KEY (...) NOT ENFORCED so the sink upserts, or aggregate over a window (TUMBLE, HOP, CUMULATE, SESSION) or use an inner join to produce an append-only stream",
+                            dml.table_name
+                        ));
+                    }
+                    meltwater_iceberg::upsert::upsert_key(table.name(), metadata)
+                        .map_err(|e| format!("INSERT INTO {}: {e}", dml.table_name))?
+                } else {
+                    Vec::new()
+                };
                 let table = Arc::new(IcebergTable::clone(table));
                 let id = self.next_id("sink");
                 let schema = self.graph.nodes[input].schema.clone();
+                // Upserts: every change of a key reaches the one subtask buffering that
+                // key, in order (the input has the table's columns, by position).
+                let table_columns: Vec<String> = datafusion::datasource::TableProvider::schema(
+                    table.as_ref(),
+                )
+                .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                let partitioning = if upsert {
+                    let mut keys = Vec::new();
+                    for k in &key {
+                        let i = table_columns.iter().position(|c| c == k).ok_or_else(|| {
+                            format!("INSERT INTO {}: no column '{k}'", dml.table_name)
+                        })?;
+                        keys.push(Arc::new(datafusion::physical_expr::expressions::Column::new(
+                            schema.field(i).name(),
+                            i,
+                        )) as Arc<dyn PhysicalExpr>);
+                    }
+                    Partitioning::Hash {
+                        keys,
+                        names: key.clone(),
+                    }
+                } else {
+                    Partitioning::Forward
+                };
                 Ok(self.add(StreamNode {
                     id,
-                    name: format!("sink: iceberg {}", dml.table_name),
+                    name: if upsert {
+                        format!("sink: iceberg {} (upsert by {})", dml.table_name, key.join(", "))
+                    } else {
+                        format!("sink: iceberg {}", dml.table_name)
+                    },
                     kind: NodeKind::Sink {
                         target: dml.table_name.to_string(),
-                        kind: SinkKind::Iceberg { table },
+                        kind: SinkKind::Iceberg { table, upsert },
                     },
                     parallelism: self.graph.nodes[input].parallelism,
-                    input: Some((input, Partitioning::Forward)),
-            extra_inputs: Vec::new(),
+                    input: Some((input, partitioning)),
+                    extra_inputs: Vec::new(),
                     schema,
                     updating: false,
-                    state: Some("data files written since the last checkpoint".into()),
+                    state: Some(if upsert {
+                        "the last change of each key since the last checkpoint, then its data and equality-delete files".into()
+                    } else {
+                        "data files written since the last checkpoint".into()
+                    }),
                 }))
             }
             LogicalPlan::TableScan(scan) => {

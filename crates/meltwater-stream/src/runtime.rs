@@ -892,9 +892,12 @@ fn build_operator(
             info.clone(),
         )?),
         NodeKind::Sink { kind, .. } => match kind {
-            SinkKind::Iceberg { table } => {
-                Box::new(IcebergSinkOperator::new(table.clone(), info.index))
-            }
+            SinkKind::Iceberg { table, upsert } => Box::new(IcebergSinkOperator::new(
+                table.clone(),
+                info.index,
+                *upsert,
+                input_updating,
+            )),
             SinkKind::Collect(rows) => Box::new(CollectSinkOperator::new(rows.clone())),
             SinkKind::Print { table, options } => {
                 Box::new(crate::ops::sink::PrintSinkOperator::new(
@@ -964,7 +967,7 @@ async fn commit_sinks(
     let mut out = Vec::new();
     for node in &graph.nodes {
         let NodeKind::Sink {
-            kind: SinkKind::Iceberg { table },
+            kind: SinkKind::Iceberg { table, .. },
             ..
         } = &node.kind
         else {
@@ -1299,7 +1302,7 @@ pub async fn run_graph(
         .max(restore.as_ref().map(|m| m.checkpoint_id).unwrap_or(0));
     for node in &graph.nodes {
         if let NodeKind::Sink {
-            kind: SinkKind::Iceberg { table },
+            kind: SinkKind::Iceberg { table, .. },
             ..
         } = &node.kind
         {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::array::{BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -17,30 +17,44 @@ use meltwater_iceberg::IcebergTable;
 use crate::changelog::{is_updating, split_ops};
 use crate::operator::{Operator, OperatorSnapshot, Output};
 
-/// Writes an append-only stream into an Iceberg table. Files written between two
-/// barriers are closed on the barrier and listed in the checkpoint; the coordinator
-/// commits them once the checkpoint is complete (exactly once: the snapshot records the
-/// job and checkpoint id, and a replayed commit is skipped).
+/// Writes a stream into an Iceberg table. Files written between two barriers are
+/// closed on the barrier and listed in the checkpoint; the coordinator commits them
+/// once the checkpoint is complete (exactly once: the snapshot records the job and
+/// checkpoint id, and a replayed commit is skipped).
+///
+/// An upserting sink (an updating input, or a table with `'write.upsert' = 'true'`)
+/// keeps each key's last change until the barrier, then writes equality deletes for
+/// those keys and the rows of the keys still present; `+I`/`+U` rows upsert, `-U`/`-D`
+/// rows delete. Its input is hash-partitioned by the primary key, so a key's changes
+/// all reach one subtask, in order.
 pub struct IcebergSinkOperator {
     table: Arc<IcebergTable>,
     subtask: usize,
+    upsert: bool,
+    /// The input carries the op column.
+    updating: bool,
     writer: Option<IcebergStreamWriter>,
 }
 
 impl IcebergSinkOperator {
-    pub fn new(table: Arc<IcebergTable>, subtask: usize) -> Self {
+    pub fn new(table: Arc<IcebergTable>, subtask: usize, upsert: bool, updating: bool) -> Self {
         Self {
             table,
             subtask,
+            upsert,
+            updating,
             writer: None,
         }
     }
 
     async fn writer(&mut self) -> Result<&mut IcebergStreamWriter> {
         if self.writer.is_none() {
-            let w = IcebergStreamWriter::try_new(&self.table, self.subtask)
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let w = if self.upsert {
+                IcebergStreamWriter::upsert(&self.table, self.subtask)
+            } else {
+                IcebergStreamWriter::try_new(&self.table, self.subtask).await
+            }
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
             self.writer = Some(w);
         }
         Ok(self.writer.as_mut().expect("writer opened above"))
@@ -73,10 +87,16 @@ impl Operator for IcebergSinkOperator {
         batch: RecordBatch,
         _out: &mut Output,
     ) -> Result<()> {
+        let updating = self.updating;
         let w = self.writer().await?;
-        w.write(&batch)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+        let done = if updating {
+            let (rows, ops) = split_ops(&batch)?;
+            let retract: BooleanArray = ops.iter().map(|k| Some(!k.is_accumulate())).collect();
+            w.write_changes(&rows, &retract).await
+        } else {
+            w.write(&batch).await
+        };
+        done.map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     async fn snapshot(

@@ -1,0 +1,254 @@
+//! Committing table metadata Meltwater built itself (docs/design/iceberg-commits.md §3).
+//!
+//! The `iceberg` crate commits only the updates its own transactions produce
+//! (`TableCommit::build` is crate-private), so row deltas and overwrites are committed
+//! here, per catalog kind. [`LakeCatalog`] is the catalog every job uses: the crate's
+//! catalog for listing, loading and creating, plus [`LakeCatalog::swap_metadata`].
+//!
+//! The embedded SQLite catalog commits by compare-and-swap on the `metadata_location`
+//! column, the same predicate pyiceberg's and the crate's SQL catalogs use, so all
+//! writers of one catalog file exclude each other: 0 rows changed means another writer
+//! moved the table first (a conflict, retried by the caller on the new head).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use iceberg::spec::TableMetadata;
+use iceberg::table::Table;
+use iceberg::{
+    Catalog, Namespace, NamespaceIdent, Result as IcebergResult, TableCommit, TableCreation,
+    TableIdent,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+/// What one attempt to swap a table's metadata did.
+#[derive(Debug)]
+pub enum CommitOutcome {
+    /// The table now points at the new metadata.
+    Committed,
+    /// Another writer moved the table since it was loaded; nothing was applied.
+    Conflict,
+    /// The catalog may or may not have applied the commit (reload and look for it).
+    Unknown(String),
+    /// Nothing was applied and retrying will not help.
+    Failed(String),
+}
+
+/// A job's handle on one Iceberg catalog.
+pub struct LakeCatalog {
+    name: String,
+    inner: Arc<dyn Catalog>,
+    committer: Option<SqliteCommitter>,
+}
+
+impl std::fmt::Debug for LakeCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeCatalog")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+struct SqliteCommitter {
+    pool: SqlitePool,
+    catalog_name: String,
+}
+
+impl LakeCatalog {
+    /// A catalog whose commits go through `inner`'s own transactions only (in-memory
+    /// and read-only catalogs): [`Self::swap_metadata`] fails.
+    pub fn read_only(name: &str, inner: Arc<dyn Catalog>) -> Self {
+        Self {
+            name: name.to_string(),
+            inner,
+            committer: None,
+        }
+    }
+
+    /// The embedded catalog stored in the SQLite file `path`, under `catalog_name`.
+    pub(crate) async fn sqlite(
+        name: &str,
+        inner: Arc<dyn Catalog>,
+        path: PathBuf,
+        catalog_name: &str,
+    ) -> Result<Self, String> {
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        Ok(Self {
+            name: name.to_string(),
+            inner,
+            committer: Some(SqliteCommitter {
+                pool,
+                catalog_name: catalog_name.to_string(),
+            }),
+        })
+    }
+
+    /// The name jobs use for this catalog.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Points `base`'s table at `metadata` if the catalog still points at `base`'s
+    /// metadata file: writes the next metadata file, then compare-and-swaps. On
+    /// anything but `Committed` or `Unknown` the new metadata file is removed again.
+    pub async fn swap_metadata(&self, base: &Table, metadata: &TableMetadata) -> CommitOutcome {
+        let Some(committer) = &self.committer else {
+            return CommitOutcome::Failed(format!(
+                "catalog {} is open read-only; it cannot commit",
+                self.name
+            ));
+        };
+        let Some(current) = base.metadata_location() else {
+            return CommitOutcome::Failed("the table has no metadata location".into());
+        };
+        let location = next_metadata_location(current, metadata);
+        if let Err(e) = write_metadata(base, metadata, &location).await {
+            return CommitOutcome::Failed(format!("writing {location}: {e}"));
+        }
+        let ident = base.identifier();
+        let result = sqlx::query(
+            "UPDATE iceberg_tables SET metadata_location = ?1, previous_metadata_location = ?2 \
+             WHERE catalog_name = ?3 AND table_namespace = ?4 AND table_name = ?5 \
+               AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) \
+               AND metadata_location = ?2",
+        )
+        .bind(&location)
+        .bind(current)
+        .bind(&committer.catalog_name)
+        .bind(ident.namespace().join("."))
+        .bind(ident.name())
+        .execute(&committer.pool)
+        .await;
+        match result {
+            Ok(done) if done.rows_affected() == 1 => CommitOutcome::Committed,
+            Ok(_) => {
+                let _ = base.file_io().delete(&location).await;
+                CommitOutcome::Conflict
+            }
+            Err(sqlx::Error::Database(e)) if e.message().contains("locked") => {
+                let _ = base.file_io().delete(&location).await;
+                CommitOutcome::Conflict
+            }
+            Err(e) => CommitOutcome::Unknown(e.to_string()),
+        }
+    }
+}
+
+/// `<table>/metadata/<v+1>-<uuid>.metadata.json`, following the current file's version
+/// (or the length of the metadata log when the current name has no version).
+fn next_metadata_location(current: &str, metadata: &TableMetadata) -> String {
+    match iceberg::MetadataLocation::from_str(current) {
+        Ok(loc) => loc
+            .with_next_version()
+            .with_new_metadata(metadata)
+            .to_string(),
+        Err(_) => {
+            let version = metadata.metadata_log().len() + 1;
+            format!(
+                "{}/metadata/{version:05}-{}.metadata.json",
+                metadata.location().trim_end_matches('/'),
+                uuid::Uuid::now_v7()
+            )
+        }
+    }
+}
+
+async fn write_metadata(
+    base: &Table,
+    metadata: &TableMetadata,
+    location: &str,
+) -> Result<(), String> {
+    match iceberg::MetadataLocation::from_str(location) {
+        Ok(loc) => metadata
+            .write_to(base.file_io(), &loc)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(_) => {
+            let json = serde_json::to_vec(metadata).map_err(|e| e.to_string())?;
+            let out = base
+                .file_io()
+                .new_output(location)
+                .map_err(|e| e.to_string())?;
+            out.write(json.into()).await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[async_trait]
+impl Catalog for LakeCatalog {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> IcebergResult<Vec<NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> IcebergResult<Namespace> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> IcebergResult<Namespace> {
+        self.inner.get_namespace(namespace).await
+    }
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> IcebergResult<bool> {
+        self.inner.namespace_exists(namespace).await
+    }
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> IcebergResult<()> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> IcebergResult<()> {
+        self.inner.drop_namespace(namespace).await
+    }
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> IcebergResult<Vec<TableIdent>> {
+        self.inner.list_tables(namespace).await
+    }
+    async fn create_table(
+        &self,
+        namespace: &NamespaceIdent,
+        creation: TableCreation,
+    ) -> IcebergResult<Table> {
+        self.inner.create_table(namespace, creation).await
+    }
+    async fn load_table(&self, table: &TableIdent) -> IcebergResult<Table> {
+        self.inner.load_table(table).await
+    }
+    async fn drop_table(&self, table: &TableIdent) -> IcebergResult<()> {
+        self.inner.drop_table(table).await
+    }
+    async fn purge_table(&self, table: &TableIdent) -> IcebergResult<()> {
+        self.inner.purge_table(table).await
+    }
+    async fn table_exists(&self, table: &TableIdent) -> IcebergResult<bool> {
+        self.inner.table_exists(table).await
+    }
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> IcebergResult<()> {
+        self.inner.rename_table(src, dest).await
+    }
+    async fn register_table(
+        &self,
+        table: &TableIdent,
+        metadata_location: String,
+    ) -> IcebergResult<Table> {
+        self.inner.register_table(table, metadata_location).await
+    }
+    async fn update_table(&self, commit: TableCommit) -> IcebergResult<Table> {
+        self.inner.update_table(commit).await
+    }
+}

@@ -1,0 +1,267 @@
+//! Building a v2 snapshot from the `iceberg` crate's public pieces
+//! (docs/design/iceberg-commits.md §2): new manifests for the added data and delete
+//! files, every current manifest carried over, a manifest list, the snapshot with its
+//! summary (the collector's `added-*` keys, totals carried from the parent, the job's
+//! markers), and the table metadata pointing `main` at it.
+//!
+//! Files added by one snapshot share its sequence number N. An equality delete applies
+//! to data with a sequence number below its own, so the deletes of a row delta remove
+//! older rows of their keys and never the rows added with them.
+
+use std::collections::HashMap;
+
+use iceberg::spec::{
+    DataContentType, DataFile, FormatVersion, ManifestFile, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
+};
+use iceberg::table::Table;
+
+use crate::error::{IcebergContext, IcebergError, Result};
+
+/// The files one snapshot adds.
+#[derive(Debug, Clone, Default)]
+pub struct AddedFiles {
+    pub data: Vec<DataFile>,
+    /// Equality (and position) delete files.
+    pub deletes: Vec<DataFile>,
+}
+
+impl AddedFiles {
+    /// `append` when only data is added, `delete` when only deletes are, else
+    /// `overwrite` (as Java's row delta names them).
+    fn operation(&self) -> Operation {
+        match (self.data.is_empty(), self.deletes.is_empty()) {
+            (_, true) => Operation::Append,
+            (true, false) => Operation::Delete,
+            (false, false) => Operation::Overwrite,
+        }
+    }
+}
+
+/// Ids that stay the same across the retries of one logical commit.
+#[derive(Debug, Clone)]
+pub(crate) struct CommitIds {
+    pub snapshot_id: i64,
+    /// Names the manifests of this commit.
+    pub uuid: uuid::Uuid,
+}
+
+impl CommitIds {
+    /// A fresh snapshot id not used by `metadata`.
+    pub fn new(metadata: &TableMetadata) -> Self {
+        loop {
+            let id = (uuid::Uuid::new_v4().as_u128() as i64) & i64::MAX;
+            if id != 0 && metadata.snapshot_by_id(id).is_none() {
+                return Self {
+                    snapshot_id: id,
+                    uuid: uuid::Uuid::now_v7(),
+                };
+            }
+        }
+    }
+}
+
+/// The new metadata of `table` with one more snapshot on `main` adding `files`, whose
+/// summary carries `properties`.
+pub(crate) async fn produce(
+    name: &str,
+    table: &Table,
+    files: &AddedFiles,
+    properties: &HashMap<String, String>,
+    ids: &CommitIds,
+    attempt: u32,
+) -> Result<TableMetadata> {
+    let metadata = table.metadata();
+    let context = |what: &str| format!("committing to {name} ({what})");
+    if metadata.format_version() != FormatVersion::V2 {
+        return Err(IcebergError::Table {
+            table: name.to_string(),
+            message: format!(
+                "row-level writes need an Iceberg v2 table; this one is {}",
+                metadata.format_version()
+            ),
+        });
+    }
+    let file_io = table.file_io();
+    let schema = metadata.current_schema().clone();
+    let sequence_number = metadata.next_sequence_number();
+    let parent = metadata.current_snapshot();
+    let location = metadata.location().trim_end_matches('/');
+
+    let mut manifests: Vec<ManifestFile> = Vec::new();
+    let mut collector = SnapshotSummaryCollector::default();
+    // Files are written against the default spec (a `DataFile` does not expose its
+    // spec id; writers always use the default one).
+    let spec = metadata.default_partition_spec().clone();
+    for (n, (deletes, group)) in [(false, &files.data), (true, &files.deletes)]
+        .into_iter()
+        .enumerate()
+    {
+        if group.is_empty() {
+            continue;
+        }
+        let path = format!("{location}/metadata/{}-m{n}.avro", ids.uuid);
+        let output = file_io.new_output(&path).context(|| context("manifest"))?;
+        let builder = ManifestWriterBuilder::new(
+            output,
+            Some(ids.snapshot_id),
+            schema.clone(),
+            spec.as_ref().clone(),
+        );
+        let mut writer = if deletes {
+            builder.build_v2_deletes()
+        } else {
+            builder.build_v2_data()
+        };
+        for f in group.iter() {
+            let is_delete = f.content_type() != DataContentType::Data;
+            if is_delete != deletes {
+                return Err(IcebergError::Table {
+                    table: name.to_string(),
+                    message: format!(
+                        "{} is listed as a {} file but holds {:?}",
+                        f.file_path(),
+                        if deletes { "delete" } else { "data" },
+                        f.content_type()
+                    ),
+                });
+            }
+            collector.add_file(f, schema.clone(), spec.clone());
+            // Null sequence numbers: the entries inherit the snapshot's.
+            writer
+                .add_file(f.clone(), -1)
+                .context(|| context("manifest entry"))?;
+        }
+        manifests.push(
+            writer
+                .write_manifest_file()
+                .await
+                .context(|| context("manifest"))?,
+        );
+    }
+    if let Some(parent) = parent {
+        let list = table
+            .manifest_list_reader(parent)
+            .load()
+            .await
+            .context(|| context("reading the current manifest list"))?;
+        manifests.extend(list.entries().iter().cloned());
+    }
+
+    let list_path = format!(
+        "{location}/metadata/snap-{}-{attempt}-{}.avro",
+        ids.snapshot_id, ids.uuid
+    );
+    let list_out = file_io
+        .new_output(&list_path)
+        .context(|| context("manifest list"))?;
+    let mut list = ManifestListWriter::v2(
+        list_out
+            .writer()
+            .await
+            .context(|| context("manifest list"))?,
+        ids.snapshot_id,
+        parent.map(|p| p.snapshot_id()),
+        sequence_number,
+    );
+    list.add_manifests(manifests.into_iter())
+        .context(|| context("manifest list"))?;
+    list.close().await.context(|| context("manifest list"))?;
+
+    let mut summary = collector.build();
+    add_totals(
+        &mut summary,
+        parent.map(|p| &p.summary().additional_properties),
+    );
+    for (k, v) in properties {
+        summary.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let timestamp_ms = chrono::Utc::now()
+        .timestamp_millis()
+        .max(metadata.last_updated_ms() + 1);
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(ids.snapshot_id)
+        .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
+        .with_sequence_number(sequence_number)
+        .with_timestamp_ms(timestamp_ms)
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation: files.operation(),
+            additional_properties: summary,
+        })
+        .with_schema_id(schema.schema_id())
+        .build();
+    let built = metadata
+        .clone()
+        .into_builder(table.metadata_location().map(str::to_string))
+        .set_branch_snapshot(snapshot, "main")
+        .context(|| context("snapshot"))?
+        .build()
+        .context(|| context("metadata"))?;
+    Ok(built.metadata)
+}
+
+/// `total-*` = the parent's total + added − removed, omitted when the parent has no
+/// parseable value (a table without snapshots starts from 0).
+fn add_totals(summary: &mut HashMap<String, String>, parent: Option<&HashMap<String, String>>) {
+    const TOTALS: [(&str, &str, &str); 6] = [
+        ("total-data-files", "added-data-files", "deleted-data-files"),
+        (
+            "total-delete-files",
+            "added-delete-files",
+            "removed-delete-files",
+        ),
+        ("total-records", "added-records", "deleted-records"),
+        ("total-files-size", "added-files-size", "removed-files-size"),
+        (
+            "total-position-deletes",
+            "added-position-deletes",
+            "removed-position-deletes",
+        ),
+        (
+            "total-equality-deletes",
+            "added-equality-deletes",
+            "removed-equality-deletes",
+        ),
+    ];
+    let get = |m: &HashMap<String, String>, k: &str| -> i64 {
+        m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    for (total, added, removed) in TOTALS {
+        let base = match parent {
+            None => Some(0),
+            Some(p) => p.get(total).and_then(|v| v.parse::<i64>().ok()),
+        };
+        if let Some(base) = base {
+            let value = base + get(summary, added) - get(summary, removed);
+            summary.insert(total.to_string(), value.max(0).to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_follow_the_parent() {
+        let parent = HashMap::from([
+            ("total-records".to_string(), "10".to_string()),
+            ("total-data-files".to_string(), "2".to_string()),
+        ]);
+        let mut s = HashMap::from([
+            ("added-records".to_string(), "5".to_string()),
+            ("added-data-files".to_string(), "1".to_string()),
+            ("added-equality-deletes".to_string(), "3".to_string()),
+        ]);
+        add_totals(&mut s, Some(&parent));
+        assert_eq!(s["total-records"], "15");
+        assert_eq!(s["total-data-files"], "3");
+        // The parent had no equality-delete total: unknown, so omitted.
+        assert!(!s.contains_key("total-equality-deletes"));
+        let mut first = HashMap::from([("added-equality-deletes".to_string(), "3".to_string())]);
+        add_totals(&mut first, None);
+        assert_eq!(first["total-equality-deletes"], "3");
+        assert_eq!(first["total-records"], "0");
+    }
+}
