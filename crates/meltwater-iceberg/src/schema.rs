@@ -87,18 +87,22 @@ pub fn table_creation(
     partitioning: &[PartitionFieldDef],
     properties: HashMap<String, String>,
 ) -> Result<TableCreation> {
-    let fields: Vec<Field> = columns
-        .fields()
-        .iter()
-        .map(|f| Field::new(f.name(), iceberg_compatible(f.data_type()), f.is_nullable()))
-        .collect();
-    let schema = arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(fields))
-        .context(|| format!("table {table}: unsupported column type"))?;
-    // The primary key becomes the schema's identifier fields, which other engines read.
+    // The primary key becomes the schema's identifier fields, which other engines read;
+    // identifier fields are required.
     let key: Vec<&str> = properties
         .get(crate::upsert::PRIMARY_KEY_PROPERTY)
         .map(|k| k.split(',').collect())
         .unwrap_or_default();
+    let fields: Vec<Field> = columns
+        .fields()
+        .iter()
+        .map(|f| {
+            let nullable = f.is_nullable() && !key.contains(&f.name().as_str());
+            Field::new(f.name(), iceberg_compatible(f.data_type()), nullable)
+        })
+        .collect();
+    let schema = arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(fields))
+        .context(|| format!("table {table}: unsupported column type"))?;
     let schema = if key.is_empty() {
         schema
     } else {
