@@ -1,8 +1,10 @@
 //! An Iceberg table's snapshot read as a stream source: one split per data file, rows
 //! identical to the batch scan, resume from a position. Real SQLite catalog on disk.
 
+mod common;
+use common::catalog;
+
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
@@ -14,21 +16,7 @@ use iceberg::spec::Transform;
 use meltwater_connectors::stream::{Split, StreamSource};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
 use meltwater_iceberg::LakeCatalog;
-use meltwater_iceberg::{
-    open_catalog, IcebergCatalogConfig, IcebergCatalogProvider, IcebergTable, JobCommits,
-    JobIdentity,
-};
-
-async fn catalog(dir: &Path) -> Arc<LakeCatalog> {
-    let config = IcebergCatalogConfig::sqlite(
-        "lake",
-        dir,
-        Path::new("catalog.db"),
-        Path::new("warehouse"),
-        None,
-    );
-    open_catalog(&config).await.unwrap()
-}
+use meltwater_iceberg::{IcebergCatalogProvider, IcebergTable, JobCommits, JobIdentity};
 
 async fn session(catalog: Arc<LakeCatalog>, run: &str) -> (SessionContext, Arc<JobCommits>) {
     let commits = Arc::new(JobCommits::new(JobIdentity {

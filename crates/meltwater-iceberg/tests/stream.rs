@@ -2,8 +2,10 @@
 //! files travel through JSON (the checkpoint manifest), and the checkpoint commit is
 //! idempotent per (job id, checkpoint id). Real SQLite catalog on local disk.
 
+mod common;
+use common::{catalog, load};
+
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -13,37 +15,18 @@ use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit}
 use datafusion::physical_plan::displayable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg::spec::Transform;
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
 use meltwater_iceberg::stream::last_committed_checkpoint_in;
 use meltwater_iceberg::LakeCatalog;
 use meltwater_iceberg::{
-    commit_checkpoint, last_committed_checkpoint, open_catalog, IcebergCatalogConfig,
-    IcebergCatalogProvider, IcebergStreamWriter, IcebergTable, JobCommits, JobIdentity,
-    PendingDataFile, SUMMARY_CHECKPOINT_ID, SUMMARY_JOB_ID,
+    commit_checkpoint, last_committed_checkpoint, IcebergCatalogProvider, IcebergStreamWriter,
+    IcebergTable, PendingDataFile, SUMMARY_CHECKPOINT_ID, SUMMARY_JOB_ID,
 };
 
 const JOB: &str = "stream-job";
 
-async fn catalog(dir: &Path) -> Arc<LakeCatalog> {
-    let config = IcebergCatalogConfig::sqlite(
-        "lake",
-        dir,
-        Path::new("catalog.db"),
-        Path::new("warehouse"),
-        None,
-    );
-    open_catalog(&config).await.unwrap()
-}
-
 async fn provider(catalog: Arc<LakeCatalog>) -> IcebergCatalogProvider {
-    let commits = Arc::new(JobCommits::new(JobIdentity {
-        job_id: JOB.into(),
-        run_id: uuid::Uuid::new_v4().to_string(),
-    }));
-    IcebergCatalogProvider::try_new("lake", catalog, commits)
-        .await
-        .unwrap()
+    common::provider(catalog, JOB).await
 }
 
 /// Creates `lake.db.<name>` and returns it as the sink's plan would see it.
@@ -94,16 +77,6 @@ async fn count(catalog: Arc<LakeCatalog>, table: &str, predicate: &str) -> i64 {
     let query = format!("SELECT count(*) FROM lake.db.{table} {predicate}");
     let rows = ctx.sql(&query).await.unwrap().collect().await.unwrap();
     rows[0].column(0).as_primitive::<Int64Type>().value(0)
-}
-
-async fn load(catalog: &Arc<LakeCatalog>, table: &str) -> iceberg::table::Table {
-    catalog
-        .load_table(&TableIdent::new(
-            NamespaceIdent::new("db".into()),
-            table.into(),
-        ))
-        .await
-        .unwrap()
 }
 
 /// What the checkpoint manifest does with the pending files: JSON and back.

@@ -1,8 +1,10 @@
 //! Iceberg tables through DataFusion: create, write, commit, read back, prune, and commit
 //! idempotence and races, against a real embedded SQLite catalog on local disk.
 
+mod common;
+use common::catalog;
+
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
@@ -13,20 +15,7 @@ use iceberg::spec::Transform;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
 use meltwater_iceberg::LakeCatalog;
-use meltwater_iceberg::{
-    open_catalog, IcebergCatalogConfig, IcebergCatalogProvider, JobCommits, JobIdentity,
-};
-
-async fn catalog(dir: &Path) -> Arc<LakeCatalog> {
-    let config = IcebergCatalogConfig::sqlite(
-        "lake",
-        dir,
-        Path::new("catalog.db"),
-        Path::new("warehouse"),
-        None,
-    );
-    open_catalog(&config).await.unwrap()
-}
+use meltwater_iceberg::{IcebergCatalogProvider, JobCommits, JobIdentity};
 
 fn identity(job: &str, run: &str) -> JobIdentity {
     JobIdentity {

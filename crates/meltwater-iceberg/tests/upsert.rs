@@ -8,41 +8,24 @@
 //! - two writers racing on one table both land: every commit is in the history;
 //! - tables without a key, or partitioned outside their key, are refused.
 
+mod common;
+use common::{catalog, load};
+
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg::spec::{Operation, Transform};
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
 use meltwater_iceberg::upsert::PRIMARY_KEY_PROPERTY;
 use meltwater_iceberg::{
-    commit_checkpoint, open_catalog, IcebergCatalogConfig, IcebergCatalogProvider,
-    IcebergStreamWriter, IcebergTable, JobCommits, JobIdentity, LakeCatalog,
+    commit_checkpoint, IcebergCatalogProvider, IcebergStreamWriter, IcebergTable, LakeCatalog,
 };
 
-async fn catalog(dir: &Path) -> Arc<LakeCatalog> {
-    let config = IcebergCatalogConfig::sqlite(
-        "lake",
-        dir,
-        Path::new("catalog.db"),
-        Path::new("warehouse"),
-        None,
-    );
-    open_catalog(&config).await.unwrap()
-}
-
 async fn provider(catalog: Arc<LakeCatalog>) -> IcebergCatalogProvider {
-    let commits = Arc::new(JobCommits::new(JobIdentity {
-        job_id: "upsert-test".into(),
-        run_id: uuid::Uuid::new_v4().to_string(),
-    }));
-    IcebergCatalogProvider::try_new("lake", catalog, commits)
-        .await
-        .unwrap()
+    common::provider(catalog, "upsert-test").await
 }
 
 fn columns() -> Schema {
@@ -112,16 +95,6 @@ async fn contents(catalog: Arc<LakeCatalog>, table: &str) -> Vec<String> {
         }
     }
     out
-}
-
-async fn load(catalog: &Arc<LakeCatalog>, table: &str) -> iceberg::table::Table {
-    catalog
-        .load_table(&TableIdent::new(
-            NamespaceIdent::new("db".into()),
-            table.into(),
-        ))
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
