@@ -160,24 +160,26 @@ pub fn interop_python(what: &str) -> Option<PathBuf> {
         })
 }
 
-/// Reads `namespace.table` of the catalog `lake` under `<dir>/meltwater-data` with
-/// `integration/python/read_iceberg.py --reader READER`: its rows as sorted JSON lines.
-pub fn read_iceberg(python: &Path, dir: &Path, table: &str, reader: &str) -> Vec<String> {
+/// `read_iceberg.py` for `namespace.table` of the catalog `lake` under
+/// `<dir>/meltwater-data`, without the reader or `--snapshots` argument.
+fn read_iceberg_command(python: &Path, dir: &Path, table: &str) -> Command {
     let data = dir.join("meltwater-data");
-    let out = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg(repo_root().join("integration/python/read_iceberg.py"))
         .arg("--catalog-db")
         .arg(data.join("catalog.db"))
         .arg("--warehouse")
         .arg(data.join("warehouse"))
-        .args([
-            "--catalog-name",
-            "lake",
-            "--table",
-            table,
-            "--reader",
-            reader,
-        ])
+        .args(["--catalog-name", "lake", "--table", table]);
+    command
+}
+
+/// Reads `namespace.table` of the catalog `lake` under `<dir>/meltwater-data` with
+/// `integration/python/read_iceberg.py --reader READER`: its rows as sorted JSON lines.
+pub fn read_iceberg(python: &Path, dir: &Path, table: &str, reader: &str) -> Vec<String> {
+    let out = read_iceberg_command(python, dir, table)
+        .args(["--reader", reader])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     assert!(
@@ -191,6 +193,26 @@ pub fn read_iceberg(python: &Path, dir: &Path, table: &str, reader: &str) -> Vec
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// The snapshots of `namespace.table` in the catalog `lake` under `<dir>/meltwater-data`
+/// as pyiceberg lists them (`read_iceberg.py --snapshots`), oldest first.
+pub fn iceberg_snapshots(python: &Path, dir: &Path, table: &str) -> Vec<serde_json::Value> {
+    let out = read_iceberg_command(python, dir, table)
+        .arg("--snapshots")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "read_iceberg.py --snapshots --table {table} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut snapshots: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON snapshot"))
+        .collect();
+    snapshots.sort_by_key(|s| s["sequence_number"].as_i64());
+    snapshots
 }
 
 /// Copies the directory tree `from` to `to` (created if needed).

@@ -5,8 +5,7 @@
 //! expected rows; pyiceberg reads the snapshots (it refuses equality deletes, 0.12) and
 //! must see row-delta snapshots carrying the job's markers and consistent totals.
 
-use meltwater_integration::{interop_python, meltwater, read_iceberg};
-use serde_json::Value;
+use meltwater_integration::{iceberg_snapshots, interop_python, meltwater, read_iceberg};
 
 const JOB: &str = r#"
 SET 'pipeline.name' = 'upserts';
@@ -90,32 +89,7 @@ fn duckdb_reads_upserted_tables_exactly() {
         ]
     );
 
-    let out = std::process::Command::new(&python)
-        .arg(meltwater_integration::repo_root().join("integration/python/read_iceberg.py"))
-        .arg("--catalog-db")
-        .arg(dir.path().join("meltwater-data/catalog.db"))
-        .arg("--warehouse")
-        .arg(dir.path().join("meltwater-data/warehouse"))
-        .args([
-            "--catalog-name",
-            "lake",
-            "--table",
-            "db.daily",
-            "--snapshots",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut snapshots: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    snapshots.sort_by_key(|s| s["sequence_number"].as_i64());
+    let snapshots = iceberg_snapshots(&python, dir.path(), "db.daily");
     assert_eq!(snapshots.len(), 2);
     let head = &snapshots[1];
     assert_eq!(head["current"], true);

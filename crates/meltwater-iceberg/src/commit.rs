@@ -92,6 +92,7 @@ impl JobCommits {
             AddedFiles {
                 data: files,
                 deletes: Vec::new(),
+                replace_partitions: false,
             },
         )
     }
@@ -114,6 +115,7 @@ impl JobCommits {
             });
         entry.files.data.extend(files.data);
         entry.files.deletes.extend(files.deletes);
+        entry.files.replace_partitions |= files.replace_partitions;
     }
 
     /// Tables with pending files.
@@ -270,7 +272,7 @@ pub(crate) async fn commit_files(
     files: AddedFiles,
     properties: HashMap<String, String>,
 ) -> Result<CommitSummary> {
-    if files.deletes.is_empty() {
+    if !files.is_row_level() {
         return commit_fast_append(catalog, ident, name, files.data, properties).await;
     }
     let all = files.data.iter().chain(files.deletes.iter());
@@ -290,6 +292,13 @@ pub(crate) async fn commit_files(
         else {
             return Ok(summary);
         };
+        let nothing_added = files.data.is_empty() && files.deletes.is_empty();
+        let unpartitioned = table.metadata().default_partition_spec().is_unpartitioned();
+        if nothing_added && !(files.replace_partitions && unpartitioned) {
+            // A dynamic overwrite without rows replaces no partition (of an
+            // unpartitioned table, it empties the table).
+            return Ok(summary);
+        }
         let ids = ids.get_or_insert_with(|| CommitIds::new(table.metadata()));
         let metadata = produce(name, &table, &files, &properties, ids, attempt).await?;
         let outcome = catalog.swap_metadata(&table, &metadata).await;

@@ -8,33 +8,43 @@
 //! to data with a sequence number below its own, so the deletes of a row delta remove
 //! older rows of their keys and never the rows added with them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use iceberg::spec::{
-    DataContentType, DataFile, FormatVersion, ManifestFile, ManifestListWriter,
-    ManifestWriterBuilder, Operation, Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
+    DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestFile,
+    ManifestListWriter, ManifestWriter, ManifestWriterBuilder, Operation, Snapshot,
+    SnapshotSummaryCollector, Struct, Summary, TableMetadata,
 };
 use iceberg::table::Table;
 
 use crate::error::{IcebergContext, IcebergError, Result};
 
-/// The files one snapshot adds.
+/// The files one snapshot adds, and what it replaces.
 #[derive(Debug, Clone, Default)]
 pub struct AddedFiles {
     pub data: Vec<DataFile>,
     /// Equality (and position) delete files.
     pub deletes: Vec<DataFile>,
+    /// Dynamic partition overwrite: every live data and delete file in a partition of
+    /// the new data files is removed (the whole table when it is unpartitioned).
+    pub replace_partitions: bool,
 }
 
 impl AddedFiles {
     /// `append` when only data is added, `delete` when only deletes are, else
-    /// `overwrite` (as Java's row delta names them).
-    fn operation(&self) -> Operation {
+    /// `overwrite` (as Java's row delta and partition replacement name them).
+    fn operation(&self, removed: bool) -> Operation {
         match (self.data.is_empty(), self.deletes.is_empty()) {
+            _ if removed => Operation::Overwrite,
             (_, true) => Operation::Append,
             (true, false) => Operation::Delete,
             (false, false) => Operation::Overwrite,
         }
+    }
+
+    /// Whether the commit is more than an append of data files.
+    pub fn is_row_level(&self) -> bool {
+        !self.deletes.is_empty() || self.replace_partitions
     }
 }
 
@@ -93,14 +103,9 @@ pub(crate) async fn produce(
     // Files are written against the default spec (a `DataFile` does not expose its
     // spec id; writers always use the default one).
     let spec = metadata.default_partition_spec().clone();
-    for (n, (deletes, group)) in [(false, &files.data), (true, &files.deletes)]
-        .into_iter()
-        .enumerate()
-    {
-        if group.is_empty() {
-            continue;
-        }
-        let path = format!("{location}/metadata/{}-m{n}.avro", ids.uuid);
+    // A manifest of this snapshot, `metadata/<name>.avro`.
+    let new_manifest = |name: &str, content: ManifestContentType| -> Result<ManifestWriter> {
+        let path = format!("{location}/metadata/{name}.avro");
         let output = file_io.new_output(&path).context(|| context("manifest"))?;
         let builder = ManifestWriterBuilder::new(
             output,
@@ -108,11 +113,24 @@ pub(crate) async fn produce(
             schema.clone(),
             spec.as_ref().clone(),
         );
-        let mut writer = if deletes {
-            builder.build_v2_deletes()
+        Ok(match content {
+            ManifestContentType::Data => builder.build_v2_data(),
+            ManifestContentType::Deletes => builder.build_v2_deletes(),
+        })
+    };
+    for (n, (deletes, group)) in [(false, &files.data), (true, &files.deletes)]
+        .into_iter()
+        .enumerate()
+    {
+        if group.is_empty() {
+            continue;
+        }
+        let content = if deletes {
+            ManifestContentType::Deletes
         } else {
-            builder.build_v2_data()
+            ManifestContentType::Data
         };
+        let mut writer = new_manifest(&format!("{}-m{n}", ids.uuid), content)?;
         for f in group.iter() {
             let is_delete = f.content_type() != DataContentType::Data;
             if is_delete != deletes {
@@ -139,13 +157,84 @@ pub(crate) async fn produce(
                 .context(|| context("manifest"))?,
         );
     }
+    let mut removed = false;
     if let Some(parent) = parent {
         let list = table
             .manifest_list_reader(parent)
             .load()
             .await
             .context(|| context("reading the current manifest list"))?;
-        manifests.extend(list.entries().iter().cloned());
+        let replaced: Option<HashSet<&Struct>> = files
+            .replace_partitions
+            .then(|| files.data.iter().map(|f| f.partition()).collect());
+        for (i, m) in list.entries().iter().enumerate() {
+            let Some(replaced) = &replaced else {
+                manifests.push(m.clone());
+                continue;
+            };
+            if !m.has_added_files() && !m.has_existing_files() {
+                continue;
+            }
+            if m.partition_spec_id != spec.spec_id() {
+                return Err(IcebergError::Table {
+                    table: name.to_string(),
+                    message: format!(
+                        "INSERT OVERWRITE replaces partitions of the current spec, but files of partition spec {} are still live; rewrite them first",
+                        m.partition_spec_id
+                    ),
+                });
+            }
+            let in_scope =
+                |f: &DataFile| spec.is_unpartitioned() || replaced.contains(f.partition());
+            let manifest = m
+                .load_manifest(file_io)
+                .await
+                .context(|| context("reading a manifest"))?;
+            let (entries, _) = manifest.into_parts();
+            if !entries
+                .iter()
+                .any(|e| e.is_alive() && in_scope(&e.data_file))
+            {
+                manifests.push(m.clone());
+                continue;
+            }
+            // Rewrite the manifest: the replaced files become DELETED entries, the
+            // others stay as EXISTING ones with their ids and sequence numbers.
+            let mut writer = new_manifest(&format!("{}-r{i}", ids.uuid), m.content)?;
+            for e in entries.iter().filter(|e| e.is_alive()) {
+                let missing = || IcebergError::Table {
+                    table: name.to_string(),
+                    message: format!(
+                        "the manifest entry of {} has no sequence number or snapshot id",
+                        e.data_file.file_path()
+                    ),
+                };
+                let seq = e.sequence_number.ok_or_else(missing)?;
+                if in_scope(&e.data_file) {
+                    collector.remove_file(&e.data_file, schema.clone(), spec.clone());
+                    writer
+                        .add_delete_file(e.data_file.clone(), seq, e.file_sequence_number)
+                        .context(|| context("manifest entry"))?;
+                    removed = true;
+                } else {
+                    let snapshot = e.snapshot_id.ok_or_else(missing)?;
+                    writer
+                        .add_existing_file(
+                            e.data_file.clone(),
+                            snapshot,
+                            seq,
+                            e.file_sequence_number,
+                        )
+                        .context(|| context("manifest entry"))?;
+                }
+            }
+            manifests.push(
+                writer
+                    .write_manifest_file()
+                    .await
+                    .context(|| context("manifest"))?,
+            );
+        }
     }
 
     let list_path = format!(
@@ -186,7 +275,7 @@ pub(crate) async fn produce(
         .with_timestamp_ms(timestamp_ms)
         .with_manifest_list(list_path)
         .with_summary(Summary {
-            operation: files.operation(),
+            operation: files.operation(removed),
             additional_properties: summary,
         })
         .with_schema_id(schema.schema_id())

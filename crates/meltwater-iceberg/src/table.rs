@@ -170,21 +170,25 @@ impl TableProvider for IcebergTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if insert_op != InsertOp::Append {
+        if insert_op == InsertOp::Replace {
             return Err(DataFusionError::NotImplemented(format!(
-                "{insert_op} into the Iceberg table {} is not supported yet; use INSERT INTO",
+                "{insert_op} into the Iceberg table {} is not supported; use INSERT INTO or INSERT OVERWRITE",
                 self.name
             )));
         }
-        if crate::upsert::upsert_enabled(self.table.metadata()) {
-            crate::upsert::upsert_key(&self.name, self.table.metadata())?;
-        }
-        Ok(Arc::new(IcebergWriteExec::new(
+        let write = IcebergWriteExec::new(
             input,
             self.name.clone(),
             self.table.clone(),
             self.catalog.clone(),
             self.commits.clone(),
-        )))
+        );
+        if insert_op == InsertOp::Overwrite {
+            return Ok(Arc::new(write.with_overwrite()));
+        }
+        if crate::upsert::upsert_enabled(self.table.metadata()) {
+            crate::upsert::upsert_key(&self.name, self.table.metadata())?;
+        }
+        Ok(Arc::new(write))
     }
 }

@@ -52,6 +52,8 @@ pub struct IcebergWriteExec {
     table: Table,
     /// The primary key when the write upserts (`'write.upsert' = 'true'`).
     upsert_key: Option<Vec<String>>,
+    /// `INSERT OVERWRITE`: the commit replaces the partitions the new files fall in.
+    overwrite: bool,
     catalog: Arc<LakeCatalog>,
     commits: Arc<JobCommits>,
     properties: Arc<PlanProperties>,
@@ -98,6 +100,7 @@ impl IcebergWriteExec {
             table_name,
             table,
             upsert_key,
+            overwrite: false,
             catalog,
             commits,
             properties,
@@ -107,6 +110,15 @@ impl IcebergWriteExec {
 
     pub fn table_name(&self) -> &str {
         &self.table_name
+    }
+
+    /// Makes the write an `INSERT OVERWRITE`: its commit replaces every partition the
+    /// new data falls in (dynamic partition overwrite; the whole table when it is
+    /// unpartitioned). Rows are written as they are, without upserting.
+    pub fn with_overwrite(mut self) -> Self {
+        self.overwrite = true;
+        self.upsert_key = None;
+        self
     }
 
     fn table_schema_index(&self, column: &str) -> Option<usize> {
@@ -130,6 +142,9 @@ impl DisplayAs for IcebergWriteExec {
         )?;
         if let Some(key) = &self.upsert_key {
             write!(f, ", upsert_key=[{}]", key.join(", "))?;
+        }
+        if self.overwrite {
+            write!(f, ", overwrite=partitions")?;
         }
         Ok(())
     }
@@ -207,13 +222,18 @@ impl ExecutionPlan for IcebergWriteExec {
                 "IcebergWriteExec takes one input".into(),
             ));
         }
-        Ok(Arc::new(Self::new(
+        let write = Self::new(
             children.remove(0),
             self.table_name.clone(),
             self.table.clone(),
             self.catalog.clone(),
             self.commits.clone(),
-        )))
+        );
+        Ok(Arc::new(if self.overwrite {
+            write.with_overwrite()
+        } else {
+            write
+        }))
     }
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
@@ -235,6 +255,7 @@ impl ExecutionPlan for IcebergWriteExec {
             commits: self.commits.clone(),
             partition,
             upsert: self.upsert_key.is_some(),
+            overwrite: self.overwrite,
         };
         let out = stream::once(async move {
             let files = task.run(input).await?;
@@ -263,6 +284,7 @@ struct WriteTask {
     commits: Arc<JobCommits>,
     partition: usize,
     upsert: bool,
+    overwrite: bool,
 }
 
 impl WriteTask {
@@ -282,6 +304,7 @@ impl WriteTask {
         Ok(AddedFiles {
             data: writer.close().await?,
             deletes: Vec::new(),
+            replace_partitions: self.overwrite,
         })
     }
 }

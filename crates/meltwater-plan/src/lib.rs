@@ -533,12 +533,6 @@ impl StatementPlanner<'_> {
                 ));
             }
         }
-        if insert.overwrite && sink.as_any().is::<meltwater_iceberg::IcebergTable>() {
-            return Err(format!(
-                "INSERT OVERWRITE {}: partition overwrite of Iceberg tables is not supported yet; use INSERT INTO",
-                insert.table
-            ));
-        }
         let query = self.plan_query(&insert.source, job).await?;
         let sink_schema = sink.schema();
         let sink_columns: Vec<usize> = if insert.columns.is_empty() {

@@ -328,6 +328,8 @@ struct Chain {
     outputs: Outputs,
     ctx: SnapshotCtx,
     watermark: EventTime,
+    /// The last checkpoint this chain snapshotted (0: none yet).
+    last_checkpoint: u64,
 }
 
 impl Chain {
@@ -423,11 +425,21 @@ impl Chain {
     }
 
     /// Snapshots every operator; `extra` is the source's state (chain head) if any.
+    /// Snapshots every operator for `checkpoint` and acknowledges it to the coordinator.
+    /// A checkpoint is snapshotted at most once: a finished task can be asked twice for
+    /// the same one (by the trigger it had queued and again when the coordinator learns
+    /// it finished), and a second snapshot would hand over emptied state (a sink's files
+    /// already listed) that would replace the first acknowledgement. Returns whether a
+    /// snapshot was taken.
     async fn snapshot(
         &mut self,
         checkpoint: u64,
         source: Option<(String, serde_json::Value)>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        if checkpoint <= self.last_checkpoint {
+            return Ok(false);
+        }
+        self.last_checkpoint = checkpoint;
         let mut manifests = Vec::new();
         if let Some((id, state)) = source {
             manifests.push((
@@ -473,7 +485,7 @@ impl Chain {
             checkpoint,
             operators: manifests,
         });
-        Ok(())
+        Ok(true)
     }
 
     async fn finish(&mut self) -> Result<()> {
@@ -562,8 +574,8 @@ async fn run_chain(
         }
         if let Some(id) = aligning {
             if (0..n).all(|k| blocked[k] || wm.is_ended(k)) {
-                chain.snapshot(id, None).await?;
-                if !chain.outputs.senders.is_empty() {
+                let taken = chain.snapshot(id, None).await?;
+                if taken && !chain.outputs.senders.is_empty() {
                     chain.outputs.broadcast(Message::Barrier(id)).await?;
                 }
                 blocked.iter_mut().for_each(|b| *b = false);
@@ -734,8 +746,9 @@ async fn run_source_chain(
             c = control.recv() => {
                 match c {
                     Some(Control::Trigger(n)) => {
-                        chain.snapshot(n, Some((spec.operator_id.clone(), state.to_json()))).await?;
-                        chain.outputs.broadcast(Message::Barrier(n)).await?;
+                        if chain.snapshot(n, Some((spec.operator_id.clone(), state.to_json()))).await? {
+                            chain.outputs.broadcast(Message::Barrier(n)).await?;
+                        }
                     }
                     None => return Ok(()),
                 }
@@ -1203,6 +1216,7 @@ pub async fn run_graph(
                 outputs,
                 ctx: ctx.clone(),
                 watermark: MIN_WATERMARK,
+                last_checkpoint: 0,
             };
             let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
             controls.insert((c, i), ctl_tx);
@@ -1408,7 +1422,8 @@ pub async fn run_graph(
                     Event::Ack { task, checkpoint, operators } => {
                         if let Some(p) = pending.as_mut() {
                             if p.id == checkpoint {
-                                p.acks.insert(task, operators);
+                                // The first acknowledgement stands.
+                                p.acks.entry(task).or_insert(operators);
                             }
                         }
                     }
