@@ -93,6 +93,7 @@ impl JobCommits {
                 data: files,
                 deletes: Vec::new(),
                 replace_partitions: false,
+                read_snapshot: None,
             },
         )
     }
@@ -116,6 +117,7 @@ impl JobCommits {
         entry.files.data.extend(files.data);
         entry.files.deletes.extend(files.deletes);
         entry.files.replace_partitions |= files.replace_partitions;
+        entry.files.read_snapshot = entry.files.read_snapshot.or(files.read_snapshot);
     }
 
     /// Tables with pending files.

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestFile,
-    ManifestListWriter, ManifestWriter, ManifestWriterBuilder, Operation, Snapshot,
+    ManifestListWriter, ManifestStatus, ManifestWriter, ManifestWriterBuilder, Operation, Snapshot,
     SnapshotSummaryCollector, Struct, Summary, TableMetadata,
 };
 use iceberg::table::Table;
@@ -28,6 +28,10 @@ pub struct AddedFiles {
     /// Dynamic partition overwrite: every live data and delete file in a partition of
     /// the new data files is removed (the whole table when it is unpartitioned).
     pub replace_partitions: bool,
+    /// The snapshot the job read when it planned the writes (`None`: the table was
+    /// empty). An overwrite fails when a snapshot committed after it added files to a
+    /// partition the overwrite replaces, instead of silently replacing them too.
+    pub read_snapshot: Option<i64>,
 }
 
 impl AddedFiles {
@@ -167,6 +171,10 @@ pub(crate) async fn produce(
         let replaced: Option<HashSet<&Struct>> = files
             .replace_partitions
             .then(|| files.data.iter().map(|f| f.partition()).collect());
+        if let Some(replaced) = &replaced {
+            let scope = |f: &DataFile| spec.is_unpartitioned() || replaced.contains(f.partition());
+            validate_no_new_files(name, table, files.read_snapshot, &scope).await?;
+        }
         for (i, m) in list.entries().iter().enumerate() {
             let Some(replaced) = &replaced else {
                 manifests.push(m.clone());
@@ -288,6 +296,67 @@ pub(crate) async fn produce(
         .build()
         .context(|| context("metadata"))?;
     Ok(built.metadata)
+}
+
+/// Fails when a snapshot committed after `read` (along the current branch) added data or
+/// delete files in `scope`. Compactions (`replace` snapshots) change no rows and pass.
+async fn validate_no_new_files(
+    name: &str,
+    table: &Table,
+    read: Option<i64>,
+    scope: &(dyn Fn(&DataFile) -> bool + Sync),
+) -> Result<()> {
+    let metadata = table.metadata();
+    let mut current = metadata.current_snapshot().cloned();
+    while let Some(snapshot) = current {
+        if Some(snapshot.snapshot_id()) == read {
+            return Ok(());
+        }
+        if snapshot.summary().operation != Operation::Replace {
+            let list = table
+                .manifest_list_reader(&snapshot)
+                .load()
+                .await
+                .context(|| format!("committing to {name} (reading snapshot history)"))?;
+            for m in list
+                .entries()
+                .iter()
+                .filter(|m| m.added_snapshot_id == snapshot.snapshot_id() && m.has_added_files())
+            {
+                let manifest = m
+                    .load_manifest(table.file_io())
+                    .await
+                    .context(|| format!("committing to {name} (reading snapshot history)"))?;
+                if let Some(e) = manifest.entries().iter().find(|e| {
+                    e.status == ManifestStatus::Added
+                        && e.snapshot_id == Some(snapshot.snapshot_id())
+                        && scope(&e.data_file)
+                }) {
+                    return Err(IcebergError::Table {
+                        table: name.to_string(),
+                        message: format!(
+                            "conflict: snapshot {} ({}) added {} to a partition this overwrite replaces after the job read the table; nothing was committed — run the job again",
+                            snapshot.snapshot_id(),
+                            snapshot.summary().operation.as_str(),
+                            e.data_file.file_path()
+                        ),
+                    });
+                }
+            }
+        }
+        current = snapshot
+            .parent_snapshot_id()
+            .and_then(|p| metadata.snapshot_by_id(p).cloned());
+    }
+    match read {
+        Some(id) => Err(IcebergError::Table {
+            table: name.to_string(),
+            message: format!(
+                "the snapshot the job read ({id}) is no longer in the table's history (expired or rolled back); nothing was committed — run the job again"
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// `total-*` = the parent's total + added − removed, omitted when the parent has no

@@ -305,6 +305,7 @@ impl WriteTask {
             data: writer.close().await?,
             deletes: Vec::new(),
             replace_partitions: self.overwrite,
+            read_snapshot: self.table.metadata().current_snapshot_id(),
         })
     }
 }

@@ -232,3 +232,48 @@ async fn futures_join(writers: Vec<Arc<JobCommits>>) -> Vec<Vec<meltwater_iceber
     }
     out
 }
+
+/// An overwrite planned against one snapshot fails when another writer added rows to a
+/// partition it replaces in the meantime (they would vanish silently), and succeeds
+/// when the concurrent rows are in a partition it leaves alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_detects_concurrent_writes_to_its_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path()).await;
+    let (ctx, provider, commits) = session(catalog.clone(), "run-1").await;
+    create_orders(&provider).await;
+    sql(
+        &ctx,
+        "INSERT INTO lake.db.orders VALUES (1, 'a', 10), (2, 'b', 20)",
+    )
+    .await;
+    commits.commit_all().await.unwrap();
+
+    // Job 1 reads the table and overwrites partition 'a'; before it commits, job 2
+    // appends to 'b' (untouched by the overwrite).
+    let (ctx1, _, commits1) = session(catalog.clone(), "run-2").await;
+    sql(&ctx1, "INSERT OVERWRITE lake.db.orders VALUES (3, 'a', 30)").await;
+    let (ctx2, _, commits2) = session(catalog.clone(), "run-3").await;
+    sql(&ctx2, "INSERT INTO lake.db.orders VALUES (4, 'b', 40)").await;
+    commits2.commit_all().await.unwrap();
+    commits1.commit_all().await.unwrap();
+    let (ctx, _, _) = session(catalog.clone(), "read-1").await;
+    let rows = sql(&ctx, "SELECT id FROM lake.db.orders ORDER BY id").await;
+    assert_eq!(ints(&rows, 0), vec![2, 3, 4]);
+
+    // Now job 2 appends to 'a' while job 1 overwrites 'a': job 1 must fail, and
+    // job 2's row must survive.
+    let (ctx1, _, commits1) = session(catalog.clone(), "run-4").await;
+    sql(&ctx1, "INSERT OVERWRITE lake.db.orders VALUES (5, 'a', 50)").await;
+    let (ctx2, _, commits2) = session(catalog.clone(), "run-5").await;
+    sql(&ctx2, "INSERT INTO lake.db.orders VALUES (6, 'a', 60)").await;
+    commits2.commit_all().await.unwrap();
+    let err = commits1.commit_all().await.unwrap_err().to_string();
+    assert!(
+        err.contains("to a partition this overwrite replaces after the job read the table"),
+        "{err}"
+    );
+    let (ctx, _, _) = session(catalog.clone(), "read-2").await;
+    let rows = sql(&ctx, "SELECT id FROM lake.db.orders ORDER BY id").await;
+    assert_eq!(ints(&rows, 0), vec![2, 3, 4, 6]);
+}
