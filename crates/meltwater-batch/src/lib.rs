@@ -40,6 +40,8 @@ pub enum BatchError {
 /// What one `INSERT` did.
 #[derive(Debug, Clone)]
 pub struct InsertReport {
+    /// `insert`, `overwrite`, `delete` or `update`.
+    pub operation: &'static str,
     pub target: String,
     pub rows: u64,
     pub elapsed: Duration,
@@ -166,6 +168,21 @@ pub async fn run_query(
         .map_err(|e| statement_error(job, statement, error_message(&e)))
 }
 
+/// What a write statement does to its table, for reports.
+fn operation_of(plan: &datafusion::logical_expr::LogicalPlan) -> &'static str {
+    use datafusion::logical_expr::dml::InsertOp;
+    use datafusion::logical_expr::{LogicalPlan, WriteOp};
+    match plan {
+        LogicalPlan::Dml(d) => match d.op {
+            WriteOp::Insert(InsertOp::Overwrite) => "overwrite",
+            WriteOp::Delete => "delete",
+            WriteOp::Update => "update",
+            _ => "insert",
+        },
+        _ => "insert",
+    }
+}
+
 /// Runs every `INSERT` of the job, then commits what they wrote.
 pub async fn run_job(job: &PlannedJob) -> Result<RunReport, BatchError> {
     let started = Instant::now();
@@ -195,6 +212,7 @@ pub async fn run_job(job: &PlannedJob) -> Result<RunReport, BatchError> {
             })
             .sum();
         inserts.push(InsertReport {
+            operation: operation_of(&s.plan),
             target: s.target.clone().unwrap_or_default(),
             rows,
             elapsed: t.elapsed(),

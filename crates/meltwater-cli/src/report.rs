@@ -95,7 +95,8 @@ pub fn print_run(sources: &[SourceRef], report: &RunReport) {
     print_sources(sources);
     for i in &report.inserts {
         println!(
-            "insert {}: {} in {:.2} s",
+            "{} {}: {} in {:.2} s",
+            i.operation,
             i.target,
             plural(i.rows, "row"),
             i.elapsed.as_secs_f64()

@@ -1007,34 +1007,7 @@ impl PartitionState {
 }
 
 impl ExecutionPlan for DataGenExec {
-    fn name(&self) -> &str {
-        "DataGenExec"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal(
-                "DataGenExec is a leaf and takes no children".into(),
-            ))
-        }
-    }
+    crate::leaf_exec_methods!("DataGenExec");
 
     fn execute(
         &self,

@@ -644,34 +644,7 @@ impl DisplayAs for FileScanExec {
 }
 
 impl ExecutionPlan for FileScanExec {
-    fn name(&self) -> &str {
-        "FileScanExec"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal(
-                "FileScanExec is a leaf and takes no children".into(),
-            ))
-        }
-    }
+    crate::leaf_exec_methods!("FileScanExec");
 
     fn execute(
         &self,

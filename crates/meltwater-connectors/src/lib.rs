@@ -15,6 +15,44 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 
+/// The `ExecutionPlan` methods every leaf operator (a scan without inputs) writes the
+/// same way: its name, `as_any`, the `properties` field, no children. Use inside the
+/// `impl ExecutionPlan` block of a type with a `properties: Arc<PlanProperties>` field.
+#[macro_export]
+macro_rules! leaf_exec_methods {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+        fn as_any(&self) -> &dyn ::std::any::Any {
+            self
+        }
+        fn properties(&self) -> &::std::sync::Arc<::datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+        fn children(
+            &self,
+        ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
+            vec![]
+        }
+        fn with_new_children(
+            self: ::std::sync::Arc<Self>,
+            children: Vec<::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>>,
+        ) -> ::datafusion::error::Result<
+            ::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>,
+        > {
+            if children.is_empty() {
+                Ok(self)
+            } else {
+                Err(::datafusion::error::DataFusionError::Internal(format!(
+                    "{} is a leaf and takes no children",
+                    $name
+                )))
+            }
+        }
+    };
+}
+
 pub mod blackhole;
 pub mod datagen;
 pub mod error;

@@ -92,8 +92,7 @@ impl JobCommits {
             AddedFiles {
                 data: files,
                 deletes: Vec::new(),
-                replace_partitions: false,
-                read_snapshot: None,
+                ..Default::default()
             },
         )
     }
@@ -117,6 +116,7 @@ impl JobCommits {
         entry.files.data.extend(files.data);
         entry.files.deletes.extend(files.deletes);
         entry.files.replace_partitions |= files.replace_partitions;
+        entry.files.removed.extend(files.removed);
         entry.files.read_snapshot = entry.files.read_snapshot.or(files.read_snapshot);
     }
 
@@ -286,6 +286,17 @@ pub(crate) async fn commit_files(
         bytes: all.map(|f| f.file_size_in_bytes()).sum(),
         already_committed: false,
     };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = files.removed.iter().find(|p| !seen.insert(p.as_str())) {
+        // Every statement of a run reads the same snapshot, so two rewrites of one file
+        // would each keep rows the other changed.
+        return Err(IcebergError::Table {
+            table: name.to_string(),
+            message: format!(
+                "two DELETE/UPDATE statements of this job rewrite the same file ({twice}); run them in separate jobs, or combine them into one statement"
+            ),
+        });
+    }
     let mut ids: Option<CommitIds> = None;
     let mut attempt = 0;
     loop {
@@ -294,7 +305,8 @@ pub(crate) async fn commit_files(
         else {
             return Ok(summary);
         };
-        let nothing_added = files.data.is_empty() && files.deletes.is_empty();
+        let nothing_added =
+            files.data.is_empty() && files.deletes.is_empty() && files.removed.is_empty();
         let unpartitioned = table.metadata().default_partition_spec().is_unpartitioned();
         if nothing_added && !(files.replace_partitions && unpartitioned) {
             // A dynamic overwrite without rows replaces no partition (of an

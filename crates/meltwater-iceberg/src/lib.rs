@@ -17,6 +17,7 @@ pub mod committer;
 pub mod config;
 pub mod error;
 pub mod predicate;
+pub mod rewrite;
 pub mod scan;
 pub mod schema;
 pub mod snapshot;

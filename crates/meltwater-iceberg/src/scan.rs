@@ -6,7 +6,6 @@
 //! which applies position and equality deletes. Memory per partition is the reader's
 //! batch plus a row group being decoded.
 
-use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -108,30 +107,7 @@ impl DisplayAs for IcebergScanExec {
 }
 
 impl ExecutionPlan for IcebergScanExec {
-    fn name(&self) -> &str {
-        "IcebergScanExec"
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal(
-                "IcebergScanExec has no children".into(),
-            ))
-        }
-    }
+    meltwater_connectors::leaf_exec_methods!("IcebergScanExec");
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
@@ -152,33 +128,39 @@ impl ExecutionPlan for IcebergScanExec {
         let read_schema = self.read_schema.clone();
         let schema = self.schema.clone();
         let table = self.table.clone();
-        let batches = stream::once(async move {
-            let runtime = iceberg::Runtime::try_current()
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let reader = ArrowReaderBuilder::new(file_io, runtime)
-                .with_batch_size(batch_size)
-                .build();
-            let tasks = stream::iter(tasks.into_iter().map(Ok)).boxed();
-            let result = reader.read(tasks).map_err(|e| {
-                DataFusionError::External(format!("reading iceberg table {table}: {e}").into())
-            })?;
-            Ok::<_, DataFusionError>(
-                result
-                    .stream()
-                    .map_err(move |e| DataFusionError::External(Box::new(e))),
-            )
-        })
-        .try_flatten()
-        .map(move |batch| {
-            let batch = batch?;
-            output_rows.add(batch.num_rows());
-            conform(&batch, &read_schema, &schema)
-        });
+        let batches = stream::once(async move { read_tasks(file_io, tasks, batch_size, &table) })
+            .try_flatten()
+            .map(move |batch| {
+                let batch = batch?;
+                output_rows.add(batch.num_rows());
+                conform(&batch, &read_schema, &schema)
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             batches,
         )))
     }
+}
+
+/// The rows of `tasks` (read with the crate's reader, deletes applied), in order.
+pub(crate) fn read_tasks(
+    file_io: FileIO,
+    tasks: Vec<FileScanTask>,
+    batch_size: usize,
+    table: &str,
+) -> Result<impl futures::Stream<Item = Result<RecordBatch>> + Send + use<>> {
+    let runtime =
+        iceberg::Runtime::try_current().map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let reader = ArrowReaderBuilder::new(file_io, runtime)
+        .with_batch_size(batch_size)
+        .build();
+    let tasks = stream::iter(tasks.into_iter().map(Ok)).boxed();
+    let result = reader.read(tasks).map_err(|e| {
+        DataFusionError::External(format!("reading iceberg table {table}: {e}").into())
+    })?;
+    Ok(result
+        .stream()
+        .map_err(|e| DataFusionError::External(Box::new(e))))
 }
 
 /// Gives a reader batch the plan's schema: same columns without the reader's field-id

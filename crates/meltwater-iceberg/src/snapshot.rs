@@ -28,6 +28,9 @@ pub struct AddedFiles {
     /// Dynamic partition overwrite: every live data and delete file in a partition of
     /// the new data files is removed (the whole table when it is unpartitioned).
     pub replace_partitions: bool,
+    /// Data files removed by path (copy-on-write rewrites: replaced by `data`). Each
+    /// must still be live at commit time, else the commit fails.
+    pub removed: Vec<String>,
     /// The snapshot the job read when it planned the writes (`None`: the table was
     /// empty). An overwrite fails when a snapshot committed after it added files to a
     /// partition the overwrite replaces, instead of silently replacing them too.
@@ -39,6 +42,7 @@ impl AddedFiles {
     /// `overwrite` (as Java's row delta and partition replacement name them).
     fn operation(&self, removed: bool) -> Operation {
         match (self.data.is_empty(), self.deletes.is_empty()) {
+            (true, true) if removed => Operation::Delete,
             _ if removed => Operation::Overwrite,
             (_, true) => Operation::Append,
             (true, false) => Operation::Delete,
@@ -48,7 +52,7 @@ impl AddedFiles {
 
     /// Whether the commit is more than an append of data files.
     pub fn is_row_level(&self) -> bool {
-        !self.deletes.is_empty() || self.replace_partitions
+        !self.deletes.is_empty() || self.replace_partitions || !self.removed.is_empty()
     }
 }
 
@@ -175,11 +179,21 @@ pub(crate) async fn produce(
             let scope = |f: &DataFile| spec.is_unpartitioned() || replaced.contains(f.partition());
             validate_no_new_files(name, table, files.read_snapshot, &scope).await?;
         }
+        let removed_paths: HashSet<&str> = files.removed.iter().map(String::as_str).collect();
+        let mut found: HashSet<String> = HashSet::new();
+        let in_scope = |f: &DataFile| {
+            removed_paths.contains(f.file_path())
+                || replaced
+                    .as_ref()
+                    .is_some_and(|r| spec.is_unpartitioned() || r.contains(f.partition()))
+        };
         for (i, m) in list.entries().iter().enumerate() {
-            let Some(replaced) = &replaced else {
+            if replaced.is_none()
+                && (removed_paths.is_empty() || m.content != ManifestContentType::Data)
+            {
                 manifests.push(m.clone());
                 continue;
-            };
+            }
             if !m.has_added_files() && !m.has_existing_files() {
                 continue;
             }
@@ -187,13 +201,11 @@ pub(crate) async fn produce(
                 return Err(IcebergError::Table {
                     table: name.to_string(),
                     message: format!(
-                        "INSERT OVERWRITE replaces partitions of the current spec, but files of partition spec {} are still live; rewrite them first",
+                        "overwrites and rewrites handle files of the current partition spec only, but files of partition spec {} are still live; compact them first",
                         m.partition_spec_id
                     ),
                 });
             }
-            let in_scope =
-                |f: &DataFile| spec.is_unpartitioned() || replaced.contains(f.partition());
             let manifest = m
                 .load_manifest(file_io)
                 .await
@@ -219,6 +231,7 @@ pub(crate) async fn produce(
                 };
                 let seq = e.sequence_number.ok_or_else(missing)?;
                 if in_scope(&e.data_file) {
+                    found.insert(e.data_file.file_path().to_string());
                     collector.remove_file(&e.data_file, schema.clone(), spec.clone());
                     writer
                         .add_delete_file(e.data_file.clone(), seq, e.file_sequence_number)
@@ -243,6 +256,21 @@ pub(crate) async fn produce(
                     .context(|| context("manifest"))?,
             );
         }
+        if let Some(gone) = removed_paths.iter().find(|p| !found.contains(**p)) {
+            return Err(IcebergError::Table {
+                table: name.to_string(),
+                message: format!(
+                    "conflict: {gone}, which this commit rewrites, is no longer in the table (another writer removed or compacted it); nothing was committed — run the job again"
+                ),
+            });
+        }
+    } else if let Some(first) = files.removed.first() {
+        return Err(IcebergError::Table {
+            table: name.to_string(),
+            message: format!(
+                "conflict: {first}, which this commit rewrites, is not in the table (it has no snapshot); nothing was committed"
+            ),
+        });
     }
 
     let list_path = format!(

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::Session;
+use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{cast, col, lit, Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 use iceberg::table::Table;
@@ -18,6 +20,7 @@ use iceberg::table::Table;
 use crate::commit::JobCommits;
 use crate::committer::LakeCatalog;
 use crate::predicate::to_iceberg_predicate;
+use crate::rewrite::{IcebergRewriteExec, RowChange};
 use crate::scan::IcebergScanExec;
 use crate::schema::arrow_schema;
 use crate::source::IcebergSource;
@@ -75,6 +78,80 @@ impl IcebergTable {
     /// The catalog the table was loaded from (and commits go to).
     pub fn catalog(&self) -> &Arc<LakeCatalog> {
         &self.catalog
+    }
+
+    /// `DELETE` (`assignments` = `None`) or `UPDATE` of the rows matching `filters`, by
+    /// copy-on-write of the files that hold them ([`IcebergRewriteExec`]).
+    async fn rewrite(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+        assignments: Option<Vec<(String, Expr)>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (statement, property) = match assignments {
+            None => ("DELETE", "write.delete.mode"),
+            Some(_) => ("UPDATE", "write.update.mode"),
+        };
+        let properties = self.table.metadata().properties();
+        if let Some(mode) = properties.get(property) {
+            if mode != "copy-on-write" {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "{statement} on {}: '{property}' = '{mode}' is not supported yet; Meltwater rewrites the affected files ('copy-on-write')",
+                    self.name
+                )));
+            }
+        }
+        let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+        let predicate = conjunction(filters.clone()).unwrap_or(lit(true));
+        let predicate = state.create_physical_expr(predicate, &df_schema)?;
+        let change = match assignments {
+            None => RowChange::Delete,
+            Some(assignments) => {
+                let mut values = Vec::new();
+                for field in self.schema.fields() {
+                    let expr = match assignments.iter().find(|(c, _)| c == field.name()) {
+                        Some((_, e)) => cast(e.clone(), field.data_type().clone()),
+                        None => col(Column::new_unqualified(field.name())),
+                    };
+                    values.push(state.create_physical_expr(expr, &df_schema)?);
+                }
+                if let Some((c, _)) = assignments
+                    .iter()
+                    .find(|(c, _)| self.schema.index_of(c).is_err())
+                {
+                    return Err(DataFusionError::Plan(format!(
+                        "UPDATE {}: the table has no column '{c}'",
+                        self.name
+                    )));
+                }
+                RowChange::Update(values)
+            }
+        };
+        // The files the filter cannot rule out (partition and column-bound pruning).
+        let mut builder = self.table.scan().select_all();
+        if let Some(p) = to_iceberg_predicate(&filters) {
+            builder = builder.with_filter(p);
+        }
+        let context = || format!("planning the {statement} on {}", self.name);
+        let tasks: Vec<_> = builder
+            .build()
+            .map_err(|e| external(context(), e))?
+            .plan_files()
+            .await
+            .map_err(|e| external(context(), e))?
+            .try_collect()
+            .await
+            .map_err(|e| external(context(), e))?;
+        Ok(Arc::new(IcebergRewriteExec::new(
+            self.name.clone(),
+            self.table.clone(),
+            self.catalog.clone(),
+            self.commits.clone(),
+            tasks,
+            self.schema.clone(),
+            predicate,
+            change,
+        )))
     }
 }
 
@@ -190,5 +267,22 @@ impl TableProvider for IcebergTable {
             crate::upsert::upsert_key(&self.name, self.table.metadata())?;
         }
         Ok(Arc::new(write))
+    }
+
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.rewrite(state, filters, None).await
+    }
+
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.rewrite(state, filters, Some(assignments)).await
     }
 }

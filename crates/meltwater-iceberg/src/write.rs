@@ -77,6 +77,12 @@ pub fn count_schema() -> SchemaRef {
     )]))
 }
 
+/// The one-row output of a write task: the rows it wrote (or deleted, or updated).
+pub(crate) fn count_batch(rows: u64) -> Result<RecordBatch> {
+    let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
+    Ok(RecordBatch::try_new(count_schema(), vec![count])?)
+}
+
 impl IcebergWriteExec {
     pub fn new(
         input: Arc<dyn ExecutionPlan>,
@@ -270,8 +276,7 @@ impl ExecutionPlan for IcebergWriteExec {
                 task.table.identifier().clone(),
                 files,
             );
-            let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
-            Ok(RecordBatch::try_new(count_schema(), vec![count])?)
+            count_batch(rows)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(count_schema(), out)))
     }
@@ -306,6 +311,7 @@ impl WriteTask {
             deletes: Vec::new(),
             replace_partitions: self.overwrite,
             read_snapshot: self.table.metadata().current_snapshot_id(),
+            ..Default::default()
         })
     }
 }

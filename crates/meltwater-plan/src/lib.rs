@@ -335,6 +335,35 @@ impl StatementPlanner<'_> {
                 });
                 Ok(())
             }
+            JobStatement::Other(s)
+                if matches!(**s, Statement::Delete(_) | Statement::Update(_)) =>
+            {
+                // DELETE / UPDATE: DataFusion plans them as DML on the table, whose
+                // provider rewrites the files holding the matching rows.
+                let state = job.session.state();
+                let plan = state
+                    .statement_to_plan(DfStatement::Statement(s.clone()))
+                    .await
+                    .map_err(|e| clean_error(&e))?;
+                let LogicalPlan::Dml(dml) = &plan else {
+                    return Err(unsupported(s));
+                };
+                let target = dml.table_name.to_string();
+                let provider = datafusion::datasource::source_as_provider(&dml.target)
+                    .map_err(|e| e.to_string())?;
+                if !provider.as_any().is::<meltwater_iceberg::IcebergTable>() {
+                    return Err(format!(
+                        "{} {target}: only Iceberg tables take row-level deletes and updates",
+                        dml.op
+                    ));
+                }
+                job.inserts.push(PlannedStatement {
+                    loc,
+                    target: Some(target),
+                    plan,
+                });
+                Ok(())
+            }
             JobStatement::Other(s) => Err(unsupported(s)),
         }
     }
@@ -695,7 +724,7 @@ fn unsupported(s: &Statement) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     format!(
-        "'{head} ...' is not supported in job files; use CREATE TABLE, CREATE VIEW, CREATE DATABASE, SET, INSERT INTO, INSERT OVERWRITE or SELECT"
+        "'{head} ...' is not supported in job files; use CREATE TABLE, CREATE VIEW, CREATE DATABASE, SET, INSERT INTO, INSERT OVERWRITE, DELETE, UPDATE or SELECT"
     )
 }
 

@@ -506,8 +506,17 @@ impl Builder<'_> {
     fn plan_in(&mut self, plan: &LogicalPlan, window: Option<&WindowTvf>) -> Result<usize, String> {
         match plan {
             LogicalPlan::Dml(dml) => {
-                if !matches!(dml.op, WriteOp::Insert(_)) {
-                    return Err(format!("{} is not supported in stream mode", dml.op));
+                match dml.op {
+                    WriteOp::Insert(_) => {}
+                    WriteOp::Delete | WriteOp::Update => {
+                        return Err(format!(
+                            "{} {}: a row-level {} is a batch operation; run the job with --mode batch",
+                            dml.op.name().to_uppercase(),
+                            dml.table_name,
+                            dml.op.name().to_lowercase()
+                        ))
+                    }
+                    _ => return Err(format!("{} is not supported in stream mode", dml.op)),
                 }
                 if let WriteOp::Insert(datafusion::logical_expr::dml::InsertOp::Overwrite) = dml.op {
                     return Err("INSERT OVERWRITE is a batch operation; stream mode appends".into());
