@@ -3,7 +3,9 @@
 //! others), then a stream job upserts an updating aggregate into another table. DuckDB
 //! reads both tables with their equality deletes applied and must see exactly the
 //! expected rows; pyiceberg reads the snapshots (it refuses equality deletes, 0.12) and
-//! must see row-delta snapshots carrying the job's markers and consistent totals.
+//! must see row-delta snapshots carrying the job's markers and consistent totals. After
+//! `meltwater maintain compact` the deletes are merged away and pyiceberg reads the
+//! same rows too.
 
 use meltwater_integration::{iceberg_snapshots, interop_python, meltwater, read_iceberg};
 
@@ -70,15 +72,16 @@ fn duckdb_reads_upserted_tables_exactly() {
     let Some(python) = interop_python("the upsert read-back") else {
         return;
     };
+    let expected_daily = [
+        r#"{"day":"2026-01-01","k":"a","v":10}"#,
+        r#"{"day":"2026-01-01","k":"b","v":2}"#,
+        r#"{"day":"2026-01-02","k":"a","v":3}"#,
+        r#"{"day":"2026-01-02","k":"c","v":40}"#,
+        r#"{"day":"2026-01-03","k":"d","v":5}"#,
+    ];
     assert_eq!(
         read_iceberg(&python, dir.path(), "db.daily", "duckdb"),
-        [
-            r#"{"day":"2026-01-01","k":"a","v":10}"#,
-            r#"{"day":"2026-01-01","k":"b","v":2}"#,
-            r#"{"day":"2026-01-02","k":"a","v":3}"#,
-            r#"{"day":"2026-01-02","k":"c","v":40}"#,
-            r#"{"day":"2026-01-03","k":"d","v":5}"#,
-        ]
+        expected_daily
     );
     assert_eq!(
         read_iceberg(&python, dir.path(), "db.totals", "duckdb"),
@@ -103,4 +106,28 @@ fn duckdb_reads_upserted_tables_exactly() {
     // 4 rows, then 3 more (the reader subtracts the 2 replaced ones).
     assert_eq!(summary["total-records"], "7");
     assert_eq!(summary["total-equality-deletes"], "7");
+
+    // Compaction merges the equality deletes into the data (01-03 has one file and no
+    // deletes, so it stays): same rows, and now pyiceberg reads the table as well.
+    let out = meltwater(dir.path(), &["maintain", "compact", "lake.db.daily"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rewrote 4 rows in 2 partitions: 4 data files and 5 delete files removed"),
+        "{stdout}"
+    );
+    for reader in ["duckdb", "pyiceberg"] {
+        assert_eq!(
+            read_iceberg(&python, dir.path(), "db.daily", reader),
+            expected_daily,
+            "{reader} after compaction"
+        );
+    }
+    let snapshots = iceberg_snapshots(&python, dir.path(), "db.daily");
+    assert_eq!(snapshots[2]["operation"], "replace");
+    assert_eq!(snapshots[2]["summary"]["total-delete-files"], "0");
 }

@@ -19,7 +19,7 @@ pub enum CatalogCommand {
     Snapshots { table: String },
 }
 
-fn split_name(name: &str) -> Result<(String, String, String)> {
+pub(crate) fn split_name(name: &str) -> Result<(String, String, String)> {
     let parts: Vec<&str> = name.split('.').collect();
     match parts.as_slice() {
         [c, ns, t] if !c.is_empty() && !ns.is_empty() && !t.is_empty() => {
@@ -29,7 +29,7 @@ fn split_name(name: &str) -> Result<(String, String, String)> {
     }
 }
 
-async fn load(
+pub(crate) async fn load(
     catalog: &dyn iceberg::Catalog,
     name: &str,
     ns: String,
@@ -52,20 +52,26 @@ async fn load(
     }
 }
 
+/// The catalog named `name` among `catalogs`, or an error listing them.
+pub(crate) fn find_catalog<'a>(
+    catalogs: &'a [meltwater_iceberg::IcebergCatalogConfig],
+    name: &str,
+) -> Result<&'a meltwater_iceberg::IcebergCatalogConfig> {
+    catalogs.iter().find(|c| c.name == name).ok_or_else(|| {
+        anyhow!(
+            "no catalog '{name}'; catalogs: {}",
+            catalogs
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 pub async fn run(catalog_file: Option<&Path>, command: CatalogCommand) -> Result<()> {
     let catalogs = load_catalogs(catalog_file)?.iceberg;
-    let find = |name: &str| {
-        catalogs.iter().find(|c| c.name == name).ok_or_else(|| {
-            anyhow!(
-                "no catalog '{name}'; catalogs: {}",
-                catalogs
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-    };
+    let find = |name: &str| find_catalog(&catalogs, name);
     match command {
         CatalogCommand::Tables => {
             for c in &catalogs {

@@ -2,6 +2,7 @@
 //! and look into the Iceberg catalogs it writes.
 
 mod catalog_cmd;
+mod maintain_cmd;
 mod report;
 mod stream_cmd;
 
@@ -115,6 +116,11 @@ enum Command {
     Catalog {
         #[command(subcommand)]
         command: catalog_cmd::CatalogCommand,
+    },
+    /// Maintain Iceberg tables (compaction).
+    Maintain {
+        #[command(subcommand)]
+        command: maintain_cmd::MaintainCommand,
     },
 }
 
@@ -320,6 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Catalog { command } => catalog_cmd::run(catalog, command).await,
+        Command::Maintain { command } => maintain_cmd::run(catalog, command).await,
         Command::Checkpoints {
             job,
             checkpoint_dir,

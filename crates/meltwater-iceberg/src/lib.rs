@@ -16,6 +16,7 @@ pub mod commit;
 pub mod committer;
 pub mod config;
 pub mod error;
+pub mod maintain;
 pub mod predicate;
 pub mod rewrite;
 pub mod scan;

@@ -28,9 +28,14 @@ pub struct AddedFiles {
     /// Dynamic partition overwrite: every live data and delete file in a partition of
     /// the new data files is removed (the whole table when it is unpartitioned).
     pub replace_partitions: bool,
-    /// Data files removed by path (copy-on-write rewrites: replaced by `data`). Each
-    /// must still be live at commit time, else the commit fails.
+    /// Data or delete files removed by path (copy-on-write rewrites and compactions:
+    /// replaced by `data`). Each must still be live at commit time, else the commit
+    /// fails.
     pub removed: Vec<String>,
+    /// Compaction: `data` holds the same rows as the removed files (operation
+    /// `replace`), with this data sequence number (that of the snapshot the rows were
+    /// read from, so equality deletes committed since still apply to them).
+    pub rewrite_sequence_number: Option<i64>,
     /// The snapshot the job read when it planned the writes (`None`: the table was
     /// empty). An overwrite fails when a snapshot committed after it added files to a
     /// partition the overwrite replaces, instead of silently replacing them too.
@@ -41,6 +46,9 @@ impl AddedFiles {
     /// `append` when only data is added, `delete` when only deletes are, else
     /// `overwrite` (as Java's row delta and partition replacement name them).
     fn operation(&self, removed: bool) -> Operation {
+        if self.rewrite_sequence_number.is_some() {
+            return Operation::Replace;
+        }
         match (self.data.is_empty(), self.deletes.is_empty()) {
             (true, true) if removed => Operation::Delete,
             _ if removed => Operation::Overwrite,
@@ -153,9 +161,10 @@ pub(crate) async fn produce(
                 });
             }
             collector.add_file(f, schema.clone(), spec.clone());
-            // Null sequence numbers: the entries inherit the snapshot's.
+            // Null sequence numbers: the entries inherit the snapshot's (a compaction
+            // keeps the one its rows were read at).
             writer
-                .add_file(f.clone(), -1)
+                .add_file(f.clone(), files.rewrite_sequence_number.unwrap_or(-1))
                 .context(|| context("manifest entry"))?;
         }
         manifests.push(
@@ -175,9 +184,22 @@ pub(crate) async fn produce(
         let replaced: Option<HashSet<&Struct>> = files
             .replace_partitions
             .then(|| files.data.iter().map(|f| f.partition()).collect());
+        if files.rewrite_sequence_number.is_some() {
+            // A compaction applied the deletes it read; a position delete committed
+            // since against a file it replaces would be lost.
+            let rewritten: HashSet<&str> = files.removed.iter().map(String::as_str).collect();
+            let scope = |f: &DataFile| {
+                f.content_type() == DataContentType::PositionDeletes
+                    && f.referenced_data_file()
+                        .is_none_or(|p| rewritten.contains(p.as_str()))
+            };
+            let what = "against a file this compaction replaces";
+            validate_no_new_files(name, table, files.read_snapshot, &scope, what).await?;
+        }
         if let Some(replaced) = &replaced {
             let scope = |f: &DataFile| spec.is_unpartitioned() || replaced.contains(f.partition());
-            validate_no_new_files(name, table, files.read_snapshot, &scope).await?;
+            let what = "to a partition this overwrite replaces";
+            validate_no_new_files(name, table, files.read_snapshot, &scope, what).await?;
         }
         let removed_paths: HashSet<&str> = files.removed.iter().map(String::as_str).collect();
         let mut found: HashSet<String> = HashSet::new();
@@ -188,9 +210,7 @@ pub(crate) async fn produce(
                     .is_some_and(|r| spec.is_unpartitioned() || r.contains(f.partition()))
         };
         for (i, m) in list.entries().iter().enumerate() {
-            if replaced.is_none()
-                && (removed_paths.is_empty() || m.content != ManifestContentType::Data)
-            {
+            if replaced.is_none() && removed_paths.is_empty() {
                 manifests.push(m.clone());
                 continue;
             }
@@ -333,6 +353,7 @@ async fn validate_no_new_files(
     table: &Table,
     read: Option<i64>,
     scope: &(dyn Fn(&DataFile) -> bool + Sync),
+    what: &str,
 ) -> Result<()> {
     let metadata = table.metadata();
     let mut current = metadata.current_snapshot().cloned();
@@ -363,7 +384,7 @@ async fn validate_no_new_files(
                     return Err(IcebergError::Table {
                         table: name.to_string(),
                         message: format!(
-                            "conflict: snapshot {} ({}) added {} to a partition this overwrite replaces after the job read the table; nothing was committed — run the job again",
+                            "conflict: snapshot {} ({}) added {} {what} after the job read the table; nothing was committed — run the job again",
                             snapshot.snapshot_id(),
                             snapshot.summary().operation.as_str(),
                             e.data_file.file_path()

@@ -18,6 +18,7 @@ use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, S
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg::spec::{Operation, Transform};
+use iceberg::{NamespaceIdent, TableIdent};
 use meltwater_iceberg::schema::{table_creation, PartitionFieldDef};
 use meltwater_iceberg::upsert::PRIMARY_KEY_PROPERTY;
 use meltwater_iceberg::{
@@ -237,4 +238,65 @@ async fn racing_writers_both_land() {
     seqs.sort();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     assert_eq!(contents(catalog.clone(), "race").await.len(), 20);
+}
+
+/// Compaction merges the data files and the equality deletes into files with the same
+/// rows, keeping the data sequence number of the snapshot it read (so equality deletes
+/// committed later still apply), and drops the delete files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_rows_and_the_read_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path()).await;
+    let table = create(catalog.clone(), "c", Some("id"), &[]).await;
+    let mut w = IcebergStreamWriter::upsert(&table, 0).unwrap();
+    for (c, rows_) in [
+        (1, vec![(1, "a", 1), (2, "b", 1)]),
+        (2, vec![(2, "b", 2), (3, "c", 1)]),
+    ] {
+        w.write(&rows(&table, &rows_)).await.unwrap();
+        commit_checkpoint(&table, w.prepare_commit().await.unwrap(), "job", c)
+            .await
+            .unwrap();
+    }
+    let before = contents(catalog.clone(), "c").await;
+    assert_eq!(before, vec!["1:a:1", "2:b:2", "3:c:1"]);
+    let ident = TableIdent::new(NamespaceIdent::new("db".into()), "c".into());
+    let report = meltwater_iceberg::maintain::compact(&catalog, "lake.db.c", &ident, None)
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 3);
+    assert_eq!(report.data_files_removed, 2);
+    assert_eq!(report.delete_files_removed, 2);
+    assert_eq!(report.data_files_added, 1);
+    assert_eq!(contents(catalog.clone(), "c").await, before);
+
+    let loaded = load(&catalog, "c").await;
+    let head = loaded.metadata().current_snapshot().unwrap();
+    assert_eq!(head.summary().operation, Operation::Replace);
+    assert_eq!(head.sequence_number(), 3);
+    let p = &head.summary().additional_properties;
+    assert_eq!(p["total-delete-files"], "0");
+    assert_eq!(p["total-data-files"], "1");
+    assert_eq!(p["total-records"], "3");
+    // The merged file carries the data sequence number of snapshot 2, which it read.
+    let list = loaded.manifest_list_reader(head).load().await.unwrap();
+    let mut live = Vec::new();
+    for m in list.entries() {
+        for e in m.load_manifest(loaded.file_io()).await.unwrap().entries() {
+            if e.is_alive() {
+                live.push((e.content_type(), e.sequence_number));
+            }
+        }
+    }
+    assert_eq!(live, vec![(iceberg::spec::DataContentType::Data, Some(2))]);
+
+    // Later upserts apply on top of the compacted file.
+    w.write(&rows(&table, &[(1, "a", 7)])).await.unwrap();
+    commit_checkpoint(&table, w.prepare_commit().await.unwrap(), "job", 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        contents(catalog.clone(), "c").await,
+        vec!["1:a:7", "2:b:2", "3:c:1"]
+    );
 }
