@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod commit;
 pub mod committer;
 pub mod config;
+mod deletes;
 pub mod error;
 pub mod maintain;
 pub mod predicate;

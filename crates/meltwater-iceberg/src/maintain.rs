@@ -127,7 +127,13 @@ pub async fn compact(
 
     let prefix = format!("compact-{}", uuid::Uuid::now_v7().simple());
     let mut writer = TaskFileWriter::try_new(name, &table, prefix)?;
-    let mut batches = read_tasks(table.file_io().clone(), read, 8192, name)?;
+    let mut batches = read_tasks(
+        table.file_io().clone(),
+        read,
+        8192,
+        name,
+        Default::default(),
+    )?;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         report.rows += batch.num_rows() as u64;

@@ -34,6 +34,7 @@ use iceberg::table::Table;
 
 use crate::commit::JobCommits;
 use crate::committer::LakeCatalog;
+use crate::deletes::DeleteCache;
 use crate::scan::{conform, read_tasks};
 use crate::snapshot::AddedFiles;
 use crate::write::{count_batch, count_schema, TaskFileWriter};
@@ -61,6 +62,8 @@ pub struct IcebergRewriteExec {
     change: RowChange,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// Equality-delete files loaded by any task of this rewrite.
+    deletes: Arc<DeleteCache>,
 }
 
 impl fmt::Debug for IcebergRewriteExec {
@@ -113,6 +116,7 @@ impl IcebergRewriteExec {
             change,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
+            deletes: Arc::new(DeleteCache::default()),
         }
     }
 }
@@ -163,6 +167,7 @@ impl ExecutionPlan for IcebergRewriteExec {
             change: self.change.clone(),
             batch_size: context.session_config().batch_size(),
             partition,
+            deletes: self.deletes.clone(),
         };
         let out = stream::once(async move {
             let changed = job.run(task).await?;
@@ -186,6 +191,7 @@ struct RewriteTask {
     change: RowChange,
     batch_size: usize,
     partition: usize,
+    deletes: Arc<DeleteCache>,
 }
 
 impl RewriteTask {
@@ -198,6 +204,7 @@ impl RewriteTask {
             vec![task],
             self.batch_size,
             name,
+            self.deletes.clone(),
         )?;
         let prefix = format!(
             "{}-rw{:05}-{}",

@@ -26,6 +26,8 @@ use iceberg::arrow::ArrowReaderBuilder;
 use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
 
+use crate::deletes::{take_equality_deletes, DeleteCache};
+
 /// Scans groups of Iceberg file tasks, one group per output partition.
 #[derive(Debug)]
 pub struct IcebergScanExec {
@@ -38,6 +40,8 @@ pub struct IcebergScanExec {
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// Equality-delete files loaded by any partition of this scan.
+    deletes: Arc<DeleteCache>,
 }
 
 impl IcebergScanExec {
@@ -64,6 +68,7 @@ impl IcebergScanExec {
             schema,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
+            deletes: Arc::new(DeleteCache::default()),
         }
     }
 
@@ -128,13 +133,15 @@ impl ExecutionPlan for IcebergScanExec {
         let read_schema = self.read_schema.clone();
         let schema = self.schema.clone();
         let table = self.table.clone();
-        let batches = stream::once(async move { read_tasks(file_io, tasks, batch_size, &table) })
-            .try_flatten()
-            .map(move |batch| {
-                let batch = batch?;
-                output_rows.add(batch.num_rows());
-                conform(&batch, &read_schema, &schema)
-            });
+        let cache = self.deletes.clone();
+        let batches =
+            stream::once(async move { read_tasks(file_io, tasks, batch_size, &table, cache) })
+                .try_flatten()
+                .map(move |batch| {
+                    let batch = batch?;
+                    output_rows.add(batch.num_rows());
+                    conform(&batch, &read_schema, &schema)
+                });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             batches,
@@ -143,24 +150,56 @@ impl ExecutionPlan for IcebergScanExec {
 }
 
 /// The rows of `tasks` (read with the crate's reader, deletes applied), in order.
+/// Equality deletes are applied here by hash lookup ([`crate::deletes`]), with the
+/// delete files loaded once into `cache`; position deletes by the crate's reader.
 pub(crate) fn read_tasks(
     file_io: FileIO,
     tasks: Vec<FileScanTask>,
     batch_size: usize,
     table: &str,
-) -> Result<impl futures::Stream<Item = Result<RecordBatch>> + Send + use<>> {
+    cache: Arc<DeleteCache>,
+) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
     let runtime =
         iceberg::Runtime::try_current().map_err(|e| DataFusionError::External(Box::new(e)))?;
-    let reader = ArrowReaderBuilder::new(file_io, runtime)
-        .with_batch_size(batch_size)
-        .build();
-    let tasks = stream::iter(tasks.into_iter().map(Ok)).boxed();
-    let result = reader.read(tasks).map_err(|e| {
-        DataFusionError::External(format!("reading iceberg table {table}: {e}").into())
-    })?;
-    Ok(result
-        .stream()
-        .map_err(|e| DataFusionError::External(Box::new(e))))
+    let table = table.to_string();
+    Ok(stream::iter(tasks)
+        .then(move |mut task| {
+            let file_io = file_io.clone();
+            let runtime = runtime.clone();
+            let cache = cache.clone();
+            let table = table.clone();
+            async move {
+                let (equality, added) = take_equality_deletes(&mut task)?;
+                let deletes = cache.load(&file_io, &task, &equality).await?;
+                let reader = ArrowReaderBuilder::new(file_io, runtime)
+                    .with_batch_size(batch_size)
+                    .build();
+                let path = task.data_file_path.clone();
+                let batches = reader
+                    .read(stream::iter([Ok(task)]).boxed())
+                    .map_err(|e| {
+                        DataFusionError::External(
+                            format!("reading {path} of iceberg table {table}: {e}").into(),
+                        )
+                    })?
+                    .stream()
+                    .map_err(|e| DataFusionError::External(Box::new(e)));
+                Ok::<_, DataFusionError>(batches.map(move |b| {
+                    let mut b = b?;
+                    if !deletes.is_empty() {
+                        b = deletes.apply(b)?;
+                    }
+                    for name in &added {
+                        if let Ok(i) = b.schema().index_of(name) {
+                            b.remove_column(i);
+                        }
+                    }
+                    Ok(b)
+                }))
+            }
+        })
+        .try_flatten()
+        .boxed())
 }
 
 /// Gives a reader batch the plan's schema: same columns without the reader's field-id

@@ -1,0 +1,230 @@
+//! Equality deletes applied by hash lookup.
+//!
+//! The crate's reader turns the rows of equality-delete files into one predicate per
+//! deleted row, so its cost grows with rows × deleted keys. Meltwater takes the equality
+//! deletes out of each file scan task (the crate has already chosen which delete files
+//! apply to which data file, by partition and sequence number) and applies them itself:
+//! each delete file is read once per scan into a hash set of its keys (shared by every
+//! task it applies to), and every data row is looked up in it. Position deletes stay
+//! with the crate's reader, which turns them into row selections.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{and, cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::error::{DataFusionError, Result};
+use iceberg::io::FileIO;
+use iceberg::scan::{FileScanTask, FileScanTaskDeleteFile};
+use iceberg::spec::{DataContentType, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio::sync::OnceCell;
+
+/// The keys of one equality-delete file.
+#[derive(Debug)]
+enum KeySet {
+    /// One integer key column (the common case: fast path without row encoding).
+    Int(HashSet<i64>),
+    /// Any other key: rows encoded with an Arrow row converter over `types`.
+    Rows {
+        types: Vec<DataType>,
+        keys: HashSet<Box<[u8]>>,
+    },
+}
+
+/// Delete files loaded during one scan, by path.
+#[derive(Debug, Default)]
+pub(crate) struct DeleteCache {
+    files: Mutex<HashMap<String, Arc<OnceCell<Arc<KeySet>>>>>,
+}
+
+/// The equality deletes of one task: for each delete file, the key columns (by name in
+/// the data batches) and its key set.
+pub(crate) struct TaskDeletes {
+    sets: Vec<(Vec<String>, Arc<KeySet>)>,
+}
+
+/// Takes the equality deletes out of `task` (the crate's reader keeps the position
+/// deletes) and makes sure the task reads their key columns. Returns the names of the
+/// columns added to the projection only for the deletes.
+pub(crate) fn take_equality_deletes(
+    task: &mut FileScanTask,
+) -> Result<(Vec<FileScanTaskDeleteFile>, Vec<String>)> {
+    let (eq, other): (Vec<_>, Vec<_>) = std::mem::take(&mut task.deletes)
+        .into_iter()
+        .partition(|d| d.file_type == DataContentType::EqualityDeletes);
+    task.deletes = other;
+    let mut added = Vec::new();
+    for d in &eq {
+        for id in d.equality_ids.iter().flatten() {
+            if !task.project_field_ids.contains(id) {
+                task.project_field_ids.push(*id);
+                added.push(field_name(&task.schema, *id)?);
+            }
+        }
+    }
+    Ok((eq, added))
+}
+
+fn field_name(schema: &Schema, id: i32) -> Result<String> {
+    schema
+        .name_by_field_id(id)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            DataFusionError::Execution(format!(
+                "an equality delete names field {id}, which the table schema does not have"
+            ))
+        })
+}
+
+impl DeleteCache {
+    /// Loads (once per scan) the key sets of `deletes` for data rows whose key columns
+    /// have the types in `task`'s schema.
+    pub(crate) async fn load(
+        &self,
+        file_io: &FileIO,
+        task: &FileScanTask,
+        deletes: &[FileScanTaskDeleteFile],
+    ) -> Result<TaskDeletes> {
+        let mut sets = Vec::new();
+        for d in deletes {
+            let ids = d.equality_ids.clone().unwrap_or_default();
+            let names = ids
+                .iter()
+                .map(|id| field_name(&task.schema, *id))
+                .collect::<Result<Vec<_>>>()?;
+            let types = ids
+                .iter()
+                .map(|id| {
+                    let field = task.schema.field_by_id(*id).expect("named above");
+                    iceberg::arrow::type_to_arrow_type(&field.field_type)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let cell = self
+                .files
+                .lock()
+                .expect("delete cache lock")
+                .entry(d.file_path.clone())
+                .or_default()
+                .clone();
+            let set = cell
+                .get_or_try_init(|| load_key_set(file_io, &d.file_path, &names, types))
+                .await?
+                .clone();
+            sets.push((names, set));
+        }
+        Ok(TaskDeletes { sets })
+    }
+}
+
+async fn load_key_set(
+    file_io: &FileIO,
+    path: &str,
+    names: &[String],
+    types: Vec<DataType>,
+) -> Result<Arc<KeySet>> {
+    let context =
+        |e: String| DataFusionError::Execution(format!("reading the equality deletes {path}: {e}"));
+    let bytes = file_io
+        .new_input(path)
+        .map_err(|e| context(e.to_string()))?
+        .read()
+        .await
+        .map_err(|e| context(e.to_string()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| context(e.to_string()))?
+        .build()
+        .map_err(|e| context(e.to_string()))?;
+    let int_key = types.len() == 1 && matches!(types[0], DataType::Int64 | DataType::Int32);
+    let mut ints = HashSet::new();
+    let mut rows = HashSet::new();
+    let converter = RowConverter::new(types.iter().cloned().map(SortField::new).collect())?;
+    for batch in reader {
+        let batch = batch.map_err(|e| context(e.to_string()))?;
+        let mut columns = Vec::with_capacity(names.len());
+        for (name, t) in names.iter().zip(&types) {
+            let column = batch
+                .column_by_name(name)
+                .ok_or_else(|| context(format!("it has no column '{name}'")))?;
+            columns.push(cast(column, t)?);
+        }
+        if int_key {
+            let c = cast(&columns[0], &DataType::Int64)?;
+            ints.extend(c.as_primitive::<Int64Type>().iter().flatten());
+        } else {
+            let encoded = converter.convert_columns(&columns)?;
+            rows.extend(encoded.iter().map(|r| Box::<[u8]>::from(r.as_ref())));
+        }
+    }
+    Ok(Arc::new(if int_key {
+        KeySet::Int(ints)
+    } else {
+        KeySet::Rows { types, keys: rows }
+    }))
+}
+
+impl TaskDeletes {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// `batch` without the rows whose key is in any of the delete files.
+    pub(crate) fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let mut keep: Option<BooleanArray> = None;
+        for (names, set) in &self.sets {
+            let columns = names
+                .iter()
+                .map(|n| {
+                    batch.column_by_name(n).cloned().ok_or_else(|| {
+                        DataFusionError::Internal(format!("equality delete column {n} not read"))
+                    })
+                })
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let mask = match set.as_ref() {
+                KeySet::Int(ints) => {
+                    let c = &columns[0];
+                    let values: Vec<bool> = match c.data_type() {
+                        DataType::Int32 => c
+                            .as_primitive::<Int32Type>()
+                            .iter()
+                            .map(|v| v.is_none_or(|v| !ints.contains(&(v as i64))))
+                            .collect(),
+                        _ => cast(c, &DataType::Int64)?
+                            .as_primitive::<Int64Type>()
+                            .iter()
+                            .map(|v| v.is_none_or(|v| !ints.contains(&v)))
+                            .collect(),
+                    };
+                    BooleanArray::from(values)
+                }
+                KeySet::Rows { types, keys } => {
+                    let converter =
+                        RowConverter::new(types.iter().cloned().map(SortField::new).collect())?;
+                    let columns = columns
+                        .iter()
+                        .zip(types)
+                        .map(|(c, t)| Ok(cast(c, t)?))
+                        .collect::<Result<Vec<_>>>()?;
+                    let encoded = converter.convert_columns(&columns)?;
+                    BooleanArray::from(
+                        encoded
+                            .iter()
+                            .map(|r| !keys.contains(r.as_ref()))
+                            .collect::<Vec<bool>>(),
+                    )
+                }
+            };
+            keep = Some(match keep {
+                None => mask,
+                Some(k) => and(&k, &mask)?,
+            });
+        }
+        match keep {
+            Some(k) if k.true_count() < batch.num_rows() => Ok(filter_record_batch(&batch, &k)?),
+            _ => Ok(batch),
+        }
+    }
+}
