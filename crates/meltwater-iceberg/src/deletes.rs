@@ -12,8 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{and, cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
 use iceberg::io::FileIO;
@@ -26,12 +27,59 @@ use tokio::sync::OnceCell;
 #[derive(Debug)]
 enum KeySet {
     /// One integer key column (the common case: fast path without row encoding).
-    Int(HashSet<i64>),
+    Int(IntSet),
     /// Any other key: rows encoded with an Arrow row converter over `types`.
     Rows {
         types: Vec<DataType>,
-        keys: HashSet<Box<[u8]>>,
+        keys: HashSet<Box<[u8]>, ahash::RandomState>,
     },
+}
+
+/// A set of integer keys: a bitmap over their range when it is dense enough (upserts
+/// usually delete runs of nearby ids; a lookup is then a bit test in a small array),
+/// else a hash set.
+#[derive(Debug)]
+enum IntSet {
+    Bitmap { min: i64, bits: Vec<u64> },
+    Hash(HashSet<i64, ahash::RandomState>),
+}
+
+impl IntSet {
+    fn new(keys: HashSet<i64, ahash::RandomState>) -> Self {
+        let (Some(&min), Some(&max)) = (keys.iter().min(), keys.iter().max()) else {
+            return IntSet::Hash(keys);
+        };
+        let range = (max as i128 - min as i128 + 1) as u128;
+        // At most 32 bits per key, or 8 Mbit (1 MiB) whatever the count.
+        if range <= (keys.len() as u128 * 32).max(1 << 23) {
+            let mut bits = vec![0u64; (range as usize).div_ceil(64)];
+            for k in keys {
+                let i = (k - min) as usize;
+                bits[i / 64] |= 1 << (i % 64);
+            }
+            IntSet::Bitmap { min, bits }
+        } else {
+            IntSet::Hash(keys)
+        }
+    }
+
+    #[inline]
+    fn contains(&self, k: i64) -> bool {
+        match self {
+            IntSet::Bitmap { min, bits } => {
+                let Some(i) = k.checked_sub(*min) else {
+                    return false;
+                };
+                if i < 0 {
+                    return false;
+                }
+                let i = i as u64;
+                bits.get((i / 64) as usize)
+                    .is_some_and(|w| w & (1 << (i % 64)) != 0)
+            }
+            IntSet::Hash(h) => h.contains(&k),
+        }
+    }
 }
 
 /// Delete files loaded during one scan, by path.
@@ -139,8 +187,8 @@ async fn load_key_set(
         .build()
         .map_err(|e| context(e.to_string()))?;
     let int_key = types.len() == 1 && matches!(types[0], DataType::Int64 | DataType::Int32);
-    let mut ints = HashSet::new();
-    let mut rows = HashSet::new();
+    let mut ints: HashSet<i64, ahash::RandomState> = HashSet::default();
+    let mut rows: HashSet<Box<[u8]>, ahash::RandomState> = HashSet::default();
     let converter = RowConverter::new(types.iter().cloned().map(SortField::new).collect())?;
     for batch in reader {
         let batch = batch.map_err(|e| context(e.to_string()))?;
@@ -160,7 +208,7 @@ async fn load_key_set(
         }
     }
     Ok(Arc::new(if int_key {
-        KeySet::Int(ints)
+        KeySet::Int(IntSet::new(ints))
     } else {
         KeySet::Rows { types, keys: rows }
     }))
@@ -185,20 +233,14 @@ impl TaskDeletes {
                 .collect::<Result<Vec<ArrayRef>>>()?;
             let mask = match set.as_ref() {
                 KeySet::Int(ints) => {
-                    let c = &columns[0];
-                    let values: Vec<bool> = match c.data_type() {
-                        DataType::Int32 => c
-                            .as_primitive::<Int32Type>()
-                            .iter()
-                            .map(|v| v.is_none_or(|v| !ints.contains(&(v as i64))))
-                            .collect(),
-                        _ => cast(c, &DataType::Int64)?
-                            .as_primitive::<Int64Type>()
-                            .iter()
-                            .map(|v| v.is_none_or(|v| !ints.contains(&v)))
-                            .collect(),
-                    };
-                    BooleanArray::from(values)
+                    let c = cast(&columns[0], &DataType::Int64)?;
+                    let c = c.as_primitive::<Int64Type>();
+                    let values = c.values();
+                    // Rows with a NULL key are never deleted.
+                    let keep = BooleanBuffer::collect_bool(c.len(), |i| {
+                        !ints.contains(values[i]) || c.is_null(i)
+                    });
+                    BooleanArray::new(keep, None)
                 }
                 KeySet::Rows { types, keys } => {
                     let converter =
@@ -209,12 +251,10 @@ impl TaskDeletes {
                         .map(|(c, t)| Ok(cast(c, t)?))
                         .collect::<Result<Vec<_>>>()?;
                     let encoded = converter.convert_columns(&columns)?;
-                    BooleanArray::from(
-                        encoded
-                            .iter()
-                            .map(|r| !keys.contains(r.as_ref()))
-                            .collect::<Vec<bool>>(),
-                    )
+                    let keep = BooleanBuffer::collect_bool(encoded.num_rows(), |i| {
+                        !keys.contains(encoded.row(i).as_ref())
+                    });
+                    BooleanArray::new(keep, None)
                 }
             };
             keep = Some(match keep {
@@ -226,5 +266,31 @@ impl TaskDeletes {
             Some(k) if k.true_count() < batch.num_rows() => Ok(filter_record_batch(&batch, &k)?),
             _ => Ok(batch),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(keys: &[i64]) -> IntSet {
+        IntSet::new(keys.iter().copied().collect())
+    }
+
+    #[test]
+    fn dense_keys_use_a_bitmap_and_sparse_ones_a_hash() {
+        let dense = set(&[-3, 0, 5, 63, 64, 1000]);
+        assert!(matches!(dense, IntSet::Bitmap { .. }));
+        for k in [-3, 0, 5, 63, 64, 1000] {
+            assert!(dense.contains(k), "{k}");
+        }
+        for k in [i64::MIN, -4, -2, 1, 62, 65, 999, 1001, i64::MAX] {
+            assert!(!dense.contains(k), "{k}");
+        }
+        let sparse = set(&[i64::MIN, 0, i64::MAX]);
+        assert!(matches!(sparse, IntSet::Hash(_)));
+        assert!(sparse.contains(i64::MIN) && sparse.contains(0) && sparse.contains(i64::MAX));
+        assert!(!sparse.contains(1));
+        assert!(!set(&[]).contains(0));
     }
 }
