@@ -28,6 +28,18 @@ pub enum MaintainCommand {
         #[arg(long = "where", value_name = "CONDITION")]
         filter: Option<String>,
     },
+    /// Remove the snapshots older than a duration (keeping the newest ones) and delete the
+    /// files only they used.
+    Expire {
+        /// `catalog.namespace.table`.
+        table: String,
+        /// Age of the oldest snapshot to keep, e.g. `7 d`, `12 h`, `0 s`.
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+        /// Keep at least this many of the newest snapshots.
+        #[arg(long, default_value_t = 1)]
+        retain_last: usize,
+    },
 }
 
 pub async fn run(catalog_file: Option<&Path>, command: MaintainCommand) -> Result<()> {
@@ -82,6 +94,33 @@ pub async fn run(catalog_file: Option<&Path>, command: MaintainCommand) -> Resul
                     }
                 }
             }
+            Ok(())
+        }
+        MaintainCommand::Expire {
+            table,
+            older_than,
+            retain_last,
+        } => {
+            let (c, ns, t) = split_name(&table)?;
+            let catalog = meltwater_iceberg::open_catalog(find_catalog(&catalogs, &c)?).await?;
+            load(catalog.as_ref(), &table, ns.clone(), t.clone()).await?;
+            let age = meltwater_connectors::parse_duration_ms(&older_than)
+                .map_err(|e| anyhow::anyhow!("--older-than {older_than}: {e}"))?;
+            let cutoff = chrono::Utc::now().timestamp_millis() - age as i64;
+            println!(
+                "expiring snapshots of {table} older than {older_than}, keeping the newest {retain_last}"
+            );
+            let ident = TableIdent::new(NamespaceIdent::new(ns), t);
+            let report =
+                meltwater_iceberg::maintain::expire(&catalog, &table, &ident, cutoff, retain_last)
+                    .await?;
+            println!(
+                "expired {} ({} kept); deleted {} only they used ({})",
+                plural(report.snapshots_expired as u64, "snapshot"),
+                report.snapshots_kept,
+                plural(report.files_deleted as u64, "file"),
+                size(report.bytes_deleted)
+            );
             Ok(())
         }
     }

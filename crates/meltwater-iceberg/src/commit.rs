@@ -212,6 +212,7 @@ pub(crate) async fn commit_fast_append(
     name: &str,
     files: Vec<DataFile>,
     properties: HashMap<String, String>,
+    table_properties: &HashMap<String, String>,
 ) -> Result<CommitSummary> {
     let mut summary = CommitSummary {
         table: name.to_string(),
@@ -236,9 +237,18 @@ pub(crate) async fn commit_fast_append(
             .fast_append()
             .set_snapshot_properties(properties.clone())
             .add_data_files(files.clone());
-        let tx = action
+        let mut tx = action
             .apply(tx)
             .context(|| format!("preparing the commit to {name}"))?;
+        if !table_properties.is_empty() {
+            let mut update = tx.update_table_properties();
+            for (k, v) in table_properties {
+                update = update.set(k.clone(), v.clone());
+            }
+            tx = update
+                .apply(tx)
+                .context(|| format!("preparing the commit to {name}"))?;
+        }
         match tx.commit(catalog).await {
             Ok(committed) => {
                 summary.snapshot_id = committed
@@ -275,7 +285,15 @@ pub(crate) async fn commit_files(
     properties: HashMap<String, String>,
 ) -> Result<CommitSummary> {
     if !files.is_row_level() {
-        return commit_fast_append(catalog, ident, name, files.data, properties).await;
+        return commit_fast_append(
+            catalog,
+            ident,
+            name,
+            files.data,
+            properties,
+            &files.table_properties,
+        )
+        .await;
     }
     let all = files.data.iter().chain(files.deletes.iter());
     let mut summary = CommitSummary {

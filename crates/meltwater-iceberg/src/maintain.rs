@@ -1,4 +1,5 @@
-//! Table maintenance: compaction (`meltwater maintain compact`).
+//! Table maintenance: compaction (`meltwater maintain compact`) and snapshot expiry
+//! (`meltwater maintain expire`).
 //!
 //! Compaction merges, per partition, the data files of the current snapshot together
 //! with the deletes that apply to them into new files holding the same rows, and
@@ -18,6 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use iceberg::expr::Predicate;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::ManifestContentType;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 
 use crate::commit::{commit_files, CommitSummary};
@@ -161,4 +163,113 @@ pub async fn compact(
     ]);
     report.commit = Some(commit_files(catalog, ident, name, files, properties).await?);
     Ok(report)
+}
+
+/// What a snapshot expiry did.
+#[derive(Debug, Clone, Default)]
+pub struct ExpireReport {
+    pub snapshots_expired: usize,
+    pub snapshots_kept: usize,
+    /// Manifest lists, manifests, data and delete files only expired snapshots used.
+    pub files_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+/// Expires the snapshots of `ident` older than `older_than_ms` (epoch ms), keeping at
+/// least the `retain_last` newest of `main` (the crate's expiry, which follows Java's
+/// `RemoveSnapshots`), then deletes the files that only the expired snapshots
+/// referenced. Files of retained snapshots and files no snapshot ever referenced (an
+/// in-flight commit's) are left alone.
+pub async fn expire(
+    catalog: &Arc<LakeCatalog>,
+    name: &str,
+    ident: &TableIdent,
+    older_than_ms: i64,
+    retain_last: usize,
+) -> Result<ExpireReport> {
+    let mut report = ExpireReport::default();
+    let before = catalog
+        .load_table(ident)
+        .await
+        .context(|| format!("loading {name}"))?;
+    let context = || format!("expiring snapshots of {name}");
+    let tx = Transaction::new(&before);
+    let tx = tx
+        .expire_snapshots()
+        .expire_older_than_ms(older_than_ms)
+        .retain_last(retain_last.max(1))
+        .apply(tx)
+        .context(context)?;
+    let after = tx.commit(catalog.as_ref()).await.context(context)?;
+    let kept: HashSet<i64> = after
+        .metadata()
+        .snapshots()
+        .map(|s| s.snapshot_id())
+        .collect();
+    report.snapshots_kept = kept.len();
+    let expired: Vec<_> = before
+        .metadata()
+        .snapshots()
+        .filter(|s| !kept.contains(&s.snapshot_id()))
+        .cloned()
+        .collect();
+    report.snapshots_expired = expired.len();
+    if expired.is_empty() {
+        return Ok(report);
+    }
+    let mut live = HashMap::new();
+    let mut seen = HashSet::new();
+    for s in after.metadata().snapshots() {
+        reachable(&after, s, &mut live, &mut seen, name).await?;
+    }
+    let mut dead = HashMap::new();
+    let mut seen = HashSet::new();
+    for s in &expired {
+        reachable(&before, s, &mut dead, &mut seen, name).await?;
+    }
+    for (path, size) in dead {
+        if live.contains_key(&path) {
+            continue;
+        }
+        before
+            .file_io()
+            .delete(&path)
+            .await
+            .context(|| format!("deleting {path}"))?;
+        report.files_deleted += 1;
+        report.bytes_deleted += size;
+    }
+    Ok(report)
+}
+
+/// Adds to `out` the manifest list of `snapshot`, its manifests and the files live in
+/// them (with their sizes; 0 for metadata files). `seen` skips manifests already read.
+async fn reachable(
+    table: &iceberg::table::Table,
+    snapshot: &iceberg::spec::SnapshotRef,
+    out: &mut HashMap<String, u64>,
+    seen: &mut HashSet<String>,
+    name: &str,
+) -> Result<()> {
+    let context = || format!("reading the snapshots of {name}");
+    out.insert(snapshot.manifest_list().to_string(), 0);
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .context(context)?;
+    for m in list.entries() {
+        out.insert(m.manifest_path.clone(), m.manifest_length as u64);
+        if !seen.insert(m.manifest_path.clone()) {
+            continue;
+        }
+        let manifest = m.load_manifest(table.file_io()).await.context(context)?;
+        for e in manifest.entries().iter().filter(|e| e.is_alive()) {
+            out.insert(
+                e.data_file.file_path().to_string(),
+                e.data_file.file_size_in_bytes(),
+            );
+        }
+    }
+    Ok(())
 }

@@ -40,6 +40,9 @@ pub struct AddedFiles {
     /// empty). An overwrite fails when a snapshot committed after it added files to a
     /// partition the overwrite replaces, instead of silently replacing them too.
     pub read_snapshot: Option<i64>,
+    /// Table properties set in the same commit (a stream job's last committed
+    /// checkpoint, which outlives the snapshots that carry its marker).
+    pub table_properties: HashMap<String, String>,
 }
 
 impl AddedFiles {
@@ -341,6 +344,8 @@ pub(crate) async fn produce(
         .into_builder(table.metadata_location().map(str::to_string))
         .set_branch_snapshot(snapshot, "main")
         .context(|| context("snapshot"))?
+        .set_properties(files.table_properties.clone())
+        .context(|| context("table properties"))?
         .build()
         .context(|| context("metadata"))?;
     Ok(built.metadata)

@@ -320,13 +320,33 @@ pub async fn commit_checkpoint_to(
     }
     let marker = checkpoint_marker(job_id, checkpoint_id);
     if files.is_empty() {
-        return commit_fast_append(catalog, ident, table_name, Vec::new(), marker).await;
+        return commit_fast_append(
+            catalog,
+            ident,
+            table_name,
+            Vec::new(),
+            marker,
+            &HashMap::new(),
+        )
+        .await;
     }
     let table = catalog
         .load_table(ident)
         .await
         .context(|| format!("loading {table_name}"))?;
     let metadata = table.metadata();
+    let recorded = recorded_checkpoint(metadata, job_id);
+    if recorded.is_some_and(|r| r >= checkpoint_id) {
+        // Committed before, and its snapshot may have been expired since.
+        return Ok(CommitSummary {
+            table: table_name.to_string(),
+            snapshot_id: find_marked_snapshot(metadata, &marker),
+            files: files.len(),
+            rows: files.iter().map(|f| f.record_count).sum(),
+            bytes: files.iter().map(|f| f.file_size_in_bytes).sum(),
+            already_committed: true,
+        });
+    }
     if let Some(snapshot_id) = find_marked_snapshot(metadata, &marker) {
         // Committed before a restart: the files may not even be readable against the
         // table's metadata any more, and need not be.
@@ -339,7 +359,13 @@ pub async fn commit_checkpoint_to(
             already_committed: true,
         });
     }
-    let mut added = AddedFiles::default();
+    let mut added = AddedFiles {
+        table_properties: HashMap::from([(
+            checkpoint_property(job_id),
+            checkpoint_id.to_string(),
+        )]),
+        ..Default::default()
+    };
     for f in &files {
         let file = f.to_data_file(metadata)?;
         if file.content_type() == DataContentType::Data {
@@ -369,9 +395,25 @@ pub async fn last_committed_checkpoint(table: &IcebergTable, job_id: &str) -> Re
     Ok(last_committed_checkpoint_in(loaded.metadata(), job_id))
 }
 
-/// The highest checkpoint of job `job_id` among the snapshots of `metadata`.
-pub fn last_committed_checkpoint_in(metadata: &TableMetadata, job_id: &str) -> Option<u64> {
+/// The table property recording the last checkpoint of job `job_id` committed to a table
+/// (set in the same commit as the checkpoint's snapshot; Flink's
+/// `flink.max-committed-checkpoint-id`). Unlike the snapshot markers it survives
+/// snapshot expiry, so an old checkpoint is never committed again.
+pub fn checkpoint_property(job_id: &str) -> String {
+    format!("meltwater.checkpoint.{job_id}")
+}
+
+fn recorded_checkpoint(metadata: &TableMetadata, job_id: &str) -> Option<u64> {
     metadata
+        .properties()
+        .get(&checkpoint_property(job_id))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The highest checkpoint of job `job_id` committed to the table of `metadata`: its
+/// checkpoint property, or the markers of its snapshots.
+pub fn last_committed_checkpoint_in(metadata: &TableMetadata, job_id: &str) -> Option<u64> {
+    let marked = metadata
         .snapshots()
         .filter_map(|s| {
             let p = &s.summary().additional_properties;
@@ -380,5 +422,6 @@ pub fn last_committed_checkpoint_in(metadata: &TableMetadata, job_id: &str) -> O
             }
             p.get(SUMMARY_CHECKPOINT_ID)?.parse::<u64>().ok()
         })
-        .max()
+        .max();
+    marked.max(recorded_checkpoint(metadata, job_id))
 }

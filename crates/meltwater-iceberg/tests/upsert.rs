@@ -300,3 +300,56 @@ async fn compaction_keeps_rows_and_the_read_sequence_number() {
         vec!["1:a:7", "2:b:2", "3:c:1"]
     );
 }
+
+/// Expiry removes old snapshots and the files only they used, leaves the rows alone, and
+/// a checkpoint whose snapshot was expired is still recognised as committed (the table
+/// property records it), so a restarted job never commits it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_deletes_unused_files_and_keeps_checkpoints_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path()).await;
+    let table = create(catalog.clone(), "e", Some("id"), &[]).await;
+    let mut w = IcebergStreamWriter::upsert(&table, 0).unwrap();
+    let mut replay = Vec::new();
+    for c in 1..=3u64 {
+        w.write(&rows(&table, &[(1, "a", c as i64), (c as i64 + 1, "b", 1)]))
+            .await
+            .unwrap();
+        let files = w.prepare_commit().await.unwrap();
+        if c == 2 {
+            replay = files.clone();
+        }
+        commit_checkpoint(&table, files, "job", c).await.unwrap();
+    }
+    let ident = TableIdent::new(NamespaceIdent::new("db".into()), "e".into());
+    meltwater_iceberg::maintain::compact(&catalog, "lake.db.e", &ident, None)
+        .await
+        .unwrap();
+    let expected = vec!["1:a:3", "2:b:1", "3:b:1", "4:b:1"];
+    assert_eq!(contents(catalog.clone(), "e").await, expected);
+    let data_dir = dir.path().join("warehouse/db/e/data");
+    let parquet = |d: &std::path::Path| std::fs::read_dir(d).unwrap().count();
+    assert_eq!(parquet(&data_dir), 7, "3 data + 3 delete files + the compacted one");
+
+    let future = chrono::Utc::now().timestamp_millis() + 60_000;
+    let report = meltwater_iceberg::maintain::expire(&catalog, "lake.db.e", &ident, future, 1)
+        .await
+        .unwrap();
+    assert_eq!(report.snapshots_expired, 3);
+    assert_eq!(report.snapshots_kept, 1);
+    assert_eq!(parquet(&data_dir), 1, "only the compacted file is left");
+    // 6 data/delete files, 3 manifest lists, and the manifests only they used.
+    assert!(report.files_deleted >= 9, "{report:?}");
+    assert_eq!(contents(catalog.clone(), "e").await, expected);
+
+    // Checkpoint 2's snapshot is gone; replaying its commit must still be a no-op.
+    let again = commit_checkpoint(&table, replay, "job", 2).await.unwrap();
+    assert!(again.already_committed);
+    assert_eq!(contents(catalog.clone(), "e").await, expected);
+    let loaded = load(&catalog, "e").await;
+    assert_eq!(loaded.metadata().snapshots().count(), 1);
+    assert_eq!(
+        meltwater_iceberg::stream::last_committed_checkpoint_in(loaded.metadata(), "job"),
+        Some(3)
+    );
+}
