@@ -45,9 +45,9 @@ enum IntSet {
 }
 
 impl IntSet {
-    fn new(keys: HashSet<i64, ahash::RandomState>) -> Self {
+    fn new(keys: Vec<i64>) -> Self {
         let (Some(&min), Some(&max)) = (keys.iter().min(), keys.iter().max()) else {
-            return IntSet::Hash(keys);
+            return IntSet::Hash(HashSet::default());
         };
         let range = (max as i128 - min as i128 + 1) as u128;
         // At most 32 bits per key, or 8 Mbit (1 MiB) whatever the count.
@@ -59,7 +59,9 @@ impl IntSet {
             }
             IntSet::Bitmap { min, bits }
         } else {
-            IntSet::Hash(keys)
+            let mut set = HashSet::with_capacity_and_hasher(keys.len(), ahash::RandomState::new());
+            set.extend(keys);
+            IntSet::Hash(set)
         }
     }
 
@@ -187,7 +189,7 @@ async fn load_key_set(
         .build()
         .map_err(|e| context(e.to_string()))?;
     let int_key = types.len() == 1 && matches!(types[0], DataType::Int64 | DataType::Int32);
-    let mut ints: HashSet<i64, ahash::RandomState> = HashSet::default();
+    let mut ints: Vec<i64> = Vec::new();
     let mut rows: HashSet<Box<[u8]>, ahash::RandomState> = HashSet::default();
     let converter = RowConverter::new(types.iter().cloned().map(SortField::new).collect())?;
     for batch in reader {
@@ -201,7 +203,12 @@ async fn load_key_set(
         }
         if int_key {
             let c = cast(&columns[0], &DataType::Int64)?;
-            ints.extend(c.as_primitive::<Int64Type>().iter().flatten());
+            let c = c.as_primitive::<Int64Type>();
+            if c.null_count() == 0 {
+                ints.extend_from_slice(c.values());
+            } else {
+                ints.extend(c.iter().flatten());
+            }
         } else {
             let encoded = converter.convert_columns(&columns)?;
             rows.extend(encoded.iter().map(|r| Box::<[u8]>::from(r.as_ref())));
@@ -274,7 +281,7 @@ mod tests {
     use super::*;
 
     fn set(keys: &[i64]) -> IntSet {
-        IntSet::new(keys.iter().copied().collect())
+        IntSet::new(keys.to_vec())
     }
 
     #[test]

@@ -360,10 +360,7 @@ pub async fn commit_checkpoint_to(
         });
     }
     let mut added = AddedFiles {
-        table_properties: HashMap::from([(
-            checkpoint_property(job_id),
-            checkpoint_id.to_string(),
-        )]),
+        table_properties: HashMap::from([(checkpoint_property(job_id), checkpoint_id.to_string())]),
         ..Default::default()
     };
     for f in &files {

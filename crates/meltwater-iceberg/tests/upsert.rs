@@ -329,7 +329,11 @@ async fn expiry_deletes_unused_files_and_keeps_checkpoints_committed() {
     assert_eq!(contents(catalog.clone(), "e").await, expected);
     let data_dir = dir.path().join("warehouse/db/e/data");
     let parquet = |d: &std::path::Path| std::fs::read_dir(d).unwrap().count();
-    assert_eq!(parquet(&data_dir), 7, "3 data + 3 delete files + the compacted one");
+    assert_eq!(
+        parquet(&data_dir),
+        7,
+        "3 data + 3 delete files + the compacted one"
+    );
 
     let future = chrono::Utc::now().timestamp_millis() + 60_000;
     let report = meltwater_iceberg::maintain::expire(&catalog, "lake.db.e", &ident, future, 1)
