@@ -179,6 +179,18 @@ pub(crate) fn find_marked_snapshot(
         .map(|s| s.snapshot_id())
 }
 
+/// The current metadata of `ident` (named `name` in the error) in `catalog`.
+pub(crate) async fn load_head(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    name: &str,
+) -> Result<iceberg::table::Table> {
+    catalog
+        .load_table(ident)
+        .await
+        .context(|| format!("loading {name}"))
+}
+
 /// Loads the table's head, unless its history already holds a snapshot carrying
 /// `marker` (an earlier attempt landed): then `summary` records that snapshot.
 async fn load_uncommitted(
@@ -188,10 +200,7 @@ async fn load_uncommitted(
     marker: &HashMap<String, String>,
     summary: &mut CommitSummary,
 ) -> Result<Option<iceberg::table::Table>> {
-    let table = catalog
-        .load_table(ident)
-        .await
-        .context(|| format!("loading {name}"))?;
+    let table = load_head(catalog, ident, name).await?;
     if let Some(id) = find_marked_snapshot(table.metadata(), marker) {
         summary.snapshot_id = Some(id);
         summary.already_committed = true;

@@ -31,6 +31,7 @@ enum KeySet {
     /// Any other key: rows encoded with an Arrow row converter over `types`.
     Rows {
         types: Vec<DataType>,
+        converter: RowConverter,
         keys: HashSet<Box<[u8]>, ahash::RandomState>,
     },
 }
@@ -217,7 +218,11 @@ async fn load_key_set(
     Ok(Arc::new(if int_key {
         KeySet::Int(IntSet::new(ints))
     } else {
-        KeySet::Rows { types, keys: rows }
+        KeySet::Rows {
+            types,
+            converter,
+            keys: rows,
+        }
     }))
 }
 
@@ -249,9 +254,11 @@ impl TaskDeletes {
                     });
                     BooleanArray::new(keep, None)
                 }
-                KeySet::Rows { types, keys } => {
-                    let converter =
-                        RowConverter::new(types.iter().cloned().map(SortField::new).collect())?;
+                KeySet::Rows {
+                    types,
+                    converter,
+                    keys,
+                } => {
                     let columns = columns
                         .iter()
                         .zip(types)

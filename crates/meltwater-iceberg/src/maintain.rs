@@ -20,9 +20,9 @@ use iceberg::expr::Predicate;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::ManifestContentType;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::{Catalog, TableIdent};
+use iceberg::TableIdent;
 
-use crate::commit::{commit_files, CommitSummary};
+use crate::commit::{commit_files, load_head, CommitSummary};
 use crate::committer::LakeCatalog;
 use crate::error::{IcebergContext, Result};
 use crate::scan::read_tasks;
@@ -52,10 +52,7 @@ pub async fn compact(
     filter: Option<Predicate>,
 ) -> Result<CompactReport> {
     let mut report = CompactReport::default();
-    let table = catalog
-        .load_table(ident)
-        .await
-        .context(|| format!("loading {name}"))?;
+    let table = load_head(catalog.as_ref(), ident, name).await?;
     let Some(snapshot) = table.metadata().current_snapshot() else {
         return Ok(report);
     };
@@ -188,10 +185,7 @@ pub async fn expire(
     retain_last: usize,
 ) -> Result<ExpireReport> {
     let mut report = ExpireReport::default();
-    let before = catalog
-        .load_table(ident)
-        .await
-        .context(|| format!("loading {name}"))?;
+    let before = load_head(catalog.as_ref(), ident, name).await?;
     let context = || format!("expiring snapshots of {name}");
     let tx = Transaction::new(&before);
     let tx = tx

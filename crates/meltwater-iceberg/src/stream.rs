@@ -21,10 +21,12 @@ use iceberg::spec::{
     TableMetadata,
 };
 use iceberg::table::Table;
-use iceberg::{Catalog, TableIdent};
+use iceberg::TableIdent;
 use serde::{Deserialize, Serialize};
 
-use crate::commit::{commit_fast_append, commit_files, find_marked_snapshot, CommitSummary};
+use crate::commit::{
+    commit_fast_append, commit_files, find_marked_snapshot, load_head, CommitSummary,
+};
 use crate::committer::LakeCatalog;
 use crate::error::{IcebergContext, IcebergError, Result};
 use crate::snapshot::AddedFiles;
@@ -330,10 +332,7 @@ pub async fn commit_checkpoint_to(
         )
         .await;
     }
-    let table = catalog
-        .load_table(ident)
-        .await
-        .context(|| format!("loading {table_name}"))?;
+    let table = load_head(catalog, ident, table_name).await?;
     let metadata = table.metadata();
     let recorded = recorded_checkpoint(metadata, job_id);
     if recorded.is_some_and(|r| r >= checkpoint_id) {
@@ -384,11 +383,12 @@ fn checkpoint_marker(job_id: &str, checkpoint_id: u64) -> HashMap<String, String
 /// The highest checkpoint of job `job_id` committed to `table`, read from the table's
 /// current metadata in the catalog (not the snapshot `table` was planned with).
 pub async fn last_committed_checkpoint(table: &IcebergTable, job_id: &str) -> Result<Option<u64>> {
-    let loaded = table
-        .catalog()
-        .load_table(table.table().identifier())
-        .await
-        .context(|| format!("loading {}", table.name()))?;
+    let loaded = load_head(
+        table.catalog().as_ref(),
+        table.table().identifier(),
+        table.name(),
+    )
+    .await?;
     Ok(last_committed_checkpoint_in(loaded.metadata(), job_id))
 }
 

@@ -1296,22 +1296,16 @@ mod tests {
         let hop = WindowKind::Hop { slide: 5, size: 15 };
         // Each path restores its own checkpoints and the other's (one format).
         for (from, to) in [(true, true), (false, false), (true, false), (false, true)] {
-            rescale_matches(
-                TUMBLE,
-                keyed_rows(&keys, &[1, 12]),
-                keyed_rows(&keys, &[5, 25]),
-                from,
-                to,
-            )
-            .await;
-            rescale_matches(
-                hop,
-                keyed_rows(&keys, &[1, 12]),
-                keyed_rows(&keys, &[5, 25]),
-                from,
-                to,
-            )
-            .await;
+            for kind in [TUMBLE, hop.clone()] {
+                rescale_matches(
+                    kind,
+                    keyed_rows(&keys, &[1, 12]),
+                    keyed_rows(&keys, &[5, 25]),
+                    from,
+                    to,
+                )
+                .await;
+            }
         }
         // Sessions: [1,11) and [25,35) restored; 10 → [10,20) bridges to 25? no (20 < 25),
         // it extends the first; 20 → [20,30) then merges everything. (Merging sessions
