@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use meltwater_batch::stage::FailTask;
+use meltwater_batch::{BatchOptions, Executor};
 use meltwater_plan::catalogs::{parse_catalogs, Catalogs, EMBEDDED_DEFAULT};
 use meltwater_plan::{mode_rejection, plan_job, JobOptions, Mode, PlannedJob};
 
@@ -80,6 +82,66 @@ struct StreamArgs {
     fresh: bool,
 }
 
+/// Options of batch mode.
+#[derive(clap::Args, Clone, Default)]
+struct BatchArgs {
+    /// Memory budget of sorts, aggregates, joins and shuffles (e.g. `2GiB`, `512MiB`);
+    /// over it they spill to disk, and joins are planned as sort-merge joins, which can
+    /// spill (default: unbounded).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_limit: Option<usize>,
+    /// Where shuffle and spill files go; the run makes its own directory under it and
+    /// removes it at the end (default: ./meltwater-data/shuffle).
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
+    /// Keep the run's shuffle files.
+    #[arg(long)]
+    keep_shuffle: bool,
+    /// Attempts per task (I/O errors, panics, memory exhaustion) before the job fails.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+    /// Run the plan pipelined in memory instead of stage by stage.
+    #[arg(long)]
+    pipelined: bool,
+}
+
+impl BatchArgs {
+    fn spill_root(&self) -> PathBuf {
+        self.spill_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("meltwater-data/shuffle"))
+    }
+}
+
+/// Parses `2GiB`, `512MiB`, `1.5g`, `1000000` (bytes).
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a size such as 2GiB or 512MiB, got '{s}'"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "unknown size unit '{u}' in '{s}' (use B, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let bytes = n * mult;
+    if bytes < 1.0 {
+        return Err(format!("a memory limit must be positive, got '{s}'"));
+    }
+    Ok(bytes as usize)
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a job.
@@ -90,6 +152,8 @@ enum Command {
         mode: ModeArg,
         #[command(flatten)]
         stream: StreamArgs,
+        #[command(flatten)]
+        batch: BatchArgs,
     },
     /// List a stream job's complete checkpoints.
     Checkpoints {
@@ -100,12 +164,16 @@ enum Command {
         #[arg(long, value_name = "DIR|URL")]
         checkpoint_dir: Option<String>,
     },
-    /// Print a job's logical plans and the physical plans of a mode.
+    /// Print a job's logical plans and the physical plans of a mode (in batch mode,
+    /// its stages).
     Explain {
         #[command(flatten)]
         job: JobArgs,
         #[arg(long, value_enum, default_value = "batch")]
         mode: ModeArg,
+        /// Show the pipelined plan instead of the stages.
+        #[arg(long)]
+        pipelined: bool,
     },
     /// Parse and plan a job without running it or changing any catalog.
     Validate {
@@ -194,6 +262,16 @@ async fn plan(
     mode: Mode,
     create_tables: bool,
 ) -> Result<PlannedJob> {
+    plan_with(cli_catalog, args, mode, create_tables, None).await
+}
+
+async fn plan_with(
+    cli_catalog: Option<&Path>,
+    args: &JobArgs,
+    mode: Mode,
+    create_tables: bool,
+    batch: Option<(&BatchArgs, &Path)>,
+) -> Result<PlannedJob> {
     let text = std::fs::read_to_string(&args.job)
         .with_context(|| format!("cannot read job file {}", args.job.display()))?;
     let params: BTreeMap<String, String> = args.params.iter().cloned().collect();
@@ -206,14 +284,21 @@ async fn plan(
         parallelism: args.parallelism,
         catalogs: load_catalogs(cli_catalog)?.iceberg,
         create_tables,
+        memory_limit: batch.and_then(|(b, _)| b.memory_limit),
+        spill_dir: batch.map(|(_, dir)| dir.join("spill")),
     };
     Ok(plan_job(&job, &options).await?)
 }
 
 /// Plans a job for a run, creating the tables it declares (after a dry plan has shown
 /// the job can run in `mode`); prints what planning did, and insists on an INSERT.
-async fn plan_to_run(catalog: Option<&Path>, job: &JobArgs, mode: Mode) -> Result<PlannedJob> {
-    let planned = plan(catalog, job, mode, true).await?;
+async fn plan_to_run(
+    catalog: Option<&Path>,
+    job: &JobArgs,
+    mode: Mode,
+    batch: Option<(&BatchArgs, &Path)>,
+) -> Result<PlannedJob> {
+    let planned = plan_with(catalog, job, mode, true, batch).await?;
     for a in &planned.actions {
         println!("{a}");
     }
@@ -229,7 +314,12 @@ async fn plan_to_run(catalog: Option<&Path>, job: &JobArgs, mode: Mode) -> Resul
 async fn run(cli: Cli) -> Result<()> {
     let catalog = cli.catalog.as_deref();
     match cli.command {
-        Command::Run { job, mode, stream } => {
+        Command::Run {
+            job,
+            mode,
+            stream,
+            batch,
+        } => {
             let mode = Mode::from(mode);
             if mode == Mode::Stream {
                 return run_stream(catalog, &job, &stream).await;
@@ -243,21 +333,62 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             drop(dry);
-            let planned = plan_to_run(catalog, &job, mode).await?;
+            let spill_root = batch.spill_root();
+            let planned = plan_to_run(catalog, &job, mode, Some((&batch, &spill_root))).await?;
             let parallelism = planned.session.state().config().target_partitions();
+            let options = BatchOptions {
+                executor: if batch.pipelined {
+                    Executor::Pipelined
+                } else {
+                    Executor::Staged
+                },
+                shuffle_dir: Some(spill_root.clone()),
+                keep_shuffle: batch.keep_shuffle,
+                max_attempts: batch.max_attempts,
+                fail_task: std::env::var("MELTWATER_FAIL_TASK")
+                    .ok()
+                    .and_then(|v| FailTask::parse(&v)),
+                progress: Default::default(),
+            };
+            let memory = batch
+                .memory_limit
+                .map(|m| format!(", memory limit {}", report::size(m as u64)))
+                .unwrap_or_default();
             println!(
-                "running {} (job {}, run {}) in batch mode, parallelism {parallelism}",
-                planned.file, planned.identity.job_id, planned.identity.run_id
+                "running {} (job {}, run {}) in batch mode ({}), parallelism {parallelism}{memory}",
+                planned.file,
+                planned.identity.job_id,
+                planned.identity.run_id,
+                if batch.pipelined {
+                    "pipelined"
+                } else {
+                    "staged"
+                }
             );
             let sources = planned.sources();
-            let ticker = report::spawn_progress(sources.clone(), Duration::from_secs(2));
-            let result = meltwater_batch::run_job(&planned).await;
-            ticker.abort();
+            let ticker = report::spawn_progress(
+                sources.clone(),
+                options.progress.clone(),
+                Duration::from_secs(2),
+            );
+            let result = meltwater_batch::run_job(&planned, &options).await;
+            ticker.finish().await;
             let run_report = result?;
+            report::print_stages(&options.progress.stages());
             report::print_run(&sources, &run_report);
+            if batch.keep_shuffle && !batch.pipelined {
+                println!(
+                    "kept shuffle files in {}",
+                    options.run_dir(&planned).display()
+                );
+            }
             Ok(())
         }
-        Command::Explain { job, mode } => {
+        Command::Explain {
+            job,
+            mode,
+            pipelined,
+        } => {
             let mode = Mode::from(mode);
             let planned = plan(catalog, &job, mode, false).await?;
             for s in planned.inserts.iter().chain(&planned.queries) {
@@ -274,17 +405,29 @@ async fn run(cli: Cli) -> Result<()> {
                     continue;
                 }
                 match mode {
-                    Mode::Batch => {
-                        let physical = meltwater_batch::physical_plan(&planned, s).await?;
+                    Mode::Batch if pipelined => {
+                        let physical =
+                            meltwater_batch::physical_plan(&planned, s, Executor::Pipelined)
+                                .await?;
                         let partitions = physical
                             .properties()
                             .output_partitioning()
                             .partition_count();
                         println!(
-                            "-- physical plan (batch, {})",
+                            "-- physical plan (batch, pipelined, {})",
                             report::plural(partitions as u64, "output partition")
                         );
                         print!("{}", meltwater_batch::display_physical(&physical));
+                    }
+                    Mode::Batch => {
+                        let physical =
+                            meltwater_batch::physical_plan(&planned, s, Executor::Staged).await?;
+                        let staged = meltwater_batch::stages_of(physical)?;
+                        println!(
+                            "-- stages (batch, {})",
+                            report::plural(staged.stages.len() as u64, "stage")
+                        );
+                        print!("{}", staged.display());
                     }
                     Mode::Stream => {}
                 }
@@ -358,7 +501,7 @@ async fn run_stream(catalog: Option<&Path>, job: &JobArgs, args: &StreamArgs) ->
         args.fresh,
     )?;
     drop(dry);
-    let planned = plan_to_run(catalog, job, Mode::Stream).await?;
+    let planned = plan_to_run(catalog, job, Mode::Stream, None).await?;
     println!(
         "running {} (job {}) in stream mode, parallelism {parallelism}, checkpoints every {} ms in {}",
         planned.file,

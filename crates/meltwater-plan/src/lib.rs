@@ -21,6 +21,9 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::TableReference;
 use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{cast, Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::SessionConfig;
@@ -84,6 +87,11 @@ pub struct JobOptions {
     /// Whether `CREATE TABLE` in an Iceberg catalog may create tables (false for
     /// `validate` and `explain`, which must not change anything).
     pub create_tables: bool,
+    /// The memory budget of sorts, aggregates, joins and shuffles, in bytes; over it
+    /// they spill to disk (default: unbounded).
+    pub memory_limit: Option<usize>,
+    /// Where spill files go (default: the system's temporary directory).
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 /// A statement's plan.
@@ -183,7 +191,30 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
                 .map_err(|e| at(start, format!("SET '{k}': {e}")))?;
         }
     }
-    let session = SessionContext::new_with_config(config);
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = options.memory_limit {
+        // Spilling operators share the budget fairly; the five largest consumers are
+        // named when it is exceeded. Sort-merge joins spill where hash joins cannot.
+        runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(limit),
+            std::num::NonZeroUsize::new(5).expect("non-zero"),
+        )));
+        if !settings.contains_key("datafusion.optimizer.prefer_hash_join") {
+            config.options_mut().optimizer.prefer_hash_join = false;
+        }
+    }
+    if let Some(dir) = &options.spill_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| at(start, format!("spill directory {}: {e}", dir.display())))?;
+        runtime = runtime.with_disk_manager_builder(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+        );
+    }
+    let runtime = runtime
+        .build_arc()
+        .map_err(|e| at(start, format!("cannot set up the runtime: {e}")))?;
+    let session = SessionContext::new_with_config_rt(config, runtime);
     let windows = Arc::new(WindowRelationPlanner::default());
     session
         .register_relation_planner(windows.clone())

@@ -99,6 +99,8 @@ async fn windows_fire_while_a_source_subtask_has_no_split() {
             parallelism: Some(2),
             catalogs: Vec::new(),
             create_tables: false,
+            memory_limit: None,
+            spill_dir: None,
         },
     )
     .await

@@ -47,7 +47,7 @@ impl ModeRunner for BatchRunner {
     }
 
     async fn run_inserts(&self, job: &PlannedJob) -> Result<u64, String> {
-        let report = meltwater_batch::run_job(job)
+        let report = meltwater_batch::run_job(job, &Default::default())
             .await
             .map_err(|e| e.to_string())?;
         Ok(report.inserts.iter().map(|i| i.rows).sum())
@@ -58,7 +58,7 @@ impl ModeRunner for BatchRunner {
         job: &PlannedJob,
         query: &PlannedStatement,
     ) -> Result<Vec<RecordBatch>, String> {
-        meltwater_batch::run_query(job, query)
+        meltwater_batch::run_query(job, query, &Default::default())
             .await
             .map_err(|e| e.to_string())
     }

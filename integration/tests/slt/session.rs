@@ -156,6 +156,8 @@ impl SltSession {
                 .then_some(DEFAULT_PARALLELISM),
             catalogs: self.catalogs.clone(),
             create_tables: true,
+            memory_limit: None,
+            spill_dir: None,
         };
         plan_job(&job, &options)
             .await
