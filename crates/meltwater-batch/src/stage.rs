@@ -391,6 +391,51 @@ pub async fn run_stages(
     Ok(result)
 }
 
+/// A task of a stage, as the runner re-runs it.
+#[derive(Clone)]
+struct TaskRun {
+    stage: usize,
+    plan: Arc<dyn ExecutionPlan>,
+    output: Option<Arc<ShuffleOutput>>,
+    task: usize,
+    ctx: Arc<TaskContext>,
+    options: StageOptions,
+    progress: Arc<StageProgress>,
+    /// Plan instances the stage ran (the shared one, and a fresh copy per retry), for
+    /// the spill metrics.
+    instances: Arc<Mutex<Vec<Arc<dyn ExecutionPlan>>>>,
+}
+
+enum TaskError {
+    Failed(StageFailure),
+    /// Ran out of memory while other tasks of the stage held memory: to be re-run
+    /// alone once they are done, from this attempt on.
+    Deferred {
+        next_attempt: u32,
+    },
+}
+
+/// Why one attempt failed.
+struct AttemptError {
+    message: String,
+    retryable: bool,
+    memory: bool,
+}
+
+fn is_memory_error(e: &DataFusionError) -> bool {
+    match e {
+        DataFusionError::ResourcesExhausted(_) => true,
+        DataFusionError::External(inner) => inner
+            .downcast_ref::<DataFusionError>()
+            .is_some_and(is_memory_error),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            is_memory_error(inner)
+        }
+        DataFusionError::Shared(inner) => is_memory_error(inner),
+        _ => false,
+    }
+}
+
 async fn run_stage(
     stage: &Stage,
     ctx: Arc<TaskContext>,
@@ -398,38 +443,33 @@ async fn run_stage(
     progress: &Arc<StageProgress>,
 ) -> std::result::Result<Vec<RecordBatch>, StageFailure> {
     let tasks = stage.tasks();
-    // Plan instances this stage ran (the shared one, and a fresh copy per retry), for
-    // the spill metrics.
     let instances = Arc::new(Mutex::new(vec![stage.plan.clone()]));
-    let runs = futures::stream::iter(0..tasks)
+    let run_of = |task| TaskRun {
+        stage: stage.id,
+        plan: stage.plan.clone(),
+        output: stage.output.clone(),
+        task,
+        ctx: ctx.clone(),
+        options: options.clone(),
+        progress: progress.clone(),
+        instances: instances.clone(),
+    };
+    // All tasks at once (up to the concurrency), as DataFusion runs partitions.
+    let mut results: Vec<_> = futures::stream::iter(0..tasks)
         .map(|task| {
-            let plan = stage.plan.clone();
-            let output = stage.output.clone();
-            let ctx = ctx.clone();
-            let options = options.clone();
-            let progress = progress.clone();
-            let instances = instances.clone();
-            let stage_id = stage.id;
-            let handle = tokio::spawn(async move {
-                run_task(
-                    stage_id, plan, output, task, ctx, &options, &progress, &instances,
-                )
-                .await
-            });
-            async move {
-                match handle.await {
-                    Ok(r) => r,
-                    Err(e) => Err(StageFailure {
-                        stage: stage_id,
-                        task,
-                        attempts: 1,
-                        cause: format!("the task's thread ended: {e}"),
-                    }),
-                }
-            }
+            let run = run_of(task);
+            async move { (task, run_task(&run, 1, false).await) }
         })
-        .buffer_unordered(options.concurrency.max(1));
-    let results: Vec<_> = runs.collect().await;
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
+    // Tasks that ran out of memory beside the others run again one at a time, each
+    // with the whole budget.
+    for (task, r) in results.iter_mut() {
+        if let Err(TaskError::Deferred { next_attempt }) = r {
+            *r = run_task(&run_of(*task), *next_attempt, true).await;
+        }
+    }
     let spilled: u64 = instances
         .lock()
         .expect("stage instances")
@@ -439,10 +479,13 @@ async fn run_stage(
     progress.spilled_bytes.store(spilled, Ordering::Relaxed);
     let mut batches = Vec::new();
     let mut outputs = Vec::new();
-    for r in results {
-        match r? {
-            TaskResult::Final(b) => batches.extend(b),
-            TaskResult::Shuffle(o) => outputs.push(o),
+    results.sort_by_key(|(task, _)| *task);
+    for (_, r) in results {
+        match r {
+            Ok(TaskResult::Final(b)) => batches.extend(b),
+            Ok(TaskResult::Shuffle(o)) => outputs.push(o),
+            Err(TaskError::Failed(f)) => return Err(f),
+            Err(TaskError::Deferred { .. }) => unreachable!("deferred tasks were re-run"),
         }
     }
     if let Some(out) = &stage.output {
@@ -453,65 +496,89 @@ async fn run_stage(
     Ok(batches)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_task(
-    stage: usize,
+/// One attempt of a task, on its own tokio task so that a panic fails the attempt
+/// instead of the runner.
+async fn run_attempt(
+    run: &TaskRun,
     plan: Arc<dyn ExecutionPlan>,
-    output: Option<Arc<ShuffleOutput>>,
-    task: usize,
-    ctx: Arc<TaskContext>,
-    options: &StageOptions,
-    progress: &StageProgress,
-    instances: &Mutex<Vec<Arc<dyn ExecutionPlan>>>,
-) -> std::result::Result<TaskResult, StageFailure> {
-    let max = options.max_attempts.max(1);
-    let mut attempt = 1u32;
+    attempt: u32,
+) -> std::result::Result<TaskResult, AttemptError> {
+    let (stage, task) = (run.stage, run.task);
+    let inject = run
+        .options
+        .fail_task
+        .filter(|f| f.stage == stage && f.task == task && attempt <= f.times);
+    let injected = move || match inject {
+        Some(_) => Err(DataFusionError::IoError(std::io::Error::other(format!(
+            "injected failure of stage {stage}, partition {task}, attempt {attempt}"
+        )))),
+        None => Ok(()),
+    };
+    let output = run.output.clone();
+    let ctx = run.ctx.clone();
+    let handle = tokio::spawn(async move {
+        match &output {
+            Some(out) => write_task(plan, out, task, attempt, ctx, injected)
+                .await
+                .map(TaskResult::Shuffle),
+            None => {
+                // The final stage may have side effects (sink files registered for the
+                // commit at its end), so a fault is injected before it starts.
+                injected()?;
+                let mut stream = plan.execute(task, ctx)?;
+                let mut batches = Vec::new();
+                while let Some(b) = stream.next().await {
+                    batches.push(b?);
+                }
+                Ok(TaskResult::Final(batches))
+            }
+        }
+    });
+    match handle.await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(AttemptError {
+            message: crate::error_message(&e),
+            retryable: is_retryable(&e),
+            memory: is_memory_error(&e),
+        }),
+        Err(join) => Err(AttemptError {
+            message: format!("the task panicked: {join}"),
+            retryable: true,
+            memory: false,
+        }),
+    }
+}
+
+/// Runs a task from `first_attempt` until it succeeds, fails for good, or (unless it
+/// runs `alone`) runs out of memory beside other tasks.
+async fn run_task(
+    run: &TaskRun,
+    first_attempt: u32,
+    alone: bool,
+) -> std::result::Result<TaskResult, TaskError> {
+    let (stage, task) = (run.stage, run.task);
+    let max = run.options.max_attempts.max(1);
+    let progress = &run.progress;
+    let mut attempt = first_attempt;
     loop {
         let plan = if attempt == 1 {
-            plan.clone()
+            run.plan.clone()
         } else {
-            let fresh = reset_plan_states(plan.clone()).map_err(|e| StageFailure {
-                stage,
-                task,
-                attempts: attempt,
-                cause: crate::error_message(&e),
+            let fresh = reset_plan_states(run.plan.clone()).map_err(|e| {
+                TaskError::Failed(StageFailure {
+                    stage,
+                    task,
+                    attempts: attempt,
+                    cause: crate::error_message(&e),
+                })
             })?;
-            instances
+            run.instances
                 .lock()
                 .expect("stage instances")
                 .push(fresh.clone());
             fresh
         };
-        let inject = options
-            .fail_task
-            .filter(|f| f.stage == stage && f.task == task && attempt <= f.times);
-        let injected = || match inject {
-            Some(_) => Err(DataFusionError::IoError(std::io::Error::other(format!(
-                "injected failure of stage {stage}, partition {task}, attempt {attempt}"
-            )))),
-            None => Ok(()),
-        };
-        let result = match &output {
-            Some(out) => write_task(plan, out, task, attempt, ctx.clone(), injected)
-                .await
-                .map(TaskResult::Shuffle),
-            None => {
-                async {
-                    // The final stage may commit nothing yet may have side effects (sink
-                    // files registered for the commit at its end), so a fault is injected
-                    // before it starts.
-                    injected()?;
-                    let mut stream = plan.execute(task, ctx.clone())?;
-                    let mut batches = Vec::new();
-                    while let Some(b) = stream.next().await {
-                        batches.push(b?);
-                    }
-                    Ok(TaskResult::Final(batches))
-                }
-                .await
-            }
-        };
-        match result {
+        match run_attempt(run, plan, attempt).await {
             Ok(r) => {
                 match &r {
                     TaskResult::Shuffle(o) => {
@@ -527,21 +594,30 @@ async fn run_task(
                 progress.tasks_done.fetch_add(1, Ordering::Relaxed);
                 return Ok(r);
             }
-            Err(e) if attempt < max && is_retryable(&e) => {
+            Err(e) if attempt < max && e.retryable => {
                 progress.retries.fetch_add(1, Ordering::Relaxed);
+                if e.memory && !alone && run.options.concurrency > 1 {
+                    eprintln!(
+                        "stage {stage}, partition {task}: attempt {attempt} of {max} ran out of memory beside other tasks; it runs again alone after them: {}",
+                        e.message
+                    );
+                    return Err(TaskError::Deferred {
+                        next_attempt: attempt + 1,
+                    });
+                }
                 eprintln!(
                     "stage {stage}, partition {task}: attempt {attempt} of {max} failed, retrying: {}",
-                    crate::error_message(&e)
+                    e.message
                 );
                 attempt += 1;
             }
             Err(e) => {
-                return Err(StageFailure {
+                return Err(TaskError::Failed(StageFailure {
                     stage,
                     task,
                     attempts: attempt,
-                    cause: crate::error_message(&e),
-                });
+                    cause: e.message,
+                }));
             }
         }
     }

@@ -48,7 +48,10 @@ fn stage_message(p: &StageProgress) -> String {
     }
     let retries = StageProgress::get(&p.retries);
     if retries > 0 {
-        m.push_str(&format!(", {}", plural(retries, "retry")));
+        m.push_str(&format!(
+            ", {retries} {}",
+            if retries == 1 { "retry" } else { "retries" }
+        ));
     }
     m
 }

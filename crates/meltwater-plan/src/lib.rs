@@ -202,6 +202,14 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
         if !settings.contains_key("datafusion.optimizer.prefer_hash_join") {
             config.options_mut().optimizer.prefer_hash_join = false;
         }
+        // Each sorting task reserves memory up front for its final merge; keep the
+        // reservations of all tasks within a quarter of a small budget.
+        if !settings.contains_key("datafusion.execution.sort_spill_reservation_bytes") {
+            let e = &mut config.options_mut().execution;
+            e.sort_spill_reservation_bytes = e
+                .sort_spill_reservation_bytes
+                .min(limit / (4 * parallelism.max(1)));
+        }
     }
     if let Some(dir) = &options.spill_dir {
         std::fs::create_dir_all(dir)

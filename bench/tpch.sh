@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# TPC-H Q1, Q3, Q5, Q9 and Q18 on the staged batch runtime, side by side with the same
+# binary's --pipelined executor, a staged run under a memory limit, DataFusion (Python)
+# and Spark local[2], all over the same Parquet files, in one run.
+#
+#   bench/tpch.sh
+#
+# Environment (all optional):
+#   SF=1                 scale factor (fractional works: SF=0.5)
+#   RUNS=3               timed runs per engine per query
+#   STAT=median          median or best of the runs
+#   QUERIES="q1 q3 q5 q9 q18"                               jobs under bench/tpch/
+#   ENGINES="staged pipelined memlimit datafusion spark"
+#   MEMORY_LIMIT=bytes   for memlimit (default: a tenth of the Parquet data's size)
+#   VERIFY="staged pipelined memlimit"   Meltwater executors checked once more with a
+#                        print sink (rows and a column checksum against DataFusion's)
+#   TIMEOUT=1800         seconds before a run is stopped (counted as failed)
+#   RESULTS=DIR          where logs and tables go (default: a new /tmp/meltwater-tpch.*)
+#   MELTWATER_BIN        the binary (default: $CARGO_TARGET_DIR or target/, release)
+#   JAVA_HOME            Java 17 for Spark (default: the machine's java-17)
+#
+# Data: tpchgen-cli (the PyPI wheel, else `cargo install`) writes each table as 4 Parquet
+# files under ~/.cache/meltwater/tpch/sf<SF>/<table>/, once. Each Python peer has its own
+# venv under ~/.cache/meltwater/ (their pins clash). Times are wall seconds of the whole
+# command (process start-up, planning, reading, the query, exit); the peers' in-process
+# query times are printed too.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${MELTWATER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/meltwater}
+CACHE=${MELTWATER_CACHE:-$HOME/.cache/meltwater}
+SF=${SF:-1}
+RUNS=${RUNS:-3}
+STAT=${STAT:-median}
+QUERIES=${QUERIES:-q1 q3 q5 q9 q18}
+ENGINES=${ENGINES:-staged pipelined memlimit datafusion spark}
+VERIFY=${VERIFY:-staged pipelined memlimit}
+TIMEOUT=${TIMEOUT:-1800}
+PEER="$ROOT/bench/tpch/peer.py"
+has() { [[ " $ENGINES " == *" $1 "* ]]; }
+say() { echo "tpch: $*" >&2; }
+
+[ -x "$BIN" ] || { echo "build first: cargo build --release -p meltwater-cli (or set MELTWATER_BIN)" >&2; exit 2; }
+case $STAT in median | best) ;; *) echo "STAT must be median or best" >&2; exit 2 ;; esac
+
+# --- tools and data -------------------------------------------------------------------
+
+# A venv under the cache with $2... installed, unless its python already imports $1.
+venv() {
+  local dir=$CACHE/$1-venv module=$2
+  shift 2
+  if ! "$dir/bin/python" -c "import $module" 2>/dev/null; then
+    say "installing $* into $dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q "$@" >&2
+  fi
+  echo "$dir/bin/python"
+}
+
+tpchgen() {
+  if [ -x "$CACHE/tpchgen-venv/bin/tpchgen-cli" ]; then
+    echo "$CACHE/tpchgen-venv/bin/tpchgen-cli"
+    return
+  fi
+  if [ -x "$CACHE/tools/bin/tpchgen-cli" ]; then
+    echo "$CACHE/tools/bin/tpchgen-cli"
+    return
+  fi
+  say "installing tpchgen-cli into $CACHE/tpchgen-venv"
+  if python3 -m venv "$CACHE/tpchgen-venv" && "$CACHE/tpchgen-venv/bin/pip" install -q tpchgen-cli >&2; then
+    echo "$CACHE/tpchgen-venv/bin/tpchgen-cli"
+  else
+    say "no tpchgen-cli wheel; building it (cargo install tpchgen-cli)"
+    cargo install -q tpchgen-cli --root "$CACHE/tools" >&2
+    echo "$CACHE/tools/bin/tpchgen-cli"
+  fi
+}
+
+DATA=$CACHE/tpch/sf$SF
+if [ ! -d "$DATA" ]; then
+  gen=$(tpchgen)
+  say "generating TPC-H SF$SF as Parquet into $DATA"
+  mkdir -p "$CACHE/tpch"
+  rm -rf "$DATA.tmp"
+  "$gen" parquet --scale-factor "$SF" --parts 4 --output-dir "$DATA.tmp" --no-progress >&2
+  mv "$DATA.tmp" "$DATA"
+fi
+DATA_BYTES=$(find "$DATA" -name '*.parquet' -printf '%s\n' | awk '{s += $1} END {print s}')
+MEMORY_LIMIT=${MEMORY_LIMIT:-$((DATA_BYTES / 10))}
+
+if has datafusion; then DF_PY=$(venv datafusion datafusion datafusion); fi
+if has spark; then
+  SPARK_PY=$(venv spark pyspark pyspark)
+  if [ -z "${JAVA_HOME:-}" ]; then
+    for j in /usr/lib/jvm/java-17-openjdk-*; do [ -d "$j" ] && JAVA_HOME=$j; done
+  fi
+  [ -n "${JAVA_HOME:-}" ] || { echo "set JAVA_HOME to a Java 17" >&2; exit 2; }
+  export JAVA_HOME
+fi
+
+RESULTS=${RESULTS:-$(mktemp -d /tmp/meltwater-tpch.XXXXXX)}
+mkdir -p "$RESULTS/logs" "$RESULTS/work"
+: > "$RESULTS/times.tsv"
+: > "$RESULTS/inproc.tsv"
+: > "$RESULTS/spill.tsv"
+: > "$RESULTS/verify.tsv"
+: > "$RESULTS/errors.tsv"
+printf 'sf\t%s\nruns\t%s\nstat\t%s\nqueries\t%s\nengines\t%s\ndata_bytes\t%s\nmemory_limit\t%s\n' \
+  "$SF" "$RUNS" "$STAT" "$QUERIES" "$ENGINES" "$DATA_BYTES" "$MEMORY_LIMIT" > "$RESULTS/meta.tsv"
+say "SF$SF at $DATA ($DATA_BYTES bytes of Parquet), $RUNS runs each, memory limit $MEMORY_LIMIT bytes; logs in $RESULTS"
+
+# --- runs -----------------------------------------------------------------------------
+
+# The command of engine $1 on job $2 with a $3 sink (Meltwater) as words.
+command_of() {
+  local engine=$1 job=$2 sink=$3
+  local mw=("$BIN" run "$job" --mode batch --param "data=$DATA" --param "sink=$sink")
+  case $engine in
+    staged) CMD=("${mw[@]}") ;;
+    pipelined) CMD=("${mw[@]}" --pipelined) ;;
+    memlimit) CMD=("${mw[@]}" --memory-limit "$MEMORY_LIMIT") ;;
+    datafusion) CMD=("$DF_PY" "$PEER" datafusion "$DATA" "$job") ;;
+    spark) CMD=("$SPARK_PY" "$PEER" spark "$DATA" "$job") ;;
+  esac
+}
+
+# Runs CMD with its output in $1.out/.err; sets SECS, RSS and STATUS (ok | exit N | timeout).
+run_logged() {
+  local log=$1 start end rc=0
+  start=$(date +%s.%N)
+  (cd "$RESULTS/work" && timeout "$TIMEOUT" /usr/bin/time -f "%M" -o "$log.rss" "${CMD[@]}") \
+    >"$log.out" 2>"$log.err" || rc=$?
+  end=$(date +%s.%N)
+  SECS=$(echo "$end - $start" | bc -l)
+  RSS=$(tail -1 "$log.rss" 2>/dev/null | grep -E '^[0-9]+$' || true)
+  case $rc in 0) STATUS=ok ;; 124) STATUS=timeout ;; *) STATUS="exit $rc" ;; esac
+}
+
+# The line that says why a run failed: Meltwater's `error: ...`, else the last line of stderr.
+why() {
+  { grep -m1 '^error: ' "$1.err" || grep -v '^\s*$' "$1.err" | tail -1 || true; } | cut -c1-2000
+}
+
+for q in $QUERIES; do
+  job=$ROOT/bench/tpch/$q.sql
+  for engine in $ENGINES; do
+    command_of "$engine" "$job" blackhole
+    for run in $(seq 1 "$RUNS"); do
+      log=$RESULTS/logs/$q-$engine-$run
+      run_logged "$log"
+      extra=""
+      case $engine in
+        datafusion | spark)
+          if [ "$STATUS" = ok ]; then
+            line=$(grep '^{"rows"' "$log.out" | tail -1)
+            rows=$(sed 's/.*"rows": \([0-9]*\).*/\1/' <<<"$line")
+            checksum=$(sed 's/.*"checksum": "\([^"]*\)".*/\1/' <<<"$line")
+            inproc=$(sed 's/.*"seconds": \([0-9.]*\).*/\1/' <<<"$line")
+            printf '%s\t%s\t%s\t%s\n' "$q" "$engine" "$run" "$inproc" >> "$RESULTS/inproc.tsv"
+            [ "$run" = "$RUNS" ] && printf '%s\t%s\t%s\t%s\n' "$q" "$engine" "$rows" "$checksum" >> "$RESULTS/verify.tsv"
+            extra=" ($rows rows, query ${inproc} s in process)"
+          fi
+          ;;
+        *)
+          rows=$(sed -n 's/^insert result: \([0-9,]*\) rows\{0,1\} in .*/\1/p' "$log.out")
+          extra=" (${rows:-?} rows)"
+          if [ "$engine" = memlimit ] && [ "$STATUS" = ok ]; then
+            spilled=$(sed -n 's/^spilled \(.*\) to disk over the memory limit$/\1/p' "$log.out")
+            printf '%s\t%s\t%s\n' "$q" "$run" "${spilled:-0 B}" >> "$RESULTS/spill.tsv"
+            extra="$extra, spilled ${spilled:-0 B}"
+            # The stage table of the last run, for the report.
+            sed -n '/^ *stage  *statement/,/^read /p' "$log.out" | sed '$d' > "$RESULTS/stages-$q.txt"
+          fi
+          ;;
+      esac
+      printf '%s\t%s\t%s\t%.3f\t%s\t%s\n' "$q" "$engine" "$run" "$SECS" "${RSS:-}" "$STATUS" >> "$RESULTS/times.tsv"
+      if [ "$STATUS" = ok ]; then
+        say "$q $engine run $run/$RUNS: $(printf '%.2f' "$SECS") s$extra"
+      else
+        msg=$(why "$log")
+        say "$q $engine run $run/$RUNS FAILED ($STATUS after $(printf '%.1f' "$SECS") s): $msg"
+        printf '%s\t%s\t%s\n' "$q" "$engine" "$STATUS: $msg" >> "$RESULTS/errors.tsv"
+        break # the other runs would fail the same way
+      fi
+    done
+  done
+
+  # Meltwater's rows, once per executor, through a print sink: count and checksum.
+  for engine in $VERIFY; do
+    has "$engine" || continue
+    command_of "$engine" "$job" print
+    log=$RESULTS/logs/$q-$engine-verify
+    run_logged "$log"
+    if [ "$STATUS" = ok ]; then
+      result=$(python3 "$PEER" print-result "$job" < "$log.out")
+      rows=$(sed 's/.*"rows": \([0-9]*\).*/\1/' <<<"$result")
+      checksum=$(sed 's/.*"checksum": "\([^"]*\)".*/\1/' <<<"$result")
+      printf '%s\t%s\t%s\t%s\n' "$q" "$engine" "$rows" "$checksum" >> "$RESULTS/verify.tsv"
+      say "$q $engine verify: $rows rows, checksum $checksum"
+    else
+      msg=$(why "$log")
+      say "$q $engine verify FAILED ($STATUS): $msg"
+      grep -q "^$q	$engine	" "$RESULTS/errors.tsv" ||
+        printf '%s\t%s\t%s\n' "$q" "$engine" "$STATUS (print-sink run): $msg" >> "$RESULTS/errors.tsv"
+    fi
+  done
+done
+
+rm -rf "$RESULTS/work/meltwater-data"
+python3 "$PEER" report "$RESULTS" | tee "$RESULTS/report.txt"
