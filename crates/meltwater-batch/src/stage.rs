@@ -314,6 +314,15 @@ pub fn is_retryable(e: &DataFusionError) -> bool {
                 || inner
                     .downcast_ref::<DataFusionError>()
                     .is_some_and(is_retryable)
+                // A file that could not be read (not one that is missing or malformed).
+                || matches!(
+                    inner.downcast_ref::<meltwater_connectors::error::ConnectorError>(),
+                    Some(meltwater_connectors::error::ConnectorError::Io { .. })
+                )
+                // Iceberg's FileIO marks transient storage errors as retryable.
+                || inner
+                    .downcast_ref::<iceberg::Error>()
+                    .is_some_and(|e| e.retryable())
         }
         DataFusionError::Context(_, inner) => is_retryable(inner),
         DataFusionError::Shared(inner) => is_retryable(inner),
