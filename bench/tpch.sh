@@ -123,15 +123,22 @@ command_of() {
   esac
 }
 
-# Runs CMD with its output in $1.out/.err; sets SECS, RSS and STATUS (ok | exit N | timeout).
+# Busy CPU seconds of the whole machine so far (from /proc/stat, USER_HZ = 100).
+busy() { awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / 100}' /proc/stat; }
+
+# Runs CMD with its output in $1.out/.err; sets SECS (wall), CPU (its user + system
+# seconds), RSS (max KiB), OTHER (CPU seconds the rest of the machine used meanwhile:
+# other work skews the times) and STATUS (ok | exit N | timeout).
 run_logged() {
-  local log=$1 start end rc=0
+  local log=$1 start end b0 rc=0
+  b0=$(busy)
   start=$(date +%s.%N)
-  (cd "$RESULTS/work" && timeout "$TIMEOUT" /usr/bin/time -f "%M" -o "$log.rss" "${CMD[@]}") \
+  (cd "$RESULTS/work" && timeout "$TIMEOUT" /usr/bin/time -f "%M %U %S" -o "$log.time" "${CMD[@]}") \
     >"$log.out" 2>"$log.err" || rc=$?
   end=$(date +%s.%N)
   SECS=$(echo "$end - $start" | bc -l)
-  RSS=$(tail -1 "$log.rss" 2>/dev/null | grep -E '^[0-9]+$' || true)
+  read -r RSS CPU < <(tail -1 "$log.time" 2>/dev/null | awk 'NF == 3 {print $1, $2 + $3}') || true
+  OTHER=$(echo "$(busy) - $b0 - ${CPU:-0}" | bc -l)
   case $rc in 0) STATUS=ok ;; 124) STATUS=timeout ;; *) STATUS="exit $rc" ;; esac
 }
 
@@ -172,7 +179,7 @@ for q in $QUERIES; do
           fi
           ;;
       esac
-      printf '%s\t%s\t%s\t%.3f\t%s\t%s\n' "$q" "$engine" "$run" "$SECS" "${RSS:-}" "$STATUS" >> "$RESULTS/times.tsv"
+      printf '%s\t%s\t%s\t%.3f\t%s\t%s\t%s\t%.2f\n' "$q" "$engine" "$run" "$SECS" "${RSS:-}" "$STATUS" "${CPU:-}" "$OTHER" >> "$RESULTS/times.tsv"
       if [ "$STATUS" = ok ]; then
         say "$q $engine run $run/$RUNS: $(printf '%.2f' "$SECS") s$extra"
       else

@@ -96,6 +96,7 @@ def run_datafusion(data, job):
 
 
 def run_spark(data, job):
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
     spark = (
@@ -169,12 +170,15 @@ def report(results):
     meta = dict(read_tsv(os.path.join(results, "meta.tsv")))
     stat = meta.get("stat", "median")
     pick = min if stat == "best" else statistics.median
-    times, rss, failed = {}, {}, {}
-    for q, engine, run, secs, maxrss, status in read_tsv(os.path.join(results, "times.tsv")):
+    times, rss, cpu, failed, other = {}, {}, {}, {}, []
+    for q, engine, run, secs, maxrss, status, cpus, others in read_tsv(os.path.join(results, "times.tsv")):
+        other.append((float(others), float(secs)))
         if status == "ok":
             times.setdefault((q, engine), []).append(float(secs))
             if maxrss:
                 rss.setdefault((q, engine), []).append(int(maxrss))
+            if cpus:
+                cpu.setdefault((q, engine), []).append(float(cpus) / max(float(secs), 1e-9))
         else:
             failed[(q, engine)] = status
     inproc = {}
@@ -200,6 +204,13 @@ def report(results):
         f"(memory limit {human(meta.get('memory_limit', 0))})"
     )
     table(["query"] + [e[1] for e in engines], [[q] + [cell(q, e[0]) for e in engines] for q in queries])
+    if other:
+        busiest = max(o / s for o, s in other)
+        total = sum(o for o, _ in other)
+        print(
+            f"other processes used {total:.1f} CPU seconds during the runs, at most {busiest:.2f} cores "
+            f"on average during one run (near 0: the times are clean)"
+        )
 
     def ratio(q, a, b):
         x, y = t(q, a), t(q, b)
@@ -226,6 +237,13 @@ def report(results):
             ["query"] + [e[1] for e in peers],
             [[q] + [f"{pick(inproc[(q, e[0])]):.2f}" if inproc.get((q, e[0])) else "-" for e in peers] for q in queries],
         )
+
+    print()
+    print(f"cores used: CPU seconds / wall seconds of the command ({stat})")
+    table(
+        ["query"] + [e[1] for e in engines],
+        [[q] + [f"{pick(cpu[(q, e[0])]):.2f}" if cpu.get((q, e[0])) else "-" for e in engines] for q in queries],
+    )
 
     spills = {}
     for q, run, spilled in read_tsv(os.path.join(results, "spill.tsv")):

@@ -3,6 +3,8 @@
 pub mod crash;
 
 use std::io::Write;
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

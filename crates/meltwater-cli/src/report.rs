@@ -255,6 +255,13 @@ fn print_sources(sources: &[SourceRef]) {
                 plural(skipped, "malformed record")
             ));
         }
+        let dead = SourceMetrics::get(&m.records_dead_lettered);
+        if dead > 0 {
+            line.push_str(&format!(
+                ", {} sent to the dead-letter topic",
+                plural(dead, "malformed record")
+            ));
+        }
         println!("{line}");
     }
 }

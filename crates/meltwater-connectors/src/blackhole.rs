@@ -44,6 +44,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
             primary_key: Vec::new(),
+            metadata: Default::default(),
         }
     }
 

@@ -392,6 +392,7 @@ pub struct DataGenTable {
 impl DataGenTable {
     /// Validates the options of `def`.
     pub fn try_new(def: TableDef) -> Result<Self> {
+        def.reject_metadata(CONNECTOR)?;
         let options = OptionReader::new(&def, CONNECTOR);
         crate::watermark_idle_timeout_ms(&def, CONNECTOR)?;
         let columns_list = def
@@ -1111,6 +1112,7 @@ mod tests {
             schema: schema(),
             options: map,
             primary_key: vec![],
+            metadata: Default::default(),
         }
     }
 
@@ -1408,6 +1410,7 @@ mod tests {
             schema: schema.clone(),
             options,
             primary_key: vec![],
+            metadata: Default::default(),
         })
         .unwrap();
         assert_eq!(table.row_count(), Some(5));

@@ -105,6 +105,24 @@ pub enum ConnectorError {
         message: String,
     },
 
+    /// A Kafka message the value format cannot decode.
+    #[error(
+        "table '{table}': malformed record at topic '{topic}' partition {partition} offset {offset}{}: {message}",
+        .column.as_ref().map(|c| format!(", column '{c}'")).unwrap_or_default()
+    )]
+    MalformedMessage {
+        table: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        column: Option<String>,
+        message: String,
+    },
+
+    /// A request to the Kafka cluster failed.
+    #[error("table '{table}': kafka: {message}")]
+    Kafka { table: String, message: String },
+
     /// Something the connector cannot do (e.g. be read in stream mode).
     #[error("table '{table}': {message}")]
     Unsupported { table: String, message: String },

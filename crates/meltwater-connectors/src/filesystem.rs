@@ -155,6 +155,7 @@ impl FileSystemTable {
     /// Validates the options of `def` and resolves its path (without touching the disk:
     /// files are listed when a scan is planned).
     pub fn try_new(def: TableDef) -> Result<Self> {
+        def.reject_metadata(CONNECTOR)?;
         let options = OptionReader::new(&def, CONNECTOR);
         let format_name = options.required("format")?;
         let format_specific: &[&str] = match format_name {
@@ -355,7 +356,7 @@ impl FileSystemTable {
     }
 }
 
-fn csv_options(options: &OptionReader<'_>) -> Result<CsvOptions> {
+pub(crate) fn csv_options(options: &OptionReader<'_>) -> Result<CsvOptions> {
     let single_byte = |v: &str| -> std::result::Result<u8, String> {
         match v {
             "\\t" => Ok(b'\t'),
@@ -1055,6 +1056,7 @@ mod tests {
             schema,
             options: map,
             primary_key: vec![],
+            metadata: Default::default(),
         }
     }
 

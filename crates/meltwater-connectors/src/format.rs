@@ -178,6 +178,14 @@ impl ColumnKind {
     }
 }
 
+/// The SQL spelling of a column type, for messages.
+pub fn sql_type_name(data_type: &DataType) -> String {
+    match ColumnKind::of(data_type) {
+        Some(k) => k.to_string(),
+        None => data_type.to_string(),
+    }
+}
+
 /// SQL spelling of the kind, for messages.
 impl fmt::Display for ColumnKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -58,6 +58,7 @@ pub mod datagen;
 pub mod error;
 pub mod filesystem;
 pub mod format;
+pub mod kafka;
 mod options;
 pub use options::parse_duration_ms;
 pub mod print;
@@ -77,12 +78,28 @@ pub struct TableDef {
     pub options: BTreeMap<String, String>,
     /// `PRIMARY KEY (...) NOT ENFORCED` columns, empty when none.
     pub primary_key: Vec<String>,
+    /// Metadata columns (`c TYPE METADATA FROM 'key' [VIRTUAL]`): column name → key and
+    /// whether it is virtual. Only connectors that know metadata accept them.
+    pub metadata: BTreeMap<String, (String, bool)>,
 }
 
 impl TableDef {
     /// The option `key`, if set.
     pub fn option(&self, key: &str) -> Option<&str> {
         self.options.get(key).map(String::as_str)
+    }
+
+    /// An error when the table declares metadata columns, for connectors without any.
+    pub fn reject_metadata(&self, connector: &str) -> Result<()> {
+        match self.metadata.keys().next() {
+            Some(c) => Err(ConnectorError::Unsupported {
+                table: self.name.clone(),
+                message: format!(
+                    "column '{c}' is a METADATA column; the {connector} connector has no metadata columns"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -113,6 +130,8 @@ pub struct SourceMetrics {
     pub bytes: AtomicU64,
     pub files: AtomicU64,
     pub records_skipped: AtomicU64,
+    /// Malformed records sent to a dead-letter topic.
+    pub records_dead_lettered: AtomicU64,
 }
 
 impl SourceMetrics {
@@ -190,10 +209,11 @@ pub fn create_connector_table(def: TableDef) -> Result<Arc<dyn ConnectorTable>> 
         "datagen" => Ok(Arc::new(datagen::DataGenTable::try_new(def)?)),
         "print" => Ok(Arc::new(sink_table::SinkTable::print(def)?)),
         "blackhole" => Ok(Arc::new(sink_table::SinkTable::blackhole(def)?)),
+        "kafka" => Ok(Arc::new(kafka::KafkaTable::try_new(def)?)),
         other => Err(ConnectorError::UnknownConnector {
             table: def.name.clone(),
             connector: other.to_string(),
-            known: "filesystem, datagen, print, blackhole",
+            known: "filesystem, datagen, print, blackhole, kafka",
         }),
     }
 }

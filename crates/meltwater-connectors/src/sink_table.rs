@@ -42,12 +42,14 @@ pub struct SinkTable {
 impl SinkTable {
     /// A `'connector' = 'print'` table (its options validated).
     pub fn print(def: TableDef) -> Result<Self> {
+        def.reject_metadata("print")?;
         let options = print::options_of(&def)?;
         Ok(Self::new(def, SinkTarget::Print(options)))
     }
 
     /// A `'connector' = 'blackhole'` table (it takes no options).
     pub fn blackhole(def: TableDef) -> Result<Self> {
+        def.reject_metadata("blackhole")?;
         blackhole::check_options(&def)?;
         Ok(Self::new(def, SinkTarget::Blackhole))
     }

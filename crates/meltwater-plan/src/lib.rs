@@ -412,6 +412,13 @@ impl StatementPlanner<'_> {
         let schema =
             schema_of(&t.columns, &primary_key).map_err(|e| format!("table {}: {e}", t.name))?;
         if let Some((catalog, namespace, table)) = iceberg_parts(&t.name, self.iceberg) {
+            if let Some(m) = t.metadata.first() {
+                return Err(format!(
+                    "table {}: column '{}' is a METADATA column; Iceberg tables have none",
+                    t.name,
+                    normalize_ident(&m.column)
+                ));
+            }
             let mut partitioning = Vec::new();
             for e in &t.partitioned_by {
                 partitioning.push(
@@ -475,11 +482,17 @@ impl StatementPlanner<'_> {
                 t.name
             ));
         }
+        let mut metadata = BTreeMap::new();
+        for m in &t.metadata {
+            let column = normalize_ident(&m.column);
+            metadata.insert(column, (m.key.clone(), m.is_virtual));
+        }
         let def = TableDef {
             name: t.name.to_string(),
             schema: Arc::new(schema),
             options: t.options_map(),
             primary_key,
+            metadata,
         };
         let inner = create_connector_table(def.clone()).map_err(|e| e.to_string())?;
         let watermark = match &t.watermark {

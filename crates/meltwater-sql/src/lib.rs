@@ -117,6 +117,19 @@ pub struct CreateTable {
     /// `WITH ('k' = 'v', ...)`, in order.
     pub options: Vec<(String, String)>,
     pub comment: Option<String>,
+    /// Columns declared `METADATA [FROM 'key'] [VIRTUAL]` (Flink's metadata columns: a
+    /// connector fills them from what it knows of each record, e.g. a Kafka offset).
+    pub metadata: Vec<MetadataColumn>,
+}
+
+/// `name TYPE METADATA [FROM 'key'] [VIRTUAL]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataColumn {
+    pub column: Ident,
+    /// The connector's metadata key; the column's name when `FROM` is absent.
+    pub key: String,
+    /// A virtual column is read but never written by a sink.
+    pub is_virtual: bool,
 }
 
 impl CreateTable {

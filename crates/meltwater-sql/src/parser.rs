@@ -228,6 +228,7 @@ fn parse_create_table(parser: &mut Parser) -> std::result::Result<CreateTable, P
     let mut columns = Vec::new();
     let mut watermark = None;
     let mut primary_key: Vec<Ident> = Vec::new();
+    let mut metadata = Vec::new();
     parser.expect_token(&Token::LParen)?;
     loop {
         if parse_word(parser, "WATERMARK") {
@@ -266,6 +267,19 @@ fn parse_create_table(parser: &mut Parser) -> std::result::Result<CreateTable, P
                 )
             });
             let _not_enforced = parser.parse_keywords(&[Keyword::NOT, Keyword::ENFORCED]);
+            if parse_word(parser, "METADATA") {
+                let key = if parser.parse_keyword(Keyword::FROM) {
+                    parser.parse_literal_string()?
+                } else {
+                    column.name.value.clone()
+                };
+                let is_virtual = parse_word(parser, "VIRTUAL");
+                metadata.push(crate::MetadataColumn {
+                    column: column.name.clone(),
+                    key,
+                    is_virtual,
+                });
+            }
             if column_pk {
                 if !primary_key.is_empty() {
                     return Err(ParserError::ParserError(
@@ -321,6 +335,7 @@ fn parse_create_table(parser: &mut Parser) -> std::result::Result<CreateTable, P
         partitioned_by,
         options,
         comment,
+        metadata,
     })
 }
 

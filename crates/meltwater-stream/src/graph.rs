@@ -70,6 +70,10 @@ pub enum SinkKind {
     },
     /// A `blackhole` table: rows counted and discarded.
     Blackhole,
+    /// A `kafka` table: rows produced as they arrive, acknowledged before each
+    /// checkpoint completes (at least once); an updating stream upserts by the table's
+    /// primary key (deletes as tombstones).
+    Kafka(meltwater_connectors::kafka::KafkaSinkOptions),
 }
 
 impl fmt::Debug for SinkKind {
@@ -79,6 +83,7 @@ impl fmt::Debug for SinkKind {
             SinkKind::Collect(_) => f.write_str("Collect"),
             SinkKind::Print { table, .. } => write!(f, "Print({table})"),
             SinkKind::Blackhole => f.write_str("Blackhole"),
+            SinkKind::Kafka(o) => write!(f, "Kafka({})", o.table),
         }
     }
 }

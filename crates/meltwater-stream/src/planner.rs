@@ -892,19 +892,35 @@ impl Builder<'_> {
         target: &str,
         table: &SourceTable,
     ) -> Result<usize, String> {
+        use meltwater_connectors::kafka::{DeliveryGuarantee, KafkaTable};
         use meltwater_connectors::sink_table::{SinkTable, SinkTarget};
-        let Some(sink) = table.inner.as_any().downcast_ref::<SinkTable>() else {
+        let node = &self.graph.nodes[input];
+        let kind = if let Some(sink) = table.inner.as_any().downcast_ref::<SinkTable>() {
+            match sink.target() {
+                SinkTarget::Print(options) => SinkKind::Print {
+                    table: target.to_string(),
+                    options: options.clone(),
+                },
+                SinkTarget::Blackhole => SinkKind::Blackhole,
+            }
+        } else if let Some(kafka) = table.inner.as_any().downcast_ref::<KafkaTable>() {
+            let options = kafka.sink_options().map_err(|e| e.to_string())?;
+            if options.guarantee == DeliveryGuarantee::ExactlyOnce {
+                return Err(format!(
+                    "INSERT INTO {target}: 'sink.delivery-guarantee' = 'exactly-once' is not built for stream mode yet (transactions per checkpoint); use 'at-least-once'"
+                ));
+            }
+            if node.updating && kafka.primary_key().is_empty() {
+                return Err(format!(
+                    "INSERT INTO {target}: the query is an updating stream; a kafka table takes it as upserts by its PRIMARY KEY, and it has none"
+                ));
+            }
+            SinkKind::Kafka(options)
+        } else {
             return Err(format!(
                 "INSERT INTO {target}: the '{}' connector cannot be written to",
                 table.connector()
             ));
-        };
-        let kind = match sink.target() {
-            SinkTarget::Print(options) => SinkKind::Print {
-                table: target.to_string(),
-                options: options.clone(),
-            },
-            SinkTarget::Blackhole => SinkKind::Blackhole,
         };
         let id = self.next_id("sink");
         let node = &self.graph.nodes[input];

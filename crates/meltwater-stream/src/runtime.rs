@@ -922,6 +922,11 @@ fn build_operator(
                 ))
             }
             SinkKind::Blackhole => Box::new(crate::ops::sink::BlackholeSinkOperator),
+            SinkKind::Kafka(options) => Box::new(crate::ops::sink::KafkaSinkOperator::new(
+                options.clone(),
+                info.index,
+                input_updating,
+            )),
         },
         NodeKind::Source { .. } => {
             return Err(DataFusionError::Internal(

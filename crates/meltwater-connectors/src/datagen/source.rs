@@ -322,6 +322,7 @@ mod tests {
             schema,
             options: map,
             primary_key: vec![],
+            metadata: Default::default(),
         })
     }
 

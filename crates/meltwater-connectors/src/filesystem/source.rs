@@ -256,6 +256,7 @@ mod tests {
             schema,
             options: map,
             primary_key: vec![],
+            metadata: Default::default(),
         })
         .unwrap()
     }

@@ -14,7 +14,7 @@ use meltwater_connectors::print::{PrintOptions, PrintWriter};
 use meltwater_iceberg::stream::{IcebergStreamWriter, PendingDataFile};
 use meltwater_iceberg::IcebergTable;
 
-use crate::changelog::{is_updating, split_ops};
+use crate::changelog::{is_updating, split_ops, RowKind};
 use crate::operator::{Operator, OperatorSnapshot, Output};
 
 /// Writes a stream into an Iceberg table. Files written between two barriers are
@@ -269,4 +269,100 @@ pub fn materialize(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<Re
         out.push(take_record_batch(&plain[b], &idx)?);
     }
     Ok(out)
+}
+
+/// Produces its input to a kafka topic: each batch as it arrives, every record
+/// acknowledged before the checkpoint's barrier passes (at least once). An updating
+/// input upserts: `+I`/`+U` rows are written, `-D` rows become tombstones of their key,
+/// `-U` rows are dropped (the `+U` that follows replaces them).
+pub struct KafkaSinkOperator {
+    options: meltwater_connectors::kafka::KafkaSinkOptions,
+    subtask: usize,
+    writer: Option<meltwater_connectors::kafka::KafkaWriter>,
+    updating: bool,
+}
+
+impl KafkaSinkOperator {
+    pub fn new(
+        options: meltwater_connectors::kafka::KafkaSinkOptions,
+        subtask: usize,
+        updating: bool,
+    ) -> Self {
+        Self {
+            options,
+            subtask,
+            writer: None,
+            updating,
+        }
+    }
+
+    async fn writer(&mut self) -> Result<&mut meltwater_connectors::kafka::KafkaWriter> {
+        if self.writer.is_none() {
+            let options = self.options.clone();
+            let subtask = self.subtask;
+            let w = tokio::task::spawn_blocking(move || {
+                meltwater_connectors::kafka::KafkaWriter::new(&options, subtask)
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            self.writer = Some(w);
+        }
+        Ok(self.writer.as_mut().expect("created above"))
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if let Some(w) = &mut self.writer {
+            w.flush()
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Operator for KafkaSinkOperator {
+    fn name(&self) -> String {
+        format!("kafka sink {}", self.options.table)
+    }
+
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
+        let updating = self.updating;
+        let writer = self.writer().await?;
+        let result = if updating {
+            let (rows, ops) = split_ops(&batch)?;
+            let keep: Vec<bool> = ops.iter().map(|k| *k != RowKind::UpdateBefore).collect();
+            let mask = datafusion::arrow::array::BooleanArray::from(keep);
+            let rows = datafusion::arrow::compute::filter_record_batch(&rows, &mask)?;
+            let tombstones: Vec<bool> = ops
+                .iter()
+                .filter(|k| **k != RowKind::UpdateBefore)
+                .map(|k| *k == RowKind::Delete)
+                .collect();
+            writer.write(&rows, Some(&tombstones)).await
+        } else {
+            writer.write(&batch, None).await
+        };
+        result.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(())
+    }
+
+    async fn snapshot(
+        &mut self,
+        _checkpoint_id: u64,
+        _out: &mut Output,
+    ) -> Result<OperatorSnapshot> {
+        self.flush().await?;
+        Ok(OperatorSnapshot::default())
+    }
+
+    async fn finish(&mut self, _out: &mut Output) -> Result<()> {
+        self.flush().await
+    }
 }

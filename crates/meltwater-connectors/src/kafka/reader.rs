@@ -1,0 +1,603 @@
+//! Reading one partition: messages decoded into Arrow batches with metadata columns,
+//! malformed records handled by the table's policy; and the batch-mode scan over the
+//! partitions of a bounded read.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
+    StringBuilder, TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness as PlanBoundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::Timestamp;
+
+use super::{ColumnSource, KafkaOptions, KafkaSource, RecordPolicy, ValueFormat};
+use crate::format::RecordDecoder;
+use crate::stream::{Split, SplitPosition, SplitReader, StreamSource};
+use crate::{ConnectorError, ErrorPolicy, Result, SourceMetrics};
+
+/// How long a partially filled batch waits for more messages.
+const LINGER: Duration = Duration::from_millis(50);
+/// How long a bounded read waits before asking where the consumer stands (control
+/// records of transactions are never delivered, so the end offset may not be seen).
+const POLL: Duration = Duration::from_millis(200);
+
+/// The value columns decoded so far, in one of the formats.
+enum Values {
+    Text(RecordDecoder),
+    RawText(StringBuilder),
+    RawBytes(BinaryBuilder),
+}
+
+/// Metadata of the rows buffered.
+#[derive(Default)]
+struct Meta {
+    offsets: Vec<i64>,
+    timestamps: Vec<Option<i64>>,
+    timestamp_types: Vec<&'static str>,
+    keys: Vec<Option<Vec<u8>>>,
+    headers: Vec<Option<String>>,
+}
+
+impl Meta {
+    fn clear(&mut self) {
+        self.offsets.clear();
+        self.timestamps.clear();
+        self.timestamp_types.clear();
+        self.keys.clear();
+        self.headers.clear();
+    }
+}
+
+/// Reads one partition from an offset, to an end offset when bounded.
+pub(crate) struct PartitionReader {
+    options: KafkaOptions,
+    topic: String,
+    partition: i32,
+    consumer: Arc<StreamConsumer>,
+    /// The next offset to read.
+    next: i64,
+    stop: Option<i64>,
+    values: Values,
+    meta: Meta,
+    wants_meta: bool,
+    /// Output column → DDL column.
+    projection: Vec<usize>,
+    output: SchemaRef,
+    /// DDL column → position among the value columns.
+    value_position: Vec<Option<usize>>,
+    batch_size: usize,
+    rows: usize,
+    dead_letters: Option<FutureProducer>,
+    metrics: Arc<SourceMetrics>,
+    skipped_reported: u64,
+    done: bool,
+}
+
+impl fmt::Debug for PartitionReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PartitionReader({}/{})", self.topic, self.partition)
+    }
+}
+
+fn kafka_error(table: &str, what: String, e: impl fmt::Display) -> ConnectorError {
+    ConnectorError::Kafka {
+        table: table.to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+impl PartitionReader {
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        options: &KafkaOptions,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        stop: Option<i64>,
+        projection: Option<&[usize]>,
+        batch_size: usize,
+        metrics: Arc<SourceMetrics>,
+    ) -> Result<Self> {
+        let table = &options.table;
+        let consumer: StreamConsumer = options
+            .client_config()
+            .create()
+            .map_err(|e| kafka_error(table, "cannot create a consumer".into(), e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+            .map_err(|e| kafka_error(table, format!("topic '{topic}' partition {partition}"), e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_error(table, format!("topic '{topic}' partition {partition}"), e))?;
+        let batch_size = batch_size.max(1);
+        let value_schema = options.value_schema();
+        let values = match &options.format {
+            ValueFormat::Text(format) => Values::Text(RecordDecoder::new(
+                table,
+                &value_schema,
+                None,
+                format.clone(),
+                match options.policy {
+                    RecordPolicy::Skip => ErrorPolicy::Skip,
+                    _ => ErrorPolicy::Fail,
+                },
+                batch_size,
+            )?),
+            ValueFormat::Raw => match value_schema.field(0).data_type() {
+                DataType::Binary => Values::RawBytes(BinaryBuilder::new()),
+                _ => Values::RawText(StringBuilder::new()),
+            },
+        };
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..options.schema.fields().len()).collect(),
+        };
+        let output = Arc::new(options.schema.project(&projection)?);
+        let mut k = 0;
+        let value_position = options
+            .columns
+            .iter()
+            .map(|c| {
+                (*c == ColumnSource::Value).then(|| {
+                    k += 1;
+                    k - 1
+                })
+            })
+            .collect();
+        let wants_meta = projection
+            .iter()
+            .any(|c| options.columns[*c] != ColumnSource::Value);
+        let dead_letters = match &options.policy {
+            RecordPolicy::DeadLetter(_) => {
+                let mut config = rdkafka::config::ClientConfig::new();
+                for (k, v) in &options.properties {
+                    config.set(k, v);
+                }
+                Some(config.create().map_err(|e| {
+                    kafka_error(table, "cannot create the dead-letter producer".into(), e)
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            options: options.clone(),
+            topic: topic.to_string(),
+            partition,
+            consumer: Arc::new(consumer),
+            next: from,
+            stop,
+            values,
+            meta: Meta::default(),
+            wants_meta,
+            projection,
+            output,
+            value_position,
+            batch_size,
+            rows: 0,
+            dead_letters,
+            metrics,
+            skipped_reported: 0,
+            done: false,
+        })
+    }
+
+    fn malformed(&self, offset: i64, e: ConnectorError) -> ConnectorError {
+        match e {
+            ConnectorError::MalformedRecord {
+                table,
+                column,
+                message,
+                ..
+            } => ConnectorError::MalformedMessage {
+                table,
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset,
+                column,
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// Decodes one message; returns whether it became a row.
+    async fn take(&mut self, msg: &BorrowedMessage<'_>) -> Result<bool> {
+        let offset = msg.offset();
+        let Some(payload) = msg.payload() else {
+            // A tombstone (no value) carries no row.
+            return Ok(false);
+        };
+        SourceMetrics::add(&self.metrics.bytes, payload.len() as u64);
+        let source = format!("topic '{}' partition {}", self.topic, self.partition);
+        let result = match &mut self.values {
+            Values::Text(d) => {
+                let before = d.buffered_rows();
+                d.decode_message(payload, &source, offset as u64)
+                    .map(|_| d.buffered_rows() > before)
+            }
+            Values::RawBytes(b) => {
+                b.append_value(payload);
+                Ok(true)
+            }
+            Values::RawText(b) => match std::str::from_utf8(payload) {
+                Ok(s) => {
+                    b.append_value(s);
+                    Ok(true)
+                }
+                Err(e) => Err(ConnectorError::MalformedRecord {
+                    table: self.options.table.clone(),
+                    source_name: source.clone(),
+                    line: offset as u64,
+                    column: None,
+                    message: format!("the value is not UTF-8: {e}"),
+                }),
+            },
+        };
+        let appended = match result {
+            Ok(a) => a,
+            Err(e @ ConnectorError::MalformedRecord { .. }) => {
+                let e = self.malformed(offset, e);
+                match &self.options.policy {
+                    RecordPolicy::DeadLetter(topic) => {
+                        self.dead_letter(topic.clone(), msg, &e).await?;
+                        false
+                    }
+                    RecordPolicy::Skip => {
+                        SourceMetrics::add(&self.metrics.records_skipped, 1);
+                        false
+                    }
+                    RecordPolicy::Fail => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if appended && self.wants_meta {
+            let (ts, kind) = match msg.timestamp() {
+                Timestamp::NotAvailable => (None, "NoTimestampType"),
+                Timestamp::CreateTime(t) => (Some(t), "CreateTime"),
+                Timestamp::LogAppendTime(t) => (Some(t), "LogAppendTime"),
+            };
+            self.meta.offsets.push(offset);
+            self.meta.timestamps.push(ts);
+            self.meta.timestamp_types.push(kind);
+            self.meta.keys.push(msg.key().map(<[u8]>::to_vec));
+            self.meta.headers.push(msg.headers().map(|h| {
+                let map: serde_json::Map<String, serde_json::Value> = h
+                    .iter()
+                    .map(|Header { key, value }| {
+                        (
+                            key.to_string(),
+                            value
+                                .map(|v| {
+                                    serde_json::Value::String(String::from_utf8_lossy(v).into())
+                                })
+                                .unwrap_or(serde_json::Value::Null),
+                        )
+                    })
+                    .collect();
+                serde_json::Value::Object(map).to_string()
+            }));
+        }
+        Ok(appended)
+    }
+
+    /// Sends a malformed record to the dead-letter topic (and waits for the broker's
+    /// acknowledgement, so a checkpoint past it never loses it).
+    async fn dead_letter(
+        &self,
+        topic: String,
+        msg: &BorrowedMessage<'_>,
+        error: &ConnectorError,
+    ) -> Result<()> {
+        let producer = self.dead_letters.as_ref().expect("dead-letter producer");
+        let partition = self.partition.to_string();
+        let offset = msg.offset().to_string();
+        let message = error.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "meltwater.error",
+                value: Some(message.as_str()),
+            })
+            .insert(Header {
+                key: "meltwater.source.topic",
+                value: Some(self.topic.as_str()),
+            })
+            .insert(Header {
+                key: "meltwater.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "meltwater.source.offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
+        if let Some(p) = msg.payload() {
+            record = record.payload(p);
+        }
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| {
+                kafka_error(
+                    &self.options.table,
+                    format!("cannot write to the dead-letter topic '{topic}'"),
+                    e,
+                )
+            })?;
+        SourceMetrics::add(&self.metrics.records_dead_lettered, 1);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let rows = self.rows;
+        let values: Vec<ArrayRef> = match &mut self.values {
+            Values::Text(d) => d.flush()?.map(|b| b.columns().to_vec()).unwrap_or_default(),
+            Values::RawText(b) => vec![Arc::new(b.finish())],
+            Values::RawBytes(b) => vec![Arc::new(b.finish())],
+        };
+        let mut columns = Vec::with_capacity(self.projection.len());
+        for (out, &c) in self.projection.iter().enumerate() {
+            let field = self.output.field(out);
+            let array: ArrayRef = match self.options.columns[c] {
+                ColumnSource::Value => {
+                    values[self.value_position[c].expect("a value column")].clone()
+                }
+                ColumnSource::Topic => Arc::new(StringArray::from(vec![self.topic.as_str(); rows])),
+                ColumnSource::Partition => Arc::new(Int32Array::from(vec![self.partition; rows])),
+                ColumnSource::Offset => Arc::new(Int64Array::from(self.meta.offsets.clone())),
+                ColumnSource::Timestamp => cast(
+                    &(Arc::new(TimestampMillisecondArray::from(
+                        self.meta.timestamps.clone(),
+                    )) as ArrayRef),
+                    field.data_type(),
+                )?,
+                ColumnSource::TimestampType => {
+                    Arc::new(StringArray::from(self.meta.timestamp_types.clone()))
+                }
+                ColumnSource::Key => match field.data_type() {
+                    DataType::Binary => Arc::new(
+                        self.meta
+                            .keys
+                            .iter()
+                            .map(|k| k.as_deref())
+                            .collect::<datafusion::arrow::array::BinaryArray>(),
+                    ),
+                    _ => Arc::new(
+                        self.meta
+                            .keys
+                            .iter()
+                            .map(|k| k.as_deref().map(String::from_utf8_lossy))
+                            .collect::<StringArray>(),
+                    ),
+                },
+                ColumnSource::Headers => Arc::new(StringArray::from(self.meta.headers.clone())),
+            };
+            columns.push(array);
+        }
+        self.meta.clear();
+        self.rows = 0;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        let batch = RecordBatch::try_new_with_options(self.output.clone(), columns, &options)?;
+        SourceMetrics::add(&self.metrics.rows, rows as u64);
+        Ok(Some(batch))
+    }
+
+    fn position(&self) -> SplitPosition {
+        (self.next + 1) as SplitPosition
+    }
+
+    /// The consumer's fetch position: past control records it never delivers.
+    fn fetch_position(&self) -> Option<i64> {
+        let tpl = self.consumer.position().ok()?;
+        match tpl.find_partition(&self.topic, self.partition)?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    fn skipped_by_decoder(&mut self) {
+        if let Values::Text(d) = &self.values {
+            let n = d.records_skipped();
+            SourceMetrics::add(&self.metrics.records_skipped, n - self.skipped_reported);
+            self.skipped_reported = n;
+        }
+    }
+}
+
+#[async_trait]
+impl SplitReader for PartitionReader {
+    async fn next_batch(&mut self) -> Result<Option<(RecordBatch, SplitPosition)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut first_row: Option<tokio::time::Instant> = None;
+        loop {
+            if self.rows >= self.batch_size {
+                break;
+            }
+            if self.stop.is_some_and(|s| self.next >= s) {
+                self.done = true;
+                break;
+            }
+            let wait = match first_row {
+                Some(t) => LINGER.saturating_sub(t.elapsed()),
+                None => POLL,
+            };
+            let consumer = self.consumer.clone();
+            let received = tokio::time::timeout(wait, consumer.recv()).await;
+            match received {
+                Ok(Ok(msg)) => {
+                    let offset = msg.offset();
+                    if self.stop.is_some_and(|s| offset >= s) {
+                        self.next = self.stop.unwrap_or(offset);
+                        self.done = true;
+                        break;
+                    }
+                    let appended = self.take(&msg).await;
+                    drop(msg);
+                    self.next = offset + 1;
+                    if appended? {
+                        self.rows += 1;
+                        first_row.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                }
+                Ok(Err(e)) => {
+                    return Err(kafka_error(
+                        &self.options.table,
+                        format!(
+                            "reading topic '{}' partition {}",
+                            self.topic, self.partition
+                        ),
+                        e,
+                    ))
+                }
+                Err(_) => {
+                    if self.rows > 0 {
+                        break;
+                    }
+                    if let Some(stop) = self.stop {
+                        if self.fetch_position().is_some_and(|p| p >= stop) {
+                            self.next = stop;
+                            self.done = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.skipped_by_decoder();
+        match self.flush()? {
+            Some(batch) => Ok(Some((batch, self.position()))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Batch mode's scan of a bounded read: the partitions spread over the scan's
+/// partitions, each read from its start to its end offset.
+#[derive(Debug)]
+pub struct KafkaScanExec {
+    source: Arc<KafkaSource>,
+    splits: Vec<Split>,
+    projection: Option<Vec<usize>>,
+    partitions: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl KafkaScanExec {
+    pub fn new(
+        source: Arc<KafkaSource>,
+        splits: Vec<Split>,
+        projection: Option<Vec<usize>>,
+        target_partitions: usize,
+    ) -> Self {
+        let partitions = target_partitions.min(splits.len()).max(1);
+        let schema = source.schema(projection.as_deref());
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            PlanBoundedness::Bounded,
+        ));
+        Self {
+            source,
+            splits,
+            projection,
+            partitions,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for KafkaScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let o = self.source.options();
+        write!(
+            f,
+            "KafkaScanExec: table={}, partitions={}, splits={}",
+            o.table,
+            self.partitions,
+            self.splits
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+}
+
+impl ExecutionPlan for KafkaScanExec {
+    crate::leaf_exec_methods!("KafkaScanExec");
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let mine: Vec<Split> = self
+            .splits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.partitions == partition)
+            .map(|(_, s)| s.clone())
+            .collect();
+        let source = self.source.clone();
+        let projection = self.projection.clone();
+        let batch_size = context.session_config().batch_size();
+        let schema = source.schema(projection.as_deref());
+        type State = (std::vec::IntoIter<Split>, Option<Box<dyn SplitReader>>);
+        let init: State = (mine.into_iter(), None);
+        let stream = futures::stream::unfold(init, move |(mut splits, mut reader)| {
+            let source = source.clone();
+            let projection = projection.clone();
+            async move {
+                loop {
+                    if reader.is_none() {
+                        let split = splits.next()?;
+                        match source
+                            .open(&split, 0, projection.as_deref(), batch_size)
+                            .await
+                        {
+                            Ok(r) => reader = Some(r),
+                            Err(e) => return Some((Err(DataFusionError::from(e)), (splits, None))),
+                        }
+                    }
+                    match reader.as_mut().expect("opened").next_batch().await {
+                        Ok(Some((batch, _))) => return Some((Ok(batch), (splits, reader))),
+                        Ok(None) => reader = None,
+                        Err(e) => return Some((Err(DataFusionError::from(e)), (splits, None))),
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.boxed(),
+        )))
+    }
+}
