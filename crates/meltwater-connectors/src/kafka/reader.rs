@@ -36,6 +36,9 @@ use crate::{ConnectorError, ErrorPolicy, Result, SourceMetrics};
 
 /// How long a partially filled batch waits for more messages.
 const LINGER: Duration = Duration::from_millis(50);
+/// How long a batch is filled at most while messages keep arriving, so that a
+/// checkpoint's barrier never waits long behind a batch being read.
+const MAX_BATCH_TIME: Duration = Duration::from_millis(100);
 /// How long a bounded read waits before asking where the consumer stands (control
 /// records of transactions are never delivered, so the end offset may not be seen).
 const POLL: Duration = Duration::from_millis(200);
@@ -436,9 +439,18 @@ impl SplitReader for PartitionReader {
             return Ok(None);
         }
         let mut first_row: Option<tokio::time::Instant> = None;
+        let mut taken = 0u32;
         loop {
-            if self.rows >= self.batch_size {
+            if self.rows >= self.batch_size
+                || first_row.is_some_and(|t| t.elapsed() >= MAX_BATCH_TIME)
+            {
                 break;
+            }
+            taken += 1;
+            if taken % 256 == 0 {
+                // Messages that are ready never make `recv` wait: let the source's other
+                // work (a checkpoint's barrier) run.
+                tokio::task::yield_now().await;
             }
             if self.stop.is_some_and(|s| self.next >= s) {
                 self.done = true;

@@ -1,0 +1,402 @@
+//! Kafka end to end, against a real Kafka-compatible broker (`noida-db`, started on
+//! 127.0.0.1 by the test):
+//!
+//! - a stream job Kafka → TUMBLE aggregate and raw rows → Iceberg is killed with SIGKILL
+//!   several times and restarted from its checkpoints (partition offsets); at the end the
+//!   tables hold every record exactly once and equal the batch run of the same job file
+//!   over the same offsets (mode equivalence); malformed records went to the dead-letter
+//!   topic (stream run) or were skipped and counted (batch run);
+//! - a batch job writes a topic to another with `exactly-once`: a `read_committed`
+//!   consumer sees each record once; a stream job copies it at least once;
+//! - a malformed record under `'error.policy' = 'fail'` fails the job naming the topic,
+//!   partition and offset.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meltwater_integration::crash::{clock_seed, next_random};
+use meltwater_integration::kafka::KafkaBroker;
+use meltwater_integration::{meltwater, meltwater_bin};
+
+const ROWS: i64 = 60_000;
+/// Offsets of the malformed records (in produce order).
+const MALFORMED: [i64; 6] = [17, 5_000, 12_345, 30_001, 45_000, 59_998];
+
+const JOB: &str = r#"
+SET 'execution.checkpointing.interval' = '300 ms';
+CREATE TABLE orders (
+  order_id BIGINT, customer STRING, amount DECIMAL(10, 2), ts TIMESTAMP(3),
+  part INT METADATA FROM 'partition' VIRTUAL,
+  off BIGINT METADATA FROM 'offset' VIRTUAL,
+  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (
+  'connector' = 'kafka', 'topic' = 'orders',
+  'properties.bootstrap.servers' = '${bootstrap}',
+  'properties.max.partition.fetch.bytes' = '4096',
+  'format' = 'json',
+  'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
+  'error.policy' = '${policy}', 'error.dead-letter.topic' = 'orders_dlq'
+);
+CREATE TABLE IF NOT EXISTS lake.kc.raw${suffix} (order_id BIGINT, part INT, off BIGINT);
+CREATE TABLE IF NOT EXISTS lake.kc.per_minute${suffix} (
+  window_start TIMESTAMP(3), customer STRING, n BIGINT, total DECIMAL(38, 2));
+INSERT INTO lake.kc.raw${suffix} SELECT order_id, part, off FROM orders;
+INSERT INTO lake.kc.per_minute${suffix}
+SELECT window_start, customer, COUNT(*), SUM(amount)
+FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+GROUP BY window_start, window_end, customer;
+"#;
+
+fn order(i: i64) -> String {
+    let secs = i * 37 / 1000;
+    format!(
+        r#"{{"order_id":{i},"customer":"c{}","amount":"{}.{:02}","ts":"2026-03-01 {:02}:{:02}:{:02}.{:03}"}}"#,
+        i % 13,
+        i % 100,
+        i % 7,
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        (i * 37) % 1000
+    )
+}
+
+/// `orders` on 3 partitions: record `i` on partition `i % 3`; the malformed ones are
+/// truncated JSON.
+fn produce_orders(broker: &KafkaBroker) {
+    broker.create_topic("orders", 3);
+    let values: Vec<String> = (0..ROWS)
+        .map(|i| {
+            if MALFORMED.contains(&i) {
+                format!("{{\"order_id\": {i}, \"customer")
+            } else {
+                order(i)
+            }
+        })
+        .collect();
+    let keys: Vec<String> = (0..ROWS).map(|i| format!("k{i}")).collect();
+    let records: Vec<(i32, Option<&str>, &str)> = (0..ROWS as usize)
+        .map(|i| ((i % 3) as i32, Some(keys[i].as_str()), values[i].as_str()))
+        .collect();
+    broker.produce("orders", &records);
+}
+
+/// The complete checkpoints of job `job` under `dir`.
+fn checkpoints(dir: &Path, job: &str) -> usize {
+    std::fs::read_dir(dir.join("meltwater-data/checkpoints").join(job))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("_manifest.json").is_file())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the job up to `kills` times, each run killed with SIGKILL at a random moment
+/// (up to 400 ms) after it completed a new checkpoint, so every restart resumes from one.
+/// Returns how many runs were killed (fewer when a run ended first).
+fn kill_after_checkpoints(dir: &Path, args: &[&str], kills: usize, seed: &mut u64) -> usize {
+    let mut killed = 0;
+    while killed < kills {
+        let before = checkpoints(dir, "job");
+        let mut child = Command::new(meltwater_bin())
+            .current_dir(dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start meltwater");
+        let started = Instant::now();
+        let mut ended = false;
+        while checkpoints(dir, "job") <= before {
+            if child.try_wait().unwrap().is_some() {
+                ended = true;
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no checkpoint in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if ended {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(next_random(seed) % 400));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        killed += 1;
+        eprintln!("killed run {killed} after {:?}", started.elapsed());
+    }
+    killed
+}
+
+fn run(dir: &Path, args: &[&str]) -> (String, String) {
+    let out = meltwater(dir, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "meltwater {args:?}:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// The rows of an Iceberg table of the lake, read by a meltwater batch job into a print
+/// sink, sorted.
+fn table_rows(dir: &Path, table: &str, columns: &str) -> Vec<String> {
+    let job = format!(
+        "CREATE TABLE out ({columns}) WITH ('connector' = 'print');\nINSERT INTO out SELECT * FROM lake.kc.{table};\n"
+    );
+    std::fs::write(dir.join("read.sql"), job).unwrap();
+    let (stdout, _) = run(dir, &["run", "read.sql", "--mode", "batch"]);
+    let mut rows: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("+I["))
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_killed_kafka_to_iceberg_job_resumes_exactly_once_and_matches_batch() {
+    let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
+        return;
+    };
+    produce_orders(&broker);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.sql"), JOB).unwrap();
+    let bootstrap = format!("bootstrap={}", broker.bootstrap);
+    let stream_args = [
+        "run",
+        "job.sql",
+        "--mode",
+        "stream",
+        "--param",
+        &bootstrap,
+        "--param",
+        "policy=dead-letter",
+        "--param",
+        "suffix=",
+    ];
+    let mut seed = clock_seed();
+    eprintln!("kafka crash test: seed {seed}");
+    let killed = kill_after_checkpoints(dir.path(), &stream_args, 3, &mut seed);
+    eprintln!("killed {killed} times");
+    assert!(killed >= 1, "the job ended before it could be killed once");
+    let (stdout, _) = run(dir.path(), &stream_args);
+    assert!(stdout.contains("restored from checkpoint"), "{stdout}");
+
+    let (batch, _) = run(
+        dir.path(),
+        &[
+            "run",
+            "job.sql",
+            "--mode",
+            "batch",
+            "--param",
+            &bootstrap,
+            "--param",
+            "policy=skip",
+            "--param",
+            "suffix=_batch",
+        ],
+    );
+    // Both statements read the topic: each record twice, each malformed one skipped
+    // twice.
+    let read = 2 * (ROWS as u64 - MALFORMED.len() as u64);
+    assert!(
+        batch.contains(&format!(
+            "read  orders (kafka): {},{:03} rows",
+            read / 1000,
+            read % 1000
+        )) && batch.contains("12 malformed records skipped"),
+        "{batch}"
+    );
+
+    // Every well-formed record exactly once, with its partition and offset.
+    let raw = table_rows(dir.path(), "raw", "order_id BIGINT, part INT, off BIGINT");
+    assert_eq!(raw.len() as i64, ROWS - MALFORMED.len() as i64);
+    let expected: BTreeSet<String> = (0..ROWS)
+        .filter(|i| !MALFORMED.contains(i))
+        .map(|i| format!("+I[{i}, {}, {}]", i % 3, i / 3))
+        .collect();
+    assert_eq!(raw.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(
+        raw,
+        table_rows(
+            dir.path(),
+            "raw_batch",
+            "order_id BIGINT, part INT, off BIGINT"
+        )
+    );
+    let columns = "window_start TIMESTAMP(3), customer STRING, n BIGINT, total DECIMAL(38, 2)";
+    let windows = table_rows(dir.path(), "per_minute", columns);
+    assert!(windows.len() > 13 * 30, "{} windows", windows.len());
+    assert_eq!(windows, table_rows(dir.path(), "per_minute_batch", columns));
+
+    // The malformed records are in the dead-letter topic (at least once: a restarted run
+    // sends again those it sent after its last checkpoint), with the error and origin.
+    let dlq = broker.read_all("orders_dlq", false);
+    let origins: BTreeSet<(String, String)> = dlq
+        .iter()
+        .map(|r| {
+            let h = |k: &str| {
+                r.headers
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            assert!(
+                h("meltwater.error").contains("malformed record at topic 'orders'"),
+                "{r:?}"
+            );
+            (
+                h("meltwater.source.partition"),
+                h("meltwater.source.offset"),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = MALFORMED
+        .iter()
+        .map(|i| ((i % 3).to_string(), (i / 3).to_string()))
+        .collect();
+    assert_eq!(origins, expected);
+}
+
+#[test]
+fn kafka_to_kafka_exactly_once_in_batch_and_at_least_once_in_stream() {
+    let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
+        return;
+    };
+    broker.create_topic("events", 2);
+    let values: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"id":{i},"kind":"k{}"}}"#, i % 4))
+        .collect();
+    let records: Vec<(i32, Option<&str>, &str)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i % 2) as i32, None, v.as_str()))
+        .collect();
+    broker.produce("events", &records);
+    let dir = tempfile::tempdir().unwrap();
+    let job = r#"
+CREATE TABLE events (id BIGINT, kind STRING) WITH (
+  'connector' = 'kafka', 'topic' = 'events', 'properties.bootstrap.servers' = '${bootstrap}',
+  'format' = 'json', 'scan.startup.mode' = 'earliest-offset',
+  'scan.bounded.mode' = 'latest-offset');
+CREATE TABLE copied (id BIGINT, kind STRING, PRIMARY KEY (id) NOT ENFORCED) WITH (
+  'connector' = 'kafka', 'topic' = '${out}', 'properties.bootstrap.servers' = '${bootstrap}',
+  'format' = '${format}', 'sink.delivery-guarantee' = '${guarantee}');
+INSERT INTO copied SELECT id, upper(kind) FROM events;
+"#;
+    std::fs::write(dir.path().join("job.sql"), job).unwrap();
+    let bootstrap = format!("bootstrap={}", broker.bootstrap);
+    let args = |mode: &'static str, out: &'static str, format: &'static str, g: &'static str| {
+        vec![
+            "run".to_string(),
+            "job.sql".into(),
+            "--mode".into(),
+            mode.into(),
+            "--param".into(),
+            bootstrap.clone(),
+            "--param".into(),
+            format!("out={out}"),
+            "--param".into(),
+            format!("format={format}"),
+            "--param".into(),
+            format!("guarantee={g}"),
+        ]
+    };
+    let run_args = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run(dir.path(), &refs)
+    };
+    let (stdout, _) = run_args(args("batch", "copied_batch", "json", "exactly-once"));
+    assert!(stdout.contains("insert copied: 500 rows"), "{stdout}");
+    let committed = broker.read_all("copied_batch", false);
+    assert_eq!(committed.len(), 500);
+    let ids: BTreeSet<i64> = committed
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+            assert_eq!(
+                r.key.as_deref(),
+                Some(format!(r#"{{"id":{}}}"#, v["id"]).as_str())
+            );
+            assert_eq!(v["kind"], format!("K{}", v["id"].as_i64().unwrap() % 4));
+            v["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, (0..500).collect());
+    // Records with the same key went to the same partition.
+    let uncommitted = broker.read_all("copied_batch", true);
+    assert_eq!(uncommitted.len(), 500, "no aborted records");
+
+    let (stdout, _) = run_args(args("stream", "copied_stream", "csv", "at-least-once"));
+    assert!(stdout.contains("done in"), "{stdout}");
+    let copied = broker.read_all("copied_stream", false);
+    let values: BTreeSet<String> = copied.iter().filter_map(|r| r.value.clone()).collect();
+    let expected: BTreeSet<String> = (0..500).map(|i| format!("{i},K{}", i % 4)).collect();
+    assert_eq!(values, expected);
+
+    // Exactly-once is not built for stream mode yet: the job says so before running.
+    let out = meltwater(
+        dir.path(),
+        &args("stream", "copied_stream", "json", "exactly-once")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("'exactly-once' is not built for stream mode yet"));
+}
+
+#[test]
+fn a_malformed_record_under_fail_names_topic_partition_and_offset() {
+    let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
+        return;
+    };
+    broker.create_topic("bids", 1);
+    broker.produce(
+        "bids",
+        &[
+            (0, None, r#"{"id":1,"price":10}"#),
+            (0, None, r#"{"id":2,"price":"ten"}"#),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let job = format!(
+        r#"
+CREATE TABLE bids (id BIGINT, price BIGINT) WITH (
+  'connector' = 'kafka', 'topic' = 'bids', 'properties.bootstrap.servers' = '{}',
+  'format' = 'json', 'scan.startup.mode' = 'earliest-offset',
+  'scan.bounded.mode' = 'latest-offset');
+CREATE TABLE out (id BIGINT, price BIGINT) WITH ('connector' = 'print');
+INSERT INTO out SELECT * FROM bids;
+"#,
+        broker.bootstrap
+    );
+    std::fs::write(dir.path().join("job.sql"), job).unwrap();
+    for mode in ["batch", "stream"] {
+        let out = meltwater(dir.path(), &["run", "job.sql", "--mode", mode]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode}");
+        assert!(
+            stderr.contains(
+                "table 'bids': malformed record at topic 'bids' partition 0 offset 1, column 'price'"
+            ),
+            "{mode}: {stderr}"
+        );
+    }
+}
