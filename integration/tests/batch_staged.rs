@@ -150,29 +150,28 @@ INSERT INTO lake.db.totals SELECT k, count(*), sum(id) FROM src GROUP BY k;
     // Explain shows the stages.
     let out = meltwater(dir.path(), &["explain", "job.sql"]);
     let explain = String::from_utf8_lossy(&out.stdout);
-    // One file: read by one task, spread round-robin, aggregated partially, then
-    // finally per key.
-    assert!(explain.contains("-- stages (batch, 3 stages)"), "{explain}");
+    // One file: read by one task, aggregated partially, then finally per key.
+    assert!(explain.contains("-- stages (batch, 2 stages)"), "{explain}");
     assert!(
-        explain.contains("stage 1/3: 1 tasks, reads sources, writes round-robin into 2 partitions"),
+        explain.contains("stage 1/2: 1 tasks, reads sources, writes hash [k@0] into 2 partitions"),
         "{explain}"
     );
     assert!(
-        explain.contains("stage 2/3: 2 tasks, reads stage 1, writes hash [k@0] into 2 partitions"),
+        explain.contains("stage 2/2: 2 tasks, reads stage 1, final"),
         "{explain}"
     );
-    assert!(explain.contains("ShuffleReadExec: stage=2"), "{explain}");
+    assert!(explain.contains("ShuffleReadExec: stage=1"), "{explain}");
 
     // Task 0 of stage 1 fails on its first attempt, then succeeds.
     let (ok, stdout, stderr) = run(
         dir.path(),
         &["--parallelism", "2"],
-        &[("MELTWATER_FAIL_TASK", "2/0x1")],
+        &[("MELTWATER_FAIL_TASK", "1/0x1")],
     );
     assert!(ok, "{stdout}\n{stderr}");
     assert!(
         stderr.contains(
-            "stage 2, partition 0: attempt 1 of 3 failed, retrying: IO error: injected failure"
+            "stage 1, partition 0: attempt 1 of 3 failed, retrying: IO error: injected failure"
         ),
         "{stderr}"
     );
@@ -183,12 +182,12 @@ INSERT INTO lake.db.totals SELECT k, count(*), sum(id) FROM src GROUP BY k;
     let (ok, stdout, stderr) = run(
         dir.path(),
         &["--parallelism", "2", "--max-attempts", "2"],
-        &[("MELTWATER_FAIL_TASK", "3/1x9")],
+        &[("MELTWATER_FAIL_TASK", "2/1x9")],
     );
     assert!(!ok, "{stdout}");
     assert!(
         stderr.contains(
-            "job.sql:6:1: stage 3, partition 1 failed after 2 attempt(s): IO error: injected failure"
+            "job.sql:6:1: stage 2, partition 1 failed after 2 attempt(s): IO error: injected failure"
         ),
         "{stderr}"
     );

@@ -548,14 +548,28 @@ fn assert_quickstart_explain(out: &str) {
         "{out}"
     );
     assert!(out.contains("TableScan: orders"), "{out}");
-    let physical = lines
+    let stages = lines
         .iter()
-        .position(|l| *l == "-- physical plan (batch, 3 output partitions)")
-        .unwrap_or_else(|| panic!("no physical plan header with 3 partitions:\n{out}"));
-    assert!(physical > 3, "{out}");
-    let plan = lines[physical + 1..].join("\n");
+        .position(|l| *l == "-- stages (batch, 3 stages)")
+        .unwrap_or_else(|| panic!("no stages header with 3 stages:\n{out}"));
+    assert!(stages > 3, "{out}");
+    let plan = lines[stages + 1..].join("\n");
     assert!(
-        plan.starts_with("IcebergWriteExec: table=lake.shop.daily_revenue"),
+        plan.starts_with("stage 1/3: 2 tasks, reads sources, writes hash [window_start@0, window_end@1, category@2] into 3 partitions"),
+        "{out}"
+    );
+    assert!(
+        plan.contains(
+            "stage 2/3: 3 tasks, reads stage 1, writes hash [category@1] into 3 partitions"
+        ),
+        "{out}"
+    );
+    assert!(
+        plan.contains("stage 3/3: 3 tasks, reads stage 2, final"),
+        "{out}"
+    );
+    assert!(
+        plan.contains("  IcebergWriteExec: table=lake.shop.daily_revenue"),
         "{out}"
     );
     assert!(
@@ -563,14 +577,32 @@ fn assert_quickstart_explain(out: &str) {
         "{out}"
     );
     assert!(
-        plan.contains("RepartitionExec: partitioning=Hash("),
+        plan.contains("ShuffleReadExec: stage=1, partitions=3"),
         "{out}"
     );
-    assert!(plan.contains(", 3), input_partitions="), "{out}");
     assert!(
         plan.contains("FileScanExec: table=orders, format=csv, files=2, partitions=2"),
         "{out}"
     );
+}
+
+/// `explain --pipelined`: DataFusion's physical plan, with its partition counts.
+fn assert_quickstart_pipelined(out: &str) {
+    let lines: Vec<&str> = out.lines().collect();
+    let physical = lines
+        .iter()
+        .position(|l| *l == "-- physical plan (batch, pipelined, 3 output partitions)")
+        .unwrap_or_else(|| panic!("no physical plan header with 3 partitions:\n{out}"));
+    let plan = lines[physical + 1..].join("\n");
+    assert!(
+        plan.starts_with("IcebergWriteExec: table=lake.shop.daily_revenue"),
+        "{out}"
+    );
+    assert!(
+        plan.contains("RepartitionExec: partitioning=Hash("),
+        "{out}"
+    );
+    assert!(plan.contains(", 3), input_partitions="), "{out}");
 }
 
 #[test]
@@ -599,6 +631,19 @@ fn explain_prints_logical_and_physical_plans_with_partition_counts() {
         ],
     );
     assert_quickstart_explain(&out);
+    let out = succeeds(
+        dir.path(),
+        &[
+            "explain",
+            "examples/quickstart/daily_revenue.sql",
+            "--mode",
+            "batch",
+            "--parallelism",
+            "3",
+            "--pipelined",
+        ],
+    );
+    assert_quickstart_pipelined(&out);
 }
 
 #[test]

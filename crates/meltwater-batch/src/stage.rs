@@ -1,7 +1,9 @@
 //! Staged execution (DESIGN.md §6): a physical plan cut at its exchanges into stages that
 //! run one after another, each writing its output to shuffle files the next one reads.
 //!
-//! Cuts are made at every `RepartitionExec` (hash or round-robin), and below every
+//! Cuts are made at every hash `RepartitionExec` (round-robin ones, which only spread
+//! rows for parallelism, are dropped: the stage runs at its input's partitions), and
+//! below every
 //! `CoalescePartitionsExec` and `SortPreservingMergeExec` (which stay in the reading
 //! stage and run over the files). A broadcast join side is the coalesced input of a
 //! `CollectLeft` hash join, so every task of the reading stage reads all of it. Within a
@@ -24,7 +26,7 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
-use datafusion::physical_plan::{displayable, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{displayable, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
 
 use crate::shuffle::{write_task, Exchange, ShuffleOutput, ShuffleReadExec, TaskOutput};
@@ -148,6 +150,12 @@ impl Cutter {
         plan: Arc<dyn ExecutionPlan>,
     ) -> Result<(Arc<dyn ExecutionPlan>, Vec<usize>)> {
         if let Some(r) = plan.as_any().downcast_ref::<RepartitionExec>() {
+            if matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)) && !r.preserve_order() {
+                // A round-robin repartition only spreads rows over more partitions for
+                // parallelism; through disk it would cost a full copy of its input.
+                // The stage runs at its input's partition count instead.
+                return self.cut(r.input().clone());
+            }
             let (input, reads) = self.cut(r.input().clone())?;
             let output = self.push(
                 input,
@@ -285,15 +293,33 @@ impl JobProgress {
     }
 }
 
-/// A stage that ran out of attempts.
-#[derive(Debug, thiserror::Error)]
-#[error("stage {stage}, partition {task} failed after {attempts} attempt(s): {cause}")]
+/// A task that failed for good: out of attempts, or with an error a retry would repeat
+/// (an error in the data or the plan, shown as it is: it names its own file and line).
+#[derive(Debug)]
 pub struct StageFailure {
     pub stage: usize,
     pub task: usize,
     pub attempts: u32,
     pub cause: String,
+    /// Whether the error was one a retry could cure.
+    pub retryable: bool,
 }
+
+impl std::fmt::Display for StageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.retryable {
+            write!(
+                f,
+                "stage {}, partition {} failed after {} attempt(s): {}",
+                self.stage, self.task, self.attempts, self.cause
+            )
+        } else {
+            f.write_str(&self.cause)
+        }
+    }
+}
+
+impl std::error::Error for StageFailure {}
 
 /// Whether re-running a task might succeed: I/O and object-store failures, memory
 /// exhaustion while other tasks held memory, a panicked task. Errors in the data or the
@@ -579,6 +605,7 @@ async fn run_task(
                     task,
                     attempts: attempt,
                     cause: crate::error_message(&e),
+                    retryable: false,
                 })
             })?;
             run.instances
@@ -626,6 +653,7 @@ async fn run_task(
                     task,
                     attempts: attempt,
                     cause: e.message,
+                    retryable: e.retryable,
                 }));
             }
         }

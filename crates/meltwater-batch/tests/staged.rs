@@ -289,7 +289,8 @@ async fn a_stage_out_of_attempts_fails_the_job_naming_stage_partition_and_cause(
     let dir = tempfile::tempdir().unwrap();
     let (got, _, progress) = staged(&ctx, sql, dir.path(), &options(None, 3)).await;
     let err = got.unwrap_err();
-    assert!(err.contains("after 1 attempt(s)"), "{err}");
+    // Shown as the error itself, without the stage: it is not the stage's doing.
+    assert!(!err.contains("attempt"), "{err}");
     assert!(err.contains("Cannot cast string 'xs"), "{err}");
     assert_eq!(
         progress
