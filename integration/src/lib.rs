@@ -96,6 +96,20 @@ pub fn meltwater_bin() -> &'static Path {
     })
 }
 
+/// The `+I[...]` rows a run's print sink wrote to stdout, without a subtask prefix
+/// (`2> `), sorted.
+pub fn printed_rows(stdout: &str) -> Vec<String> {
+    let mut rows: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| {
+            let l = l.split_once("> ").map(|(_, r)| r).unwrap_or(l);
+            l.starts_with("+I[").then(|| l.to_string())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// Runs `meltwater ARGS` with `dir` as its working directory.
 pub fn meltwater(dir: &Path, args: &[&str]) -> Output {
     meltwater_with_env(dir, args, &[])

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use meltwater_integration::{copy_dir, meltwater, meltwater_bin, repo_root};
+use meltwater_integration::{copy_dir, meltwater, meltwater_bin, printed_rows, repo_root};
 
 const READ_JOB: &str = r#"
 CREATE TABLE out (day DATE, country STRING, events BIGINT, users BIGINT, purchases BIGINT,
@@ -41,16 +41,7 @@ fn ok(out: Output) -> String {
 /// The table's rows as the print sink prints them, sorted.
 fn table_rows(dir: &Path) -> Vec<String> {
     std::fs::write(dir.join("read.sql"), READ_JOB).unwrap();
-    let out = ok(meltwater(dir, &["run", "read.sql", "--mode", "batch"]));
-    let mut rows: Vec<String> = out
-        .lines()
-        .filter_map(|l| {
-            let l = l.split_once("> ").map(|(_, r)| r).unwrap_or(l);
-            l.starts_with("+I[").then(|| l.to_string())
-        })
-        .collect();
-    rows.sort();
-    rows
+    printed_rows(&ok(meltwater(dir, &["run", "read.sql", "--mode", "batch"])))
 }
 
 #[derive(Default)]

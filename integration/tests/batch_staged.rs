@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use meltwater_integration::{meltwater, meltwater_with_env};
+use meltwater_integration::{meltwater, meltwater_with_env, printed_rows};
 
 const JOB: &str = r#"
 -- Small batches: a 2 MiB budget holds one batch per spill file in each merge.
@@ -46,19 +46,6 @@ fn write_input(dir: &Path) -> u64 {
     }
     std::fs::write(dir.join("src.csv"), &csv).unwrap();
     csv.len() as u64
-}
-
-/// The rows a run printed, sorted (the print sink's lines, without a subtask prefix).
-fn printed(stdout: &str) -> Vec<String> {
-    let mut rows: Vec<String> = stdout
-        .lines()
-        .filter_map(|l| {
-            let l = l.split_once("> ").map(|(_, r)| r).unwrap_or(l);
-            l.starts_with("+I[").then(|| l.to_string())
-        })
-        .collect();
-    rows.sort();
-    rows
 }
 
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
@@ -116,14 +103,14 @@ fn a_job_ten_times_its_memory_limit_spills_and_matches_the_in_memory_run() {
         })
         .collect();
     assert!(stage_lines.len() >= 4, "{staged}");
-    let rows = printed(&staged);
+    let rows = printed_rows(&staged);
     assert_eq!(
         rows.len(),
         40_000 + 97,
         "{}",
         &staged[..2000.min(staged.len())]
     );
-    assert_eq!(rows, printed(&pipelined));
+    assert_eq!(rows, printed_rows(&pipelined));
     assert!(
         shuffle_runs(dir.path()).is_empty(),
         "shuffle files left behind"

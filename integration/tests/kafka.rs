@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use meltwater_integration::crash::{clock_seed, next_random};
 use meltwater_integration::kafka::KafkaBroker;
-use meltwater_integration::{meltwater, meltwater_bin};
+use meltwater_integration::{meltwater, meltwater_bin, printed_rows};
 
 const ROWS: i64 = 60_000;
 /// Offsets of the malformed records (in produce order).
@@ -156,14 +156,7 @@ fn table_rows(dir: &Path, table: &str, columns: &str) -> Vec<String> {
         "CREATE TABLE out ({columns}) WITH ('connector' = 'print');\nINSERT INTO out SELECT * FROM lake.kc.{table};\n"
     );
     std::fs::write(dir.join("read.sql"), job).unwrap();
-    let (stdout, _) = run(dir, &["run", "read.sql", "--mode", "batch"]);
-    let mut rows: Vec<String> = stdout
-        .lines()
-        .filter(|l| l.starts_with("+I["))
-        .map(str::to_string)
-        .collect();
-    rows.sort();
-    rows
+    printed_rows(&run(dir, &["run", "read.sql", "--mode", "batch"]).0)
 }
 
 #[test]

@@ -45,7 +45,7 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// The value columns decoded so far, in one of the formats.
 enum Values {
-    Text(RecordDecoder),
+    Text(Box<RecordDecoder>),
     RawText(StringBuilder),
     RawBytes(BinaryBuilder),
 }
@@ -134,7 +134,7 @@ impl PartitionReader {
         let batch_size = batch_size.max(1);
         let value_schema = options.value_schema();
         let values = match &options.format {
-            ValueFormat::Text(format) => Values::Text(RecordDecoder::new(
+            ValueFormat::Text(format) => Values::Text(Box::new(RecordDecoder::new(
                 table,
                 &value_schema,
                 None,
@@ -144,7 +144,7 @@ impl PartitionReader {
                     _ => ErrorPolicy::Fail,
                 },
                 batch_size,
-            )?),
+            )?)),
             ValueFormat::Raw => match value_schema.field(0).data_type() {
                 DataType::Binary => Values::RawBytes(BinaryBuilder::new()),
                 _ => Values::RawText(StringBuilder::new()),
@@ -447,7 +447,7 @@ impl SplitReader for PartitionReader {
                 break;
             }
             taken += 1;
-            if taken % 256 == 0 {
+            if taken.is_multiple_of(256) {
                 // Messages that are ready never make `recv` wait: let the source's other
                 // work (a checkpoint's barrier) run.
                 tokio::task::yield_now().await;
