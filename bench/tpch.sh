@@ -15,6 +15,10 @@
 #   VERIFY="staged pipelined memlimit"   Meltwater executors checked once more with a
 #                        print sink (rows and a column checksum against DataFusion's)
 #   TIMEOUT=1800         seconds before a run is stopped (counted as failed)
+#   QUIET_WAIT=60        seconds to wait before a run for other work on the machine to
+#                        stop (it skews the times on 2 cores)
+#   DISTURBED=0.3        a run during which other processes used more cores than this
+#                        on average is run again (at most twice)
 #   RESULTS=DIR          where logs and tables go (default: a new /tmp/meltwater-tpch.*)
 #   MELTWATER_BIN        the binary (default: $CARGO_TARGET_DIR or target/, release)
 #   JAVA_HOME            Java 17 for Spark (default: the machine's java-17)
@@ -44,7 +48,8 @@ case $STAT in median | best) ;; *) echo "STAT must be median or best" >&2; exit 
 
 # --- tools and data -------------------------------------------------------------------
 
-# A venv under the cache with $2... installed, unless its python already imports $1.
+# The python of venv $CACHE/$1-venv, with packages $3... installed unless it already
+# imports module $2.
 venv() {
   local dir=$CACHE/$1-venv module=$2
   shift 2
@@ -123,23 +128,66 @@ command_of() {
   esac
 }
 
-# Busy CPU seconds of the whole machine so far (from /proc/stat, USER_HZ = 100).
+# Busy CPU seconds of the whole machine so far (from /proc/stat, USER_HZ = 100), steal
+# included: the hypervisor running something else also skews the times.
 busy() { awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / 100}' /proc/stat; }
 
+# Waits (up to QUIET_WAIT seconds) until the rest of the machine uses under 0.2 cores over a
+# second: another build or test run on this 2-core machine would skew the times.
+QUIET_WAIT=${QUIET_WAIT:-60}
+wait_quiet() {
+  local waited=0 b0 used
+  while :; do
+    b0=$(busy)
+    sleep 1
+    used=$(echo "$(busy) - $b0" | bc -l)
+    if (($(echo "$used < 0.2" | bc -l))) || [ "$waited" -ge "$QUIET_WAIT" ]; then
+      if [ "$waited" -gt 0 ]; then
+        say "waited ${waited} s for other work on the machine to stop (now $(printf '%.2f' "$used") cores busy)"
+      fi
+      return 0
+    fi
+    waited=$((waited + 1))
+    [ $((waited % 30)) = 0 ] && say "other work on the machine uses ${used} cores; waiting for it (${waited} s of at most ${QUIET_WAIT} s)"
+  done
+}
+
+# A field of the JSON line peer.py prints.
+field() { sed -n "s/.*\"$2\": \"\{0,1\}\([^\",}]*\).*/\1/p" <<<"$1"; }
+
 # Runs CMD with its output in $1.out/.err; sets SECS (wall), CPU (its user + system
-# seconds), RSS (max KiB), OTHER (CPU seconds the rest of the machine used meanwhile:
-# other work skews the times) and STATUS (ok | exit N | timeout).
+# seconds, Spark's JVM included), RSS (max KiB of the process `time` waits for), OTHER (CPU
+# seconds the rest of the machine used or the hypervisor stole meanwhile) and STATUS (ok |
+# exit N | timeout).
 run_logged() {
-  local log=$1 start end b0 rc=0
+  local log=$1 start end b0 rc=0 jvm
+  wait_quiet
   b0=$(busy)
   start=$(date +%s.%N)
   (cd "$RESULTS/work" && timeout "$TIMEOUT" /usr/bin/time -f "%M %U %S" -o "$log.time" "${CMD[@]}") \
     >"$log.out" 2>"$log.err" || rc=$?
   end=$(date +%s.%N)
   SECS=$(echo "$end - $start" | bc -l)
+  RSS="" CPU=""
   read -r RSS CPU < <(tail -1 "$log.time" 2>/dev/null | awk 'NF == 3 {print $1, $2 + $3}') || true
+  jvm=$(field "$(grep '^{"rows"' "$log.out" | tail -1)" jvm_cpu)
+  [ -n "$jvm" ] && CPU=$(echo "${CPU:-0} + $jvm" | bc -l)
   OTHER=$(echo "$(busy) - $b0 - ${CPU:-0}" | bc -l)
   case $rc in 0) STATUS=ok ;; 124) STATUS=timeout ;; *) STATUS="exit $rc" ;; esac
+}
+
+# A run disturbed by other work (over DISTURBED cores on average) is run again, at most
+# twice.
+DISTURBED=${DISTURBED:-0.3}
+run_undisturbed() {
+  local log=$1 again
+  for again in 0 1 2; do
+    run_logged "$log"
+    if (($(echo "$OTHER / $SECS <= $DISTURBED" | bc -l))) || [ "$again" = 2 ]; then
+      return
+    fi
+    say "run disturbed by other work ($(printf '%.2f' "$(echo "$OTHER / $SECS" | bc -l)") cores besides it); again"
+  done
 }
 
 # The line that says why a run failed: Meltwater's `error: ...`, else the last line of stderr.
@@ -153,18 +201,17 @@ for q in $QUERIES; do
     command_of "$engine" "$job" blackhole
     for run in $(seq 1 "$RUNS"); do
       log=$RESULTS/logs/$q-$engine-$run
-      run_logged "$log"
+      run_undisturbed "$log"
       extra=""
       case $engine in
         datafusion | spark)
           if [ "$STATUS" = ok ]; then
             line=$(grep '^{"rows"' "$log.out" | tail -1)
-            rows=$(sed 's/.*"rows": \([0-9]*\).*/\1/' <<<"$line")
-            checksum=$(sed 's/.*"checksum": "\([^"]*\)".*/\1/' <<<"$line")
-            inproc=$(sed 's/.*"seconds": \([0-9.]*\).*/\1/' <<<"$line")
-            printf '%s\t%s\t%s\t%s\n' "$q" "$engine" "$run" "$inproc" >> "$RESULTS/inproc.tsv"
-            [ "$run" = "$RUNS" ] && printf '%s\t%s\t%s\t%s\n' "$q" "$engine" "$rows" "$checksum" >> "$RESULTS/verify.tsv"
-            extra=" ($rows rows, query ${inproc} s in process)"
+            rows=$(field "$line" rows)
+            inproc=$(field "$line" seconds)
+            printf '%s\t%s\t%s\t%s\t%s\n' "$q" "$engine" "$run" "$inproc" "$(field "$line" setup)" >> "$RESULTS/inproc.tsv"
+            [ "$run" = "$RUNS" ] && printf '%s\t%s\t%s\t%s\n' "$q" "$engine" "$rows" "$(field "$line" checksum)" >> "$RESULTS/verify.tsv"
+            extra=" ($rows rows; the query alone ${inproc} s, set-up $(field "$line" setup) s)"
           fi
           ;;
         *)
@@ -174,9 +221,9 @@ for q in $QUERIES; do
             spilled=$(sed -n 's/^spilled \(.*\) to disk over the memory limit$/\1/p' "$log.out")
             printf '%s\t%s\t%s\n' "$q" "$run" "${spilled:-0 B}" >> "$RESULTS/spill.tsv"
             extra="$extra, spilled ${spilled:-0 B}"
-            # The stage table of the last run, for the report.
-            sed -n '/^ *stage  *statement/,/^read /p' "$log.out" | sed '$d' > "$RESULTS/stages-$q.txt"
           fi
+          # The stage table of the last run, for the report.
+          [ "$STATUS" = ok ] && sed -n '/^ *stage  *statement/,/^read /p' "$log.out" | sed '$d' > "$RESULTS/stages-$q-$engine.txt"
           ;;
       esac
       printf '%s\t%s\t%s\t%.3f\t%s\t%s\t%s\t%.2f\n' "$q" "$engine" "$run" "$SECS" "${RSS:-}" "$STATUS" "${CPU:-}" "$OTHER" >> "$RESULTS/times.tsv"
@@ -199,8 +246,8 @@ for q in $QUERIES; do
     run_logged "$log"
     if [ "$STATUS" = ok ]; then
       result=$(python3 "$PEER" print-result "$job" < "$log.out")
-      rows=$(sed 's/.*"rows": \([0-9]*\).*/\1/' <<<"$result")
-      checksum=$(sed 's/.*"checksum": "\([^"]*\)".*/\1/' <<<"$result")
+      rows=$(field "$result" rows)
+      checksum=$(field "$result" checksum)
       printf '%s\t%s\t%s\t%s\n' "$q" "$engine" "$rows" "$checksum" >> "$RESULTS/verify.tsv"
       say "$q $engine verify: $rows rows, checksum $checksum"
     else

@@ -8,9 +8,10 @@ Meltwater's print-sink output, and print the report.
 
 The peers run the very query of the Meltwater job file: the SELECT after
 `INSERT INTO result`, with the `--` comments removed. Each query prints one line of JSON:
-{"rows": N, "checksum": S, "seconds": T}, where S is the sum of the job's checksum column
-rounded to 2 decimals and T the time of the query alone (without start-up and table
-registration). peer.py uses only the standard library outside the engine commands, so
+{"rows": N, "checksum": S, "seconds": T, "setup": U}, where S is the sum of the job's
+checksum column rounded to 2 decimals, T the time of the query alone and U the time before
+it (imports, session start-up, table registration); Spark adds "jvm_cpu", the CPU seconds
+of its JVM (a child that `time` does not see). peer.py uses only the standard library outside the engine commands, so
 `report` and `print-result` run under any python3.
 """
 
@@ -71,15 +72,21 @@ def to_number(v):
     return Decimal(str(v))
 
 
-def summary(rows, index, seconds=None):
+def summary(rows, index, **timings):
     total = sum((to_number(r[index]) for r in rows), Decimal(0))
     out = {"rows": len(rows), "checksum": f"{round(total, 2):.2f}"}
-    if seconds is not None:
-        out["seconds"] = round(seconds, 3)
+    out.update({k: round(v, 3) for k, v in timings.items()})
     print(json.dumps(out))
 
 
+def process_cpu(pid):
+    """User + system seconds of process pid and its waited-for children."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_datafusion(data, job):
+    begin = time.perf_counter()
     from datafusion import SessionContext
 
     ctx = SessionContext()
@@ -92,10 +99,11 @@ def run_datafusion(data, job):
     rows = []
     for b in batches:
         rows.extend(zip(*[c.to_pylist() for c in b.columns]))
-    summary(rows, checksum_index(job), seconds)
+    summary(rows, checksum_index(job), seconds=seconds, setup=start - begin)
 
 
 def run_spark(data, job):
+    begin = time.perf_counter()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
@@ -115,7 +123,9 @@ def run_spark(data, job):
     start = time.perf_counter()
     rows = spark.sql(query).collect()
     seconds = time.perf_counter() - start
-    summary([tuple(r) for r in rows], checksum_index(job), seconds)
+    jvm = spark.sparkContext._gateway.proc.pid
+    jvm_cpu = process_cpu(jvm)
+    summary([tuple(r) for r in rows], checksum_index(job), seconds=seconds, setup=start - begin, jvm_cpu=jvm_cpu)
     spark.stop()
 
 
@@ -181,9 +191,10 @@ def report(results):
                 cpu.setdefault((q, engine), []).append(float(cpus) / max(float(secs), 1e-9))
         else:
             failed[(q, engine)] = status
-    inproc = {}
-    for q, engine, run, secs in read_tsv(os.path.join(results, "inproc.tsv")):
+    inproc, setup = {}, {}
+    for q, engine, run, secs, before in read_tsv(os.path.join(results, "inproc.tsv")):
         inproc.setdefault((q, engine), []).append(float(secs))
+        setup.setdefault((q, engine), []).append(float(before))
     queries = meta.get("queries", "").split()
     engines = [e for e in ENGINES if e[0] in meta.get("engines", "").split()]
 
@@ -208,8 +219,8 @@ def report(results):
         busiest = max(o / s for o, s in other)
         total = sum(o for o, _ in other)
         print(
-            f"other processes used {total:.1f} CPU seconds during the runs, at most {busiest:.2f} cores "
-            f"on average during one run (near 0: the times are clean)"
+            f"other processes (and steal) used {total:.1f} CPU seconds during the kept runs, at most "
+            f"{busiest:.2f} cores on average during one run (near 0: the times are clean)"
         )
 
     def ratio(q, a, b):
@@ -232,11 +243,14 @@ def report(results):
     peers = [e for e in engines if e[0] in ("datafusion", "spark")]
     if peers:
         print()
-        print(f"peers: {stat} seconds of the query alone (in process, without start-up and table registration)")
-        table(
-            ["query"] + [e[1] for e in peers],
-            [[q] + [f"{pick(inproc[(q, e[0])]):.2f}" if inproc.get((q, e[0])) else "-" for e in peers] for q in queries],
-        )
+        print(f"peers, in process ({stat}): the query alone / the set-up before it (imports, start-up, registering the tables)")
+
+        def split(q, e):
+            if not inproc.get((q, e)):
+                return "-"
+            return f"{pick(inproc[(q, e)]):.2f} / {pick(setup[(q, e)]):.2f}"
+
+        table(["query"] + [e[1] for e in peers], [[q] + [split(q, e[0]) for e in peers] for q in queries])
 
     print()
     print(f"cores used: CPU seconds / wall seconds of the command ({stat})")
@@ -250,7 +264,7 @@ def report(results):
         spills.setdefault(q, []).append(spilled)
     if "memlimit" in names:
         print()
-        print("memory-limited runs: spilled per run (Meltwater's 'spilled X to disk' line), max RSS")
+        print("memory-limited runs: spilled per run (Meltwater's 'spilled X to disk' line), max RSS (largest run)")
         rows = []
         for q in queries:
             r = [q, ", ".join(spills.get(q, [])) or "-"]
@@ -260,7 +274,7 @@ def report(results):
             rows.append(r)
         table(["query", "spilled", "max RSS staged", "max RSS memlimit"], rows)
         for q in queries:
-            path = os.path.join(results, f"stages-{q}.txt")
+            path = os.path.join(results, f"stages-{q}-memlimit.txt")
             if os.path.exists(path) and os.path.getsize(path):
                 print()
                 print(f"{q}, memory-limited: Meltwater's stage table (last run)")
@@ -294,7 +308,7 @@ def report(results):
     errors = read_tsv(os.path.join(results, "errors.tsv"))
     if errors:
         print()
-        print("failures (first failing run of each; full output under " + results + "):")
+        print("failures (first failing run of each; full output under " + results + "/logs):")
         for q, engine, msg in errors:
             print(f"  {q} {engine}: {msg}")
 

@@ -1,5 +1,5 @@
--- TPC-H Q1 (pricing summary report): the standard query text with the validation substitution
--- parameters (DELTA = 90).
+-- TPC-H Q1 (pricing summary report): the standard query text with the
+-- validation substitution parameters (DELTA = 90).
 -- Sources: the Parquet tables tpchgen-cli writes under ${data}; the result goes to a
 -- '${sink}' table (blackhole for timing, print to check the rows). bench/tpch.sh runs it:
 --   meltwater run bench/tpch/q1.sql --mode batch --param data=DIR --param sink=blackhole

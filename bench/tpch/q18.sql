@@ -1,5 +1,5 @@
--- TPC-H Q18 (large volume customer): the standard query text with the validation substitution
--- parameters (QUANTITY = 300).
+-- TPC-H Q18 (large volume customer): the standard query text with the
+-- validation substitution parameters (QUANTITY = 300).
 -- Sources: the Parquet tables tpchgen-cli writes under ${data}; the result goes to a
 -- '${sink}' table (blackhole for timing, print to check the rows). bench/tpch.sh runs it:
 --   meltwater run bench/tpch/q18.sql --mode batch --param data=DIR --param sink=blackhole

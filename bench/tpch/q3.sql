@@ -1,5 +1,5 @@
--- TPC-H Q3 (shipping priority): the standard query text with the validation substitution
--- parameters (SEGMENT = BUILDING, DATE = 1995-03-15).
+-- TPC-H Q3 (shipping priority): the standard query text with the
+-- validation substitution parameters (SEGMENT = BUILDING, DATE = 1995-03-15).
 -- Sources: the Parquet tables tpchgen-cli writes under ${data}; the result goes to a
 -- '${sink}' table (blackhole for timing, print to check the rows). bench/tpch.sh runs it:
 --   meltwater run bench/tpch/q3.sql --mode batch --param data=DIR --param sink=blackhole

@@ -1,5 +1,5 @@
--- TPC-H Q5 (local supplier volume): the standard query text with the validation substitution
--- parameters (REGION = ASIA, DATE = 1994-01-01).
+-- TPC-H Q5 (local supplier volume): the standard query text with the
+-- validation substitution parameters (REGION = ASIA, DATE = 1994-01-01).
 -- Sources: the Parquet tables tpchgen-cli writes under ${data}; the result goes to a
 -- '${sink}' table (blackhole for timing, print to check the rows). bench/tpch.sh runs it:
 --   meltwater run bench/tpch/q5.sql --mode batch --param data=DIR --param sink=blackhole

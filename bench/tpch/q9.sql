@@ -1,5 +1,5 @@
--- TPC-H Q9 (product type profit measure): the standard query text with the validation substitution
--- parameters (COLOR = green).
+-- TPC-H Q9 (product type profit measure): the standard query text with the
+-- validation substitution parameters (COLOR = green).
 -- Sources: the Parquet tables tpchgen-cli writes under ${data}; the result goes to a
 -- '${sink}' table (blackhole for timing, print to check the rows). bench/tpch.sh runs it:
 --   meltwater run bench/tpch/q9.sql --mode batch --param data=DIR --param sink=blackhole
