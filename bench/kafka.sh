@@ -21,7 +21,9 @@ venv="${MELTWATER_VENV:-$HOME/.cache/meltwater/venv}"
 say() { printf '[kafka bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 say "building meltwater and the plain client (release)"
-(cd "$repo" && cargo build --release -q -p meltwater-cli && cargo build --release -q -p meltwater-connectors --example kafka_plain)
+# One invocation, so both targets share the workspace's dependency features (a separate
+# `-p meltwater-connectors` build would compile DataFusion again with other features).
+(cd "$repo" && cargo build --release -q -p meltwater-cli -p meltwater-connectors --bin meltwater --example kafka_plain)
 M="$target/release/meltwater"
 PLAIN="$target/release/examples/kafka_plain"
 

@@ -50,6 +50,8 @@ pub struct BatchOptions {
     pub shuffle_dir: Option<PathBuf>,
     /// Keep the run's shuffle files instead of removing them when it ends.
     pub keep_shuffle: bool,
+    /// Compression of the shuffle files (`None`: uncompressed).
+    pub shuffle_compression: Option<shuffle::CompressionType>,
     /// Attempts per task before the job fails.
     pub max_attempts: u32,
     /// Fault injection for tests.
@@ -64,6 +66,7 @@ impl Default for BatchOptions {
             executor: Executor::Staged,
             shuffle_dir: None,
             keep_shuffle: false,
+            shuffle_compression: Some(shuffle::CompressionType::LZ4_FRAME),
             max_attempts: 3,
             fail_task: None,
             progress: Arc::default(),
@@ -262,7 +265,7 @@ async fn execute(
             let dir = options
                 .run_dir(job)
                 .join(format!("statement-{}", index + 1));
-            let staged = StagedPlan::cut(plan, dir)
+            let staged = StagedPlan::cut_with(plan, dir, options.shuffle_compression)
                 .map_err(|e| statement_error(job, statement, error_message(&e)))?;
             let stage_options = StageOptions {
                 max_attempts: options.max_attempts,

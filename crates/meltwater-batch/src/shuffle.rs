@@ -1,6 +1,7 @@
 //! Shuffles between stages (DESIGN.md §6): a stage's task writes its output, split by
-//! the exchange's partitioning, to local Arrow IPC files (LZ4-compressed); the next
+//! the exchange's partitioning, to local Arrow IPC files (LZ4-compressed by default); the next
 //! stage's [`ShuffleReadExec`] reads back the files of one output partition.
+//! (`--shuffle-compression` picks ZSTD or no compression instead.)
 //!
 //! Files are named `stage-<s>/t<task>-a<attempt>-p<partition>.arrow`, so a retried task
 //! never reads or overwrites the files of a failed attempt; only the files of a task's
@@ -17,7 +18,7 @@ use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::{FileWriter, IpcWriteOptions};
-use datafusion::arrow::ipc::CompressionType;
+pub use datafusion::arrow::ipc::CompressionType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
@@ -76,6 +77,7 @@ pub struct ShuffleOutput {
     pub tasks: usize,
     pub dir: PathBuf,
     schema: SchemaRef,
+    compression: Option<CompressionType>,
     /// Per output partition, the files of the tasks that completed.
     files: Mutex<Vec<Vec<PathBuf>>>,
 }
@@ -95,8 +97,15 @@ impl ShuffleOutput {
             tasks,
             dir,
             schema,
+            compression: Some(CompressionType::LZ4_FRAME),
             files: Mutex::new(vec![Vec::new(); partitions]),
         }
+    }
+
+    /// Compresses the files with `compression` (LZ4 by default; `None`: uncompressed).
+    pub fn with_compression(mut self, compression: Option<CompressionType>) -> Self {
+        self.compression = compression;
+        self
     }
 
     pub fn partitions(&self) -> usize {
@@ -215,8 +224,8 @@ impl<'a> ShuffleWriter<'a> {
                 self.output.stage, self.task, self.attempt, partition
             ));
             let file = File::create(&path).map_err(|e| io_context(&path, e))?;
-            let options = IpcWriteOptions::default()
-                .try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+            let options =
+                IpcWriteOptions::default().try_with_compression(self.output.compression)?;
             let writer = FileWriter::try_new_with_options(
                 BufWriter::with_capacity(1 << 20, file),
                 &self.output.schema,

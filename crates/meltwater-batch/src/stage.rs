@@ -29,7 +29,9 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{displayable, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
 
-use crate::shuffle::{write_task, Exchange, ShuffleOutput, ShuffleReadExec, TaskOutput};
+use crate::shuffle::{
+    write_task, CompressionType, Exchange, ShuffleOutput, ShuffleReadExec, TaskOutput,
+};
 
 /// One stage: a plan whose leaves are sources or readers of earlier stages.
 #[derive(Debug)]
@@ -60,10 +62,21 @@ pub struct StagedPlan {
 }
 
 impl StagedPlan {
-    /// Cuts `plan` at its exchanges; shuffle files go under `dir`.
+    /// Cuts `plan` at its exchanges; shuffle files go under `dir`, LZ4-compressed.
     pub fn cut(plan: Arc<dyn ExecutionPlan>, dir: PathBuf) -> Result<Self> {
+        Self::cut_with(plan, dir, Some(CompressionType::LZ4_FRAME))
+    }
+
+    /// Cuts `plan` at its exchanges; shuffle files go under `dir`, compressed with
+    /// `compression` (`None`: uncompressed).
+    pub fn cut_with(
+        plan: Arc<dyn ExecutionPlan>,
+        dir: PathBuf,
+        compression: Option<CompressionType>,
+    ) -> Result<Self> {
         let mut cutter = Cutter {
             dir,
+            compression,
             stages: Vec::new(),
         };
         let (root, reads) = cutter.cut(plan)?;
@@ -114,6 +127,7 @@ impl StagedPlan {
 
 struct Cutter {
     dir: PathBuf,
+    compression: Option<CompressionType>,
     stages: Vec<Stage>,
 }
 
@@ -127,13 +141,10 @@ impl Cutter {
     ) -> Arc<ShuffleOutput> {
         let id = self.stages.len() + 1;
         let tasks = plan.properties().output_partitioning().partition_count();
-        let output = Arc::new(ShuffleOutput::new(
-            id,
-            exchange,
-            tasks,
-            self.dir.clone(),
-            plan.schema(),
-        ));
+        let output = Arc::new(
+            ShuffleOutput::new(id, exchange, tasks, self.dir.clone(), plan.schema())
+                .with_compression(self.compression),
+        );
         self.stages.push(Stage {
             id,
             plan,

@@ -328,3 +328,42 @@ async fn sorts_and_aggregates_spill_under_a_memory_limit() {
         assert!(spilled > 0, "{sql}: nothing spilled");
     }
 }
+
+#[tokio::test]
+async fn every_shuffle_compression_gives_the_same_rows() {
+    use meltwater_batch::shuffle::CompressionType;
+    let ctx = context(None);
+    let sql = "SELECT s, count(*), sum(v) FROM facts GROUP BY s";
+    let expected = collect(plan(&ctx, sql).await, ctx.task_ctx())
+        .await
+        .unwrap();
+    let mut sizes = Vec::new();
+    for compression in [
+        None,
+        Some(CompressionType::LZ4_FRAME),
+        Some(CompressionType::ZSTD),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let staged =
+            StagedPlan::cut_with(plan(&ctx, sql).await, dir.path().to_path_buf(), compression)
+                .unwrap();
+        let progress = Arc::new(JobProgress::default());
+        let got = run_stages(
+            &staged,
+            "query",
+            ctx.task_ctx(),
+            &options(None, 1),
+            &progress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            lines(&got, false),
+            lines(&expected, false),
+            "{compression:?}"
+        );
+        sizes.push(StageProgress::get(&progress.stages()[0].bytes_written));
+    }
+    // Compressed files are smaller than uncompressed ones.
+    assert!(sizes[1] < sizes[0] && sizes[2] < sizes[0], "{sizes:?}");
+}

@@ -97,6 +97,9 @@ struct BatchArgs {
     /// Keep the run's shuffle files.
     #[arg(long)]
     keep_shuffle: bool,
+    /// Compression of the shuffle files.
+    #[arg(long, value_enum, default_value = "lz4")]
+    shuffle_compression: CompressionArg,
     /// Attempts per task (I/O errors, panics, memory exhaustion) before the job fails.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: u32,
@@ -111,6 +114,14 @@ impl BatchArgs {
             .clone()
             .unwrap_or_else(|| PathBuf::from("meltwater-data/shuffle"))
     }
+}
+
+#[derive(Clone, Copy, Default, ValueEnum)]
+enum CompressionArg {
+    #[default]
+    Lz4,
+    Zstd,
+    None,
 }
 
 /// Parses `2GiB`, `512MiB`, `1.5g`, `1000000` (bytes).
@@ -344,6 +355,13 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 shuffle_dir: Some(spill_root.clone()),
                 keep_shuffle: batch.keep_shuffle,
+                shuffle_compression: match batch.shuffle_compression {
+                    CompressionArg::Lz4 => {
+                        Some(meltwater_batch::shuffle::CompressionType::LZ4_FRAME)
+                    }
+                    CompressionArg::Zstd => Some(meltwater_batch::shuffle::CompressionType::ZSTD),
+                    CompressionArg::None => None,
+                },
                 max_attempts: batch.max_attempts,
                 fail_task: std::env::var("MELTWATER_FAIL_TASK")
                     .ok()
