@@ -9,7 +9,9 @@
 //! - a batch job writes a topic to another with `exactly-once`: a `read_committed`
 //!   consumer sees each record once; a stream job copies it at least once;
 //! - a malformed record under `'error.policy' = 'fail'` fails the job naming the topic,
-//!   partition and offset.
+//!   partition and offset;
+//! - partitions added to a topic while an unbounded job reads it are discovered and read
+//!   from their start.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -392,4 +394,68 @@ INSERT INTO out SELECT * FROM bids;
             "{mode}: {stderr}"
         );
     }
+}
+
+#[test]
+fn partitions_added_while_a_job_runs_are_read() {
+    let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
+        return;
+    };
+    broker.create_topic("growing", 1);
+    let values: Vec<String> = (0..100).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+    let first: Vec<(i32, Option<&str>, &str)> =
+        values.iter().map(|v| (0, None, v.as_str())).collect();
+    broker.produce("growing", &first);
+    let dir = tempfile::tempdir().unwrap();
+    let job = format!(
+        r#"
+SET 'execution.checkpointing.interval' = '1 h';
+CREATE TABLE growing (id BIGINT, part INT METADATA FROM 'partition' VIRTUAL) WITH (
+  'connector' = 'kafka', 'topic' = 'growing', 'properties.bootstrap.servers' = '{}',
+  'format' = 'json', 'scan.startup.mode' = 'earliest-offset',
+  'scan.topic-partition-discovery.interval' = '300 ms');
+CREATE TABLE out (id BIGINT, part INT) WITH ('connector' = 'print');
+INSERT INTO out SELECT * FROM growing;
+"#,
+        broker.bootstrap
+    );
+    std::fs::write(dir.path().join("job.sql"), job).unwrap();
+    let stdout_path = dir.path().join("stdout.txt");
+    let mut child = Command::new(meltwater_bin())
+        .current_dir(dir.path())
+        .args(["run", "job.sql", "--mode", "stream"])
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start meltwater");
+    let wait_for = |n: usize| {
+        let started = Instant::now();
+        loop {
+            let rows = printed_rows(&std::fs::read_to_string(&stdout_path).unwrap_or_default());
+            if rows.len() >= n || started.elapsed() > Duration::from_secs(60) {
+                return rows;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(wait_for(100).len(), 100);
+    broker.add_partitions("growing", 3);
+    let more: Vec<String> = (100..200).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+    let records: Vec<(i32, Option<&str>, &str)> = more
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (1 + (i % 2) as i32, None, v.as_str()))
+        .collect();
+    broker.produce("growing", &records);
+    let rows = wait_for(200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut expected: Vec<String> = (0..200)
+        .map(|i| format!("+I[{i}, {}]", if i < 100 { 0 } else { 1 + (i - 100) % 2 }))
+        .collect();
+    expected.sort();
+    assert_eq!(rows, expected);
 }
