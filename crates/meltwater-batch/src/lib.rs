@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{SchemaRef, UInt64Type};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::{QueryPlanner, SessionState};
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
@@ -371,16 +371,7 @@ async fn run_job_inner(job: &PlannedJob, options: &BatchOptions) -> Result<RunRe
                 return Err(e);
             }
         };
-        let rows = batches
-            .iter()
-            .filter(|b| b.num_columns() > 0)
-            .map(|b| {
-                b.column(0)
-                    .as_primitive_opt::<UInt64Type>()
-                    .map(|a| a.values().iter().sum::<u64>())
-                    .unwrap_or(0)
-            })
-            .sum();
+        let rows = stage::final_rows(&batches);
         inserts.push(InsertReport {
             operation: operation_of(&s.plan),
             target: s.target.clone().unwrap_or_default(),

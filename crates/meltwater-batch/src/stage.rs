@@ -336,7 +336,8 @@ impl std::error::Error for StageFailure {}
 /// exhaustion while other tasks held memory, a panicked task. Errors in the data or the
 /// plan would fail again and fail the job at once.
 pub fn is_retryable(e: &DataFusionError) -> bool {
-    match e {
+    // Wrappers (context, shared, external DataFusion errors) say nothing of their cause.
+    match e.find_root() {
         DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_)
         | DataFusionError::ResourcesExhausted(_) => true,
@@ -348,9 +349,6 @@ pub fn is_retryable(e: &DataFusionError) -> bool {
         }
         DataFusionError::External(inner) => {
             inner.downcast_ref::<std::io::Error>().is_some()
-                || inner
-                    .downcast_ref::<DataFusionError>()
-                    .is_some_and(is_retryable)
                 // A file that could not be read (not one that is missing or malformed).
                 || matches!(
                     inner.downcast_ref::<meltwater_connectors::error::ConnectorError>(),
@@ -361,9 +359,6 @@ pub fn is_retryable(e: &DataFusionError) -> bool {
                     .downcast_ref::<iceberg::Error>()
                     .is_some_and(|e| e.retryable())
         }
-        DataFusionError::Context(_, inner) => is_retryable(inner),
-        DataFusionError::Shared(inner) => is_retryable(inner),
-        DataFusionError::Diagnostic(_, inner) => is_retryable(inner),
         _ => false,
     }
 }
@@ -383,7 +378,7 @@ pub fn spilled_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
 
 /// Rows of a final stage's output: the rows a sink reports writing (its one `count`
 /// column), else the rows themselves.
-fn final_rows(batches: &[RecordBatch]) -> u64 {
+pub(crate) fn final_rows(batches: &[RecordBatch]) -> u64 {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::UInt64Type;
     batches
@@ -469,17 +464,7 @@ struct AttemptError {
 }
 
 fn is_memory_error(e: &DataFusionError) -> bool {
-    match e {
-        DataFusionError::ResourcesExhausted(_) => true,
-        DataFusionError::External(inner) => inner
-            .downcast_ref::<DataFusionError>()
-            .is_some_and(is_memory_error),
-        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
-            is_memory_error(inner)
-        }
-        DataFusionError::Shared(inner) => is_memory_error(inner),
-        _ => false,
-    }
+    matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
 }
 
 async fn run_stage(

@@ -50,7 +50,16 @@ enum Values {
     RawBytes(BinaryBuilder),
 }
 
-/// Metadata of the rows buffered.
+/// Which per-record metadata a reader collects.
+#[derive(Default)]
+struct Wanted {
+    offset: bool,
+    timestamp: bool,
+    key: bool,
+    headers: bool,
+}
+
+/// Metadata of the rows buffered (the vectors of what is not wanted stay empty).
 #[derive(Default)]
 struct Meta {
     offsets: Vec<i64>,
@@ -58,16 +67,6 @@ struct Meta {
     timestamp_types: Vec<&'static str>,
     keys: Vec<Option<Vec<u8>>>,
     headers: Vec<Option<String>>,
-}
-
-impl Meta {
-    fn clear(&mut self) {
-        self.offsets.clear();
-        self.timestamps.clear();
-        self.timestamp_types.clear();
-        self.keys.clear();
-        self.headers.clear();
-    }
 }
 
 /// Reads one partition from an offset, to an end offset when bounded.
@@ -81,7 +80,10 @@ pub(crate) struct PartitionReader {
     stop: Option<i64>,
     values: Values,
     meta: Meta,
-    wants_meta: bool,
+    /// The metadata the projection reads; only that is collected per record.
+    wanted: Wanted,
+    /// `topic 'orders' partition 2`, for decoding errors.
+    source_name: String,
     /// Output column → DDL column.
     projection: Vec<usize>,
     output: SchemaRef,
@@ -106,6 +108,22 @@ fn kafka_error(table: &str, what: String, e: impl fmt::Display) -> ConnectorErro
         table: table.to_string(),
         message: format!("{what}: {e}"),
     }
+}
+
+/// Headers as a JSON object of name to UTF-8 value.
+fn headers_json(h: &rdkafka::message::BorrowedHeaders) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = h
+        .iter()
+        .map(|Header { key, value }| {
+            (
+                key.to_string(),
+                value
+                    .map(|v| serde_json::Value::String(String::from_utf8_lossy(v).into()))
+                    .unwrap_or(serde_json::Value::Null),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
 }
 
 impl PartitionReader {
@@ -166,9 +184,16 @@ impl PartitionReader {
                 })
             })
             .collect();
-        let wants_meta = projection
-            .iter()
-            .any(|c| options.columns[*c] != ColumnSource::Value);
+        let mut wanted = Wanted::default();
+        for c in &projection {
+            match options.columns[*c] {
+                ColumnSource::Offset => wanted.offset = true,
+                ColumnSource::Timestamp | ColumnSource::TimestampType => wanted.timestamp = true,
+                ColumnSource::Key => wanted.key = true,
+                ColumnSource::Headers => wanted.headers = true,
+                ColumnSource::Value | ColumnSource::Topic | ColumnSource::Partition => {}
+            }
+        }
         let dead_letters = match &options.policy {
             RecordPolicy::DeadLetter(_) => {
                 let mut config = rdkafka::config::ClientConfig::new();
@@ -190,7 +215,8 @@ impl PartitionReader {
             stop,
             values,
             meta: Meta::default(),
-            wants_meta,
+            wanted,
+            source_name: format!("topic '{topic}' partition {partition}"),
             projection,
             output,
             value_position,
@@ -230,11 +256,11 @@ impl PartitionReader {
             return Ok(false);
         };
         SourceMetrics::add(&self.metrics.bytes, payload.len() as u64);
-        let source = format!("topic '{}' partition {}", self.topic, self.partition);
+        let source = &self.source_name;
         let result = match &mut self.values {
             Values::Text(d) => {
                 let before = d.buffered_rows();
-                d.decode_message(payload, &source, offset as u64)
+                d.decode_message(payload, source, offset as u64)
                     .map(|_| d.buffered_rows() > before)
             }
             Values::RawBytes(b) => {
@@ -273,32 +299,26 @@ impl PartitionReader {
             }
             Err(e) => return Err(e),
         };
-        if appended && self.wants_meta {
-            let (ts, kind) = match msg.timestamp() {
-                Timestamp::NotAvailable => (None, "NoTimestampType"),
-                Timestamp::CreateTime(t) => (Some(t), "CreateTime"),
-                Timestamp::LogAppendTime(t) => (Some(t), "LogAppendTime"),
-            };
-            self.meta.offsets.push(offset);
-            self.meta.timestamps.push(ts);
-            self.meta.timestamp_types.push(kind);
-            self.meta.keys.push(msg.key().map(<[u8]>::to_vec));
-            self.meta.headers.push(msg.headers().map(|h| {
-                let map: serde_json::Map<String, serde_json::Value> = h
-                    .iter()
-                    .map(|Header { key, value }| {
-                        (
-                            key.to_string(),
-                            value
-                                .map(|v| {
-                                    serde_json::Value::String(String::from_utf8_lossy(v).into())
-                                })
-                                .unwrap_or(serde_json::Value::Null),
-                        )
-                    })
-                    .collect();
-                serde_json::Value::Object(map).to_string()
-            }));
+        if appended {
+            let w = &self.wanted;
+            if w.offset {
+                self.meta.offsets.push(offset);
+            }
+            if w.timestamp {
+                let (ts, kind) = match msg.timestamp() {
+                    Timestamp::NotAvailable => (None, "NoTimestampType"),
+                    Timestamp::CreateTime(t) => (Some(t), "CreateTime"),
+                    Timestamp::LogAppendTime(t) => (Some(t), "LogAppendTime"),
+                };
+                self.meta.timestamps.push(ts);
+                self.meta.timestamp_types.push(kind);
+            }
+            if w.key {
+                self.meta.keys.push(msg.key().map(<[u8]>::to_vec));
+            }
+            if w.headers {
+                self.meta.headers.push(msg.headers().map(headers_json));
+            }
         }
         Ok(appended)
     }
@@ -363,6 +383,11 @@ impl PartitionReader {
             Values::RawText(b) => vec![Arc::new(b.finish())],
             Values::RawBytes(b) => vec![Arc::new(b.finish())],
         };
+        let meta = std::mem::take(&mut self.meta);
+        let offsets: ArrayRef = Arc::new(Int64Array::from(meta.offsets));
+        let timestamps: ArrayRef = Arc::new(TimestampMillisecondArray::from(meta.timestamps));
+        let timestamp_types: ArrayRef = Arc::new(StringArray::from(meta.timestamp_types));
+        let headers: ArrayRef = Arc::new(StringArray::from(meta.headers));
         let mut columns = Vec::with_capacity(self.projection.len());
         for (out, &c) in self.projection.iter().enumerate() {
             let field = self.output.field(out);
@@ -372,37 +397,27 @@ impl PartitionReader {
                 }
                 ColumnSource::Topic => Arc::new(StringArray::from(vec![self.topic.as_str(); rows])),
                 ColumnSource::Partition => Arc::new(Int32Array::from(vec![self.partition; rows])),
-                ColumnSource::Offset => Arc::new(Int64Array::from(self.meta.offsets.clone())),
-                ColumnSource::Timestamp => cast(
-                    &(Arc::new(TimestampMillisecondArray::from(
-                        self.meta.timestamps.clone(),
-                    )) as ArrayRef),
-                    field.data_type(),
-                )?,
-                ColumnSource::TimestampType => {
-                    Arc::new(StringArray::from(self.meta.timestamp_types.clone()))
-                }
+                ColumnSource::Offset => offsets.clone(),
+                ColumnSource::Timestamp => cast(&timestamps, field.data_type())?,
+                ColumnSource::TimestampType => timestamp_types.clone(),
                 ColumnSource::Key => match field.data_type() {
                     DataType::Binary => Arc::new(
-                        self.meta
-                            .keys
+                        meta.keys
                             .iter()
                             .map(|k| k.as_deref())
                             .collect::<datafusion::arrow::array::BinaryArray>(),
                     ),
                     _ => Arc::new(
-                        self.meta
-                            .keys
+                        meta.keys
                             .iter()
                             .map(|k| k.as_deref().map(String::from_utf8_lossy))
                             .collect::<StringArray>(),
                     ),
                 },
-                ColumnSource::Headers => Arc::new(StringArray::from(self.meta.headers.clone())),
+                ColumnSource::Headers => headers.clone(),
             };
             columns.push(array);
         }
-        self.meta.clear();
         self.rows = 0;
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         let batch = RecordBatch::try_new_with_options(self.output.clone(), columns, &options)?;
