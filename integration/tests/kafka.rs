@@ -11,7 +11,10 @@
 //! - a malformed record under `'error.policy' = 'fail'` fails the job naming the topic,
 //!   partition and offset;
 //! - partitions added to a topic while an unbounded job reads it are discovered and read
-//!   from their start.
+//!   from their start;
+//! - a topic registered in a catalog file is read and written as `cluster.table` without
+//!   DDL, and `meltwater catalog infer-schema` prints a DDL (and catalog entry) that parse
+//!   to the produced columns.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -458,4 +461,273 @@ INSERT INTO out SELECT * FROM growing;
         .collect();
     expected.sort();
     assert_eq!(rows, expected);
+}
+
+#[test]
+fn registered_topics_are_read_and_written_without_ddl() {
+    let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
+        return;
+    };
+    broker.create_topic("shop.orders", 2);
+    broker.create_topic("big_orders", 1);
+    let values: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                r#"{{"order_id":{i},"customer":"c{}","amount":{}.5,"ts":"2026-03-01T12:00:{i:02}Z"}}"#,
+                i % 3,
+                i * 10
+            )
+        })
+        .collect();
+    let records: Vec<(i32, Option<&str>, &str)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i % 2) as i32, None, v.as_str()))
+        .collect();
+    broker.produce("shop.orders", &records);
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = format!(
+        r#"
+[kafka.kl]
+bootstrap-servers = "{}"
+properties = {{ "client.id" = "meltwater-it" }}
+
+[kafka.kl.topics.orders]
+topic = "shop.orders"
+format = "json"
+columns = [
+  "order_id BIGINT",
+  "customer STRING",
+  "amount DOUBLE",
+  "ts TIMESTAMP(3)",
+  "part INT METADATA FROM 'partition' VIRTUAL",
+]
+watermark = "ts - INTERVAL '5' SECOND"
+options = {{ "scan.startup.mode" = "earliest-offset", "scan.bounded.mode" = "latest-offset" }}
+
+[kafka.kl.topics.big_orders]
+format = "json"
+columns = "order_id BIGINT, amount DOUBLE"
+primary-key = ["order_id"]
+options = {{ "sink.delivery-guarantee" = "exactly-once" }}
+"#,
+        broker.bootstrap
+    );
+    std::fs::write(dir.path().join("dict.toml"), catalog).unwrap();
+    std::fs::write(
+        dir.path().join("job.sql"),
+        "CREATE TABLE out (order_id BIGINT, customer STRING, amount DOUBLE, part INT)
+           WITH ('connector' = 'print');
+         INSERT INTO out SELECT order_id, customer, amount, part FROM kl.orders;
+         INSERT INTO kl.big_orders SELECT order_id, amount FROM kl.orders WHERE amount > 50;",
+    )
+    .unwrap();
+    let (stdout, _) = run(
+        dir.path(),
+        &[
+            "--catalog",
+            "dict.toml",
+            "run",
+            "job.sql",
+            "--mode",
+            "batch",
+        ],
+    );
+    let mut expected: Vec<String> = (0..10)
+        .map(|i| format!("+I[{i}, c{}, {}.5, {}]", i % 3, i * 10, i % 2))
+        .collect();
+    expected.sort();
+    assert_eq!(printed_rows(&stdout), expected, "{stdout}");
+    let mut written: Vec<(Option<String>, Option<String>)> = broker
+        .read_all("big_orders", false)
+        .into_iter()
+        .map(|r| (r.key, r.value))
+        .collect();
+    written.sort();
+    let mut expected: Vec<(Option<String>, Option<String>)> = (5..10)
+        .map(|i| {
+            (
+                Some(format!(r#"{{"order_id":{i}}}"#)),
+                Some(format!(r#"{{"order_id":{i},"amount":{}.5}}"#, i * 10)),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(written, expected);
+
+    // A job's DDL cannot take a registered name.
+    std::fs::write(
+        dir.path().join("clash.sql"),
+        "CREATE TABLE kl.orders (id BIGINT) WITH ('connector' = 'datagen', 'number-of-rows' = '1');
+         CREATE TABLE out (id BIGINT) WITH ('connector' = 'print');
+         INSERT INTO out SELECT id FROM kl.orders;",
+    )
+    .unwrap();
+    let out = meltwater(
+        dir.path(),
+        &[
+            "--catalog",
+            "dict.toml",
+            "run",
+            "clash.sql",
+            "--mode",
+            "batch",
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "clash.sql:1:1: CREATE TABLE kl.orders: 'kl' is a Kafka cluster of the catalog file"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn infer_schema_prints_a_ddl_and_a_catalog_entry_for_a_topic() {
+    let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
+        return;
+    };
+    broker.create_topic("events", 3);
+    let values: Vec<String> = (0..60)
+        .map(|i| {
+            let note = if i % 4 == 0 {
+                r#","note":{"tags":["a"]}"#.to_string()
+            } else {
+                String::new()
+            };
+            let score = if i % 2 == 0 {
+                format!("{i}")
+            } else {
+                format!("{i}.25")
+            };
+            format!(
+                r#"{{"id":{i},"userName":"u{i}","score":{score},"ok":{},"timestamp":"2026-03-01T12:00:00.{i:03}Z"{note}}}"#,
+                i % 3 == 0
+            )
+        })
+        .collect();
+    let records: Vec<(i32, Option<&str>, &str)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i % 3) as i32, None, v.as_str()))
+        .collect();
+    broker.produce("events", &records);
+    broker.create_topic("nothing", 1);
+    let dir = tempfile::tempdir().unwrap();
+
+    let (stdout, _) = run(
+        dir.path(),
+        &[
+            "catalog",
+            "infer-schema",
+            "--bootstrap-servers",
+            &broker.bootstrap,
+            "--topic",
+            "events",
+            "--samples",
+            "30",
+        ],
+    );
+    assert!(
+        stdout.contains(&format!(
+            "-- sampled 30 messages of topic 'events' on {}, from the start of 3 partitions:\n--   partition 0: 10 of 20 (offsets 0..20)\n--   partition 1: 10 of 20 (offsets 0..20)\n--   partition 2: 10 of 20 (offsets 0..20)\n",
+            broker.bootstrap
+        )),
+        "{stdout}"
+    );
+    // The DDL is a job file's CREATE TABLE with the sampled columns.
+    let start = stdout.find("CREATE TABLE").expect("a DDL");
+    let end = start + stdout[start..].find(");").expect("the DDL's end") + 2;
+    let ddl = &stdout[start..end];
+    let job = meltwater_sql::parse_job("printed", ddl, &Default::default())
+        .unwrap_or_else(|e| panic!("{e}\n{ddl}"));
+    let meltwater_sql::JobStatement::CreateTable(t) = &job.statements[0].statement else {
+        panic!("{ddl}");
+    };
+    let columns: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.data_type))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "id BIGINT",
+            "\"userName\" STRING",
+            "score DOUBLE",
+            "ok BOOLEAN",
+            "timestamp TIMESTAMP(3)",
+            "note STRING"
+        ],
+        "{ddl}"
+    );
+    let options = t.options_map();
+    assert_eq!(options["topic"], "events");
+    assert_eq!(options["properties.bootstrap.servers"], broker.bootstrap);
+    assert_eq!(options["format"], "json");
+    assert_eq!(options["scan.startup.mode"], "earliest-offset");
+
+    // The catalog entry registers the same table; a job reads it back through it.
+    let entry = &stdout[stdout.find("[kafka.local]").expect("a catalog entry")..];
+    let catalog = entry.replace(
+        "options = { \"scan.startup.mode\" = \"earliest-offset\" }",
+        "options = { \"scan.startup.mode\" = \"earliest-offset\", \"scan.bounded.mode\" = \"latest-offset\" }",
+    );
+    std::fs::write(dir.path().join("dict.toml"), &catalog).unwrap();
+    std::fs::write(
+        dir.path().join("job.sql"),
+        "CREATE TABLE out (n BIGINT, notes BIGINT, top DOUBLE) WITH ('connector' = 'print');
+         INSERT INTO out SELECT COUNT(*), COUNT(note), MAX(score) FROM local.events;",
+    )
+    .unwrap();
+    let (stdout, _) = run(
+        dir.path(),
+        &[
+            "--catalog",
+            "dict.toml",
+            "run",
+            "job.sql",
+            "--mode",
+            "batch",
+        ],
+    );
+    assert_eq!(printed_rows(&stdout), ["+I[60, 15, 59.25]"], "{catalog}");
+
+    // Clear errors: no such topic, an empty topic, no broker.
+    for (args, expected) in [
+        (
+            vec![
+                "--bootstrap-servers",
+                broker.bootstrap.as_str(),
+                "--topic",
+                "missing",
+            ],
+            format!(
+                "error: topic 'missing' does not exist on {}",
+                broker.bootstrap
+            ),
+        ),
+        (
+            vec![
+                "--bootstrap-servers",
+                broker.bootstrap.as_str(),
+                "--topic",
+                "nothing",
+            ],
+            "error: topic 'nothing' holds no messages (partitions: 1)".to_string(),
+        ),
+        (
+            vec!["--bootstrap-servers", "127.0.0.1:9", "--topic", "events"],
+            "error: cannot reach the Kafka brokers 127.0.0.1:9 within 10 s".to_string(),
+        ),
+    ] {
+        let mut all = vec!["catalog", "infer-schema"];
+        all.extend(args);
+        let out = meltwater(dir.path(), &all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{all:?}");
+        assert!(stderr.starts_with(&expected), "{all:?}: {stderr}");
+    }
 }

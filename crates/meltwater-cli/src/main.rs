@@ -288,12 +288,14 @@ async fn plan_with(
     let params: BTreeMap<String, String> = args.params.iter().cloned().collect();
     let file = args.job.display().to_string();
     let job = meltwater_sql::parse_job(&file, &text, &params)?;
+    let catalogs = load_catalogs(cli_catalog)?;
     let options = JobOptions {
         mode,
         job_id: args.job_id.clone(),
         run_id: uuid::Uuid::new_v4().to_string(),
         parallelism: args.parallelism,
-        catalogs: load_catalogs(cli_catalog)?.iceberg,
+        catalogs: catalogs.iceberg,
+        kafka: catalogs.kafka,
         create_tables,
         memory_limit: batch.and_then(|(b, _)| b.memory_limit),
         spill_dir: batch.map(|(_, dir)| dir.join("spill")),

@@ -27,6 +27,7 @@
 //! first seen, and kept in the enumerator state of every checkpoint, so a restored job
 //! reads the same range. Reads use `isolation.level = read_committed` unless set.
 
+pub mod infer;
 mod reader;
 mod sink;
 

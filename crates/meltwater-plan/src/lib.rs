@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Schema};
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::common::TableReference;
 use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::execution::context::SessionContext;
@@ -84,6 +84,9 @@ pub struct JobOptions {
     /// Parallelism; default: `SET 'parallelism.default'`, else the number of cores.
     pub parallelism: Option<usize>,
     pub catalogs: Vec<IcebergCatalogConfig>,
+    /// Kafka clusters of the catalog file: their registered topics are the tables
+    /// `cluster.table` of the job.
+    pub kafka: Vec<catalogs::KafkaCluster>,
     /// Whether `CREATE TABLE` in an Iceberg catalog may create tables (false for
     /// `validate` and `explain`, which must not change anything).
     pub create_tables: bool,
@@ -241,6 +244,25 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
             .map_err(|e| at(start, e.to_string()))?;
         session.register_catalog(&c.name, Arc::new(provider.clone()));
         iceberg.insert(c.name.clone(), provider);
+    }
+
+    // Registered Kafka topics: `cluster.table` is table `table` of schema `cluster` in the
+    // default catalog.
+    let default_catalog = session
+        .catalog(DEFAULT_CATALOG)
+        .ok_or_else(|| at(start, "the session has no default catalog".into()))?;
+    for cluster in &options.kafka {
+        let tables = Arc::new(MemorySchemaProvider::new());
+        for topic in &cluster.topics {
+            let table = connector_table(&topic.create)
+                .map_err(|e| at(start, format!("{}.{}: {e}", cluster.name, topic.table)))?;
+            tables
+                .register_table(topic.table.clone(), Arc::new(table))
+                .map_err(|e| at(start, e.to_string()))?;
+        }
+        default_catalog
+            .register_schema(&cluster.name, tables)
+            .map_err(|e| at(start, e.to_string()))?;
     }
 
     let mut planned = PlannedJob {
@@ -476,46 +498,16 @@ impl StatementPlanner<'_> {
                 ));
             }
         }
-        if !t.partitioned_by.is_empty() {
-            return Err(format!(
-                "table {}: PARTITIONED BY applies to Iceberg tables only",
-                t.name
-            ));
-        }
-        let mut metadata = BTreeMap::new();
-        for m in &t.metadata {
-            let column = normalize_ident(&m.column);
-            metadata.insert(column, (m.key.clone(), m.is_virtual));
-        }
-        let def = TableDef {
-            name: t.name.to_string(),
-            schema: Arc::new(schema),
-            options: t.options_map(),
-            primary_key,
-            metadata,
-        };
-        let inner = create_connector_table(def.clone()).map_err(|e| e.to_string())?;
-        let watermark = match &t.watermark {
-            Some(w) => {
-                let column = normalize_ident(&w.column);
-                if def.schema.index_of(&column).is_err() {
-                    return Err(format!(
-                        "WATERMARK FOR {column}: the table has no column '{column}'"
-                    ));
-                }
-                Some(source::WatermarkDef {
-                    column,
-                    expr_sql: w.expr.to_string(),
-                })
+        if let [cluster, _] = t.name.0.as_slice() {
+            let cluster = cluster.as_ident().map(normalize_ident).unwrap_or_default();
+            if self.options.kafka.iter().any(|c| c.name == cluster) {
+                return Err(format!(
+                    "CREATE TABLE {}: '{cluster}' is a Kafka cluster of the catalog file, whose tables are its registered topics; use the registered table, or declare this one under a one-part name",
+                    t.name
+                ));
             }
-            None => None,
-        };
-        let table = SourceTable {
-            name: t.name.to_string(),
-            def,
-            inner,
-            watermark,
-        };
+        }
+        let table = connector_table(t)?;
         job.session
             .register_table(table_reference(&t.name), Arc::new(table))
             .map_err(|e| e.to_string())?;
@@ -585,9 +577,23 @@ impl StatementPlanner<'_> {
         let sink = match job.session.table_provider(table_ref.clone()).await {
             Ok(p) => p,
             Err(_) => {
-                let hint = match iceberg_parts(&insert.table, self.iceberg) {
-                    Some(_) => "create it with CREATE TABLE [IF NOT EXISTS] in the job".to_string(),
-                    None => format!(
+                let cluster = match insert.table.0.as_slice() {
+                    [c, _] => c
+                        .as_ident()
+                        .map(normalize_ident)
+                        .and_then(|c| self.options.kafka.iter().find(|k| k.name == c)),
+                    _ => None,
+                };
+                let hint = match (iceberg_parts(&insert.table, self.iceberg), cluster) {
+                    (Some(_), _) => {
+                        "create it with CREATE TABLE [IF NOT EXISTS] in the job".to_string()
+                    }
+                    (None, Some(c)) => format!(
+                            "register the topic in the catalog file as [kafka.{}.topics.<table>] (registered: {})",
+                            c.name,
+                        c.topics.iter().map(|t| t.table.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                    (None, None) => format!(
                         "declare it with CREATE TABLE, or name an Iceberg table (catalogs: {})",
                         self.catalog_names()
                     ),
@@ -737,6 +743,54 @@ fn table_reference(name: &ObjectName) -> TableReference {
         [c, s, t] => TableReference::full(c.as_str(), s.as_str(), t.as_str()),
         _ => TableReference::bare(name.to_string()),
     }
+}
+
+/// The connector table a `CREATE TABLE` declares: a table of the job's DDL or a topic
+/// registered in the catalog file (see [`catalogs::KafkaCluster`]).
+pub(crate) fn connector_table(t: &CreateTable) -> Result<SourceTable, String> {
+    let primary_key: Vec<String> = t.primary_key.iter().map(normalize_ident).collect();
+    let schema =
+        schema_of(&t.columns, &primary_key).map_err(|e| format!("table {}: {e}", t.name))?;
+    if !t.partitioned_by.is_empty() {
+        return Err(format!(
+            "table {}: PARTITIONED BY applies to Iceberg tables only",
+            t.name
+        ));
+    }
+    let mut metadata = BTreeMap::new();
+    for m in &t.metadata {
+        let column = normalize_ident(&m.column);
+        metadata.insert(column, (m.key.clone(), m.is_virtual));
+    }
+    let def = TableDef {
+        name: t.name.to_string(),
+        schema: Arc::new(schema),
+        options: t.options_map(),
+        primary_key,
+        metadata,
+    };
+    let inner = create_connector_table(def.clone()).map_err(|e| e.to_string())?;
+    let watermark = match &t.watermark {
+        Some(w) => {
+            let column = normalize_ident(&w.column);
+            if def.schema.index_of(&column).is_err() {
+                return Err(format!(
+                    "WATERMARK FOR {column}: the table has no column '{column}'"
+                ));
+            }
+            Some(source::WatermarkDef {
+                column,
+                expr_sql: w.expr.to_string(),
+            })
+        }
+        None => None,
+    };
+    Ok(SourceTable {
+        name: t.name.to_string(),
+        def,
+        inner,
+        watermark,
+    })
 }
 
 /// A `PARTITIONED BY` entry: `col`, `days(col)`, `bucket(16, col)`, ...

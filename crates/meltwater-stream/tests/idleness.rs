@@ -98,6 +98,7 @@ async fn windows_fire_while_a_source_subtask_has_no_split() {
             run_id: "idle-1".into(),
             parallelism: Some(2),
             catalogs: Vec::new(),
+            kafka: Vec::new(),
             create_tables: false,
             memory_limit: None,
             spill_dir: None,

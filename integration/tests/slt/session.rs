@@ -155,6 +155,7 @@ impl SltSession {
             parallelism: (!(self.sets_parallelism || sets_parallelism))
                 .then_some(DEFAULT_PARALLELISM),
             catalogs: self.catalogs.clone(),
+            kafka: Vec::new(),
             create_tables: true,
             memory_limit: None,
             spill_dir: None,
