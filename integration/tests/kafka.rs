@@ -8,6 +8,9 @@
 //!   topic (stream run) or were skipped and counted (batch run);
 //! - a batch job writes a topic to another with `exactly-once`: a `read_committed`
 //!   consumer sees each record once; a stream job copies it at least once;
+//! - a stream job copies a topic and keeps an upserted count per key, both
+//!   `exactly-once`, across aborts just before and just after a checkpoint's commit: a
+//!   `read_committed` consumer sees each record once and the final counts;
 //! - a malformed record under `'error.policy' = 'fail'` fails the job naming the topic,
 //!   partition and offset;
 //! - partitions added to a topic while an unbounded job reads it are discovered and read
@@ -87,6 +90,25 @@ fn produce_orders(broker: &KafkaBroker) {
         .map(|i| ((i % 3) as i32, Some(keys[i].as_str()), values[i].as_str()))
         .collect();
     broker.produce("orders", &records);
+}
+
+/// Creates `topic` with `partitions` partitions and produces `value(i)` for `i` in
+/// `0..n` without keys, record `i` to partition `i % partitions`.
+fn produce_spread(
+    broker: &KafkaBroker,
+    topic: &str,
+    partitions: i32,
+    n: i64,
+    value: impl Fn(i64) -> String,
+) {
+    broker.create_topic(topic, partitions);
+    let values: Vec<String> = (0..n).map(value).collect();
+    let records: Vec<(i32, Option<&str>, &str)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i as i32) % partitions, None, v.as_str()))
+        .collect();
+    broker.produce(topic, &records);
 }
 
 /// The complete checkpoints of job `job` under `dir`.
@@ -276,16 +298,9 @@ fn kafka_to_kafka_exactly_once_in_batch_and_at_least_once_in_stream() {
     let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
         return;
     };
-    broker.create_topic("events", 2);
-    let values: Vec<String> = (0..500)
-        .map(|i| format!(r#"{{"id":{i},"kind":"k{}"}}"#, i % 4))
-        .collect();
-    let records: Vec<(i32, Option<&str>, &str)> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| ((i % 2) as i32, None, v.as_str()))
-        .collect();
-    broker.produce("events", &records);
+    produce_spread(&broker, "events", 2, 500, |i| {
+        format!(r#"{{"id":{i},"kind":"k{}"}}"#, i % 4)
+    });
     let dir = tempfile::tempdir().unwrap();
     let job = r#"
 CREATE TABLE events (id BIGINT, kind STRING) WITH (
@@ -346,18 +361,138 @@ INSERT INTO copied SELECT id, upper(kind) FROM events;
     let values: BTreeSet<String> = copied.iter().filter_map(|r| r.value.clone()).collect();
     let expected: BTreeSet<String> = (0..500).map(|i| format!("{i},K{}", i % 4)).collect();
     assert_eq!(values, expected);
+}
 
-    // Exactly-once is not built for stream mode yet: the job says so before running.
-    let out = meltwater(
-        dir.path(),
-        &args("stream", "copied_stream", "json", "exactly-once")
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+const CLICKS: i64 = 40_000;
+
+/// Exactly-once Kafka → Kafka in stream mode, across crashes: a copy of the topic and an
+/// updating per-page count (an upsert topic keyed by page), both `exactly-once`. The
+/// first run aborts right after checkpoint 2 is complete and before its transactions
+/// commit (the restart must commit them from the checkpoint); the second aborts right
+/// after checkpoint 3's transactions committed (the restart must not send them again).
+/// A `read_committed` consumer then sees every input record exactly once and the last
+/// count of each page is its total.
+#[test]
+fn stream_exactly_once_kafka_to_kafka_across_crashes() {
+    let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
+        return;
+    };
+    produce_spread(&broker, "clicks", 3, CLICKS, |i| {
+        format!(r#"{{"id":{i},"page":"p{}"}}"#, i % 7)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let job = r#"
+SET 'execution.checkpointing.interval' = '200 ms';
+CREATE TABLE clicks (id BIGINT, page STRING) WITH (
+  'connector' = 'kafka', 'topic' = 'clicks', 'properties.bootstrap.servers' = '${bootstrap}',
+  'properties.max.partition.fetch.bytes' = '2048',
+  'format' = 'json', 'scan.startup.mode' = 'earliest-offset',
+  'scan.bounded.mode' = 'latest-offset');
+CREATE TABLE copied (id BIGINT, page STRING) WITH (
+  'connector' = 'kafka', 'topic' = 'copied', 'properties.bootstrap.servers' = '${bootstrap}',
+  'format' = 'json', 'sink.delivery-guarantee' = 'exactly-once');
+CREATE TABLE per_page (page STRING, n BIGINT, PRIMARY KEY (page) NOT ENFORCED) WITH (
+  'connector' = 'kafka', 'topic' = 'per_page', 'properties.bootstrap.servers' = '${bootstrap}',
+  'format' = 'json', 'sink.delivery-guarantee' = 'exactly-once');
+INSERT INTO copied SELECT id, page FROM clicks;
+INSERT INTO per_page SELECT page, COUNT(*) FROM clicks GROUP BY page;
+"#;
+    std::fs::write(dir.path().join("job.sql"), job).unwrap();
+    let bootstrap = format!("bootstrap={}", broker.bootstrap);
+    let args = [
+        "run",
+        "job.sql",
+        "--mode",
+        "stream",
+        "--param",
+        bootstrap.as_str(),
+    ];
+
+    let aborted = |var: &str, checkpoint: u64| {
+        let out = Command::new(meltwater_bin())
+            .current_dir(dir.path())
+            .args(args)
+            .env(var, checkpoint.to_string())
+            .output()
+            .expect("run meltwater");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(&format!("checkpoint {checkpoint}")),
+            "the run did not abort at checkpoint {checkpoint}: {}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout),
+        );
+    };
+    // Checkpoint 2 is complete but its transactions are not committed.
+    aborted("MELTWATER_ABORT_BEFORE_COMMIT", 2);
+    let visible = broker.read_all("copied", false).len();
+    assert!(
+        (visible as i64) < CLICKS,
+        "only checkpoint 1 is committed, yet {visible} records are visible"
     );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("'exactly-once' is not built for stream mode yet"));
+    // The restart commits checkpoint 2 from the checkpoint, then dies once checkpoint 3
+    // is committed: the next restart must find checkpoint 3's transaction committed.
+    aborted("MELTWATER_ABORT_AFTER_COMMIT", 3);
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join("meltwater-data/checkpoints/job/chk-3/_manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pending_in_3: u64 = manifest["operators"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|o| o["name"] == "sink: kafka copied")
+        .flat_map(|o| o["subtasks"].as_array().unwrap().iter())
+        .map(|s| s["state"]["pending_records"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!("checkpoint 3 held {pending_in_3} records for copied");
+    let (stdout, _) = run(dir.path(), &args);
+    assert!(stdout.contains("restored from checkpoint 3"), "{stdout}");
+    if pending_in_3 > 0 {
+        assert!(
+            stdout.contains("checkpoint 3's transaction to topic copied was already committed"),
+            "{stdout}"
+        );
+    }
+    let copied = broker.read_all("copied", false);
+    let mut ids: Vec<i64> = copied
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+            v["id"].as_i64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids.len() as i64, CLICKS, "each record once, none lost");
+    assert_eq!(ids, (0..CLICKS).collect::<Vec<_>>());
+
+    // The last committed value of each page's key is its count.
+    let mut last = std::collections::BTreeMap::new();
+    for r in broker.read_all("per_page", false) {
+        let key: serde_json::Value = serde_json::from_str(r.key.as_deref().unwrap()).unwrap();
+        let page = key["page"].as_str().unwrap().to_string();
+        match r.value.as_deref() {
+            Some(v) => {
+                let v: serde_json::Value = serde_json::from_str(v).unwrap();
+                last.insert(page, v["n"].as_i64().unwrap());
+            }
+            None => {
+                last.remove(&page);
+            }
+        }
+    }
+    let expected: std::collections::BTreeMap<String, i64> = (0..7)
+        .map(|p| {
+            (
+                format!("p{p}"),
+                (0..CLICKS).filter(|i| i % 7 == p).count() as i64,
+            )
+        })
+        .collect();
+    assert_eq!(last, expected);
 }
 
 #[test]

@@ -305,6 +305,32 @@ fn print_commits(commits: &[meltwater_iceberg::CommitSummary]) {
     }
 }
 
+/// Exactly-once kafka sinks: records and transactions per topic; a restored
+/// checkpoint's transaction found committed is said so.
+fn print_kafka_commits(commits: &[meltwater_connectors::kafka::KafkaCommit]) {
+    let mut per_topic: std::collections::BTreeMap<(&str, &str), (u64, u64)> =
+        std::collections::BTreeMap::new();
+    for c in commits {
+        if c.already_committed {
+            println!(
+                "wrote {}: checkpoint {}'s transaction to topic {} was already committed",
+                c.table, c.checkpoint_id, c.topic
+            );
+            continue;
+        }
+        let e = per_topic.entry((&c.table, &c.topic)).or_default();
+        e.0 += c.records;
+        e.1 += 1;
+    }
+    for ((table, topic), (records, transactions)) in per_topic {
+        println!(
+            "wrote {table}: {} to topic {topic} in {}, exactly once",
+            plural(records, "record"),
+            plural(transactions, "transaction")
+        );
+    }
+}
+
 /// The summary of a stream run that ended (its sources ended).
 pub fn print_stream(
     sources: &[SourceRef],
@@ -313,6 +339,7 @@ pub fn print_stream(
 ) {
     print_sources(sources);
     print_commits(&report.commits);
+    print_kafka_commits(&report.kafka_commits);
     for s in sinks {
         println!(
             "wrote {} ({}): {}",

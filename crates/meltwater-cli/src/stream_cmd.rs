@@ -34,6 +34,19 @@ pub fn options(
     o.storage = storage;
     o.from_checkpoint = from_checkpoint.map(str::to_string);
     o.resume = !fresh;
+    // Fault injection for recovery tests.
+    let checkpoint_var = |name: &str| -> Result<Option<u64>> {
+        match std::env::var(name) {
+            Ok(v) => {
+                Ok(Some(v.parse().map_err(|_| {
+                    anyhow!("{name}={v}: expected a checkpoint number")
+                })?))
+            }
+            Err(_) => Ok(None),
+        }
+    };
+    o.abort_before_commit = checkpoint_var("MELTWATER_ABORT_BEFORE_COMMIT")?;
+    o.abort_after_commit = checkpoint_var("MELTWATER_ABORT_AFTER_COMMIT")?;
     CheckpointStore::open(&o.checkpoint_dir, &o.storage).map_err(|e| anyhow!(e.to_string()))?;
     if let Some(from) = &o.from_checkpoint {
         StorageLocation::open(from, &o.storage).map_err(|e| anyhow!(e.to_string()))?;

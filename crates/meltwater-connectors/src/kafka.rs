@@ -55,7 +55,10 @@ use crate::stream::{Split, SplitPosition, SplitReader, StreamSource};
 use crate::{Boundedness, ConnectorError, ConnectorTable, Result, SourceMetrics, TableDef};
 
 pub use reader::KafkaScanExec;
-pub use sink::{DeliveryGuarantee, KafkaSink, KafkaSinkOptions, KafkaWriter};
+pub use sink::{
+    commit_checkpoint, pending_records, DeliveryGuarantee, KafkaCommit, KafkaSink,
+    KafkaSinkOptions, KafkaWriter, TOMBSTONE_COLUMN,
+};
 
 const CONNECTOR: &str = "kafka";
 const OPTIONS: &[&str] = &[

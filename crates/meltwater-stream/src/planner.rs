@@ -892,7 +892,7 @@ impl Builder<'_> {
         target: &str,
         table: &SourceTable,
     ) -> Result<usize, String> {
-        use meltwater_connectors::kafka::{DeliveryGuarantee, KafkaTable};
+        use meltwater_connectors::kafka::KafkaTable;
         use meltwater_connectors::sink_table::{SinkTable, SinkTarget};
         let node = &self.graph.nodes[input];
         let kind = if let Some(sink) = table.inner.as_any().downcast_ref::<SinkTable>() {
@@ -905,11 +905,6 @@ impl Builder<'_> {
             }
         } else if let Some(kafka) = table.inner.as_any().downcast_ref::<KafkaTable>() {
             let options = kafka.sink_options().map_err(|e| e.to_string())?;
-            if options.guarantee == DeliveryGuarantee::ExactlyOnce {
-                return Err(format!(
-                    "INSERT INTO {target}: 'sink.delivery-guarantee' = 'exactly-once' is not built for stream mode yet (transactions per checkpoint); use 'at-least-once'"
-                ));
-            }
             if node.updating && kafka.primary_key().is_empty() {
                 return Err(format!(
                     "INSERT INTO {target}: the query is an updating stream; a kafka table takes it as upserts by its PRIMARY KEY, and it has none"

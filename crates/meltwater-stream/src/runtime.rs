@@ -25,6 +25,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::SessionState;
 use futures::stream::{SelectAll, Stream, StreamExt};
+use meltwater_connectors::kafka::KafkaCommit;
 use meltwater_connectors::stream::{Split, SplitPosition, StreamSource};
 use meltwater_iceberg::CommitSummary;
 use meltwater_state::{
@@ -41,7 +42,9 @@ use crate::graph::{NodeKind, Partitioning, SinkKind, StreamGraph};
 use crate::message::{EventTime, Message, WatermarkStatus, MIN_WATERMARK};
 use crate::metrics::{CheckpointStatus, JobMetrics, OperatorMetrics};
 use crate::operator::{Operator, OperatorSnapshot, Output, RestoredState, SubtaskInfo};
-use crate::ops::sink::{pending_files_of, CollectSinkOperator, IcebergSinkOperator};
+use crate::ops::sink::{
+    kafka_pending_of, pending_files_of, CollectSinkOperator, IcebergSinkOperator,
+};
 use crate::ops::stateless::StatelessOperator;
 use crate::watermark::{WatermarkCombiner, WatermarkUpdate};
 
@@ -69,6 +72,13 @@ pub struct StreamOptions {
     pub idle_timeout: Option<Duration>,
     /// Stops the job from outside (see [`StopSignal`]).
     pub stop: StopSignal,
+    /// Fault injection for recovery tests: the process aborts right after checkpoint
+    /// `n` is complete, before its sinks commit (the CLI sets it from
+    /// `MELTWATER_ABORT_BEFORE_COMMIT`).
+    pub abort_before_commit: Option<u64>,
+    /// Fault injection: the process aborts right after checkpoint `n`'s sinks committed
+    /// (`MELTWATER_ABORT_AFTER_COMMIT`).
+    pub abort_after_commit: Option<u64>,
 }
 
 /// Stops a running job from outside. Clones share the signal.
@@ -167,6 +177,8 @@ impl StreamOptions {
             batch_size: 8192,
             idle_timeout: None,
             stop: StopSignal::default(),
+            abort_before_commit: None,
+            abort_after_commit: None,
         }
     }
 }
@@ -178,6 +190,9 @@ pub struct StreamReport {
     pub checkpoints: u64,
     pub last_checkpoint: Option<u64>,
     pub commits: Vec<CommitSummary>,
+    /// Transactions of exactly-once kafka sinks (those that held records); on a restore,
+    /// also the restored checkpoint's, committed now or found committed already.
+    pub kafka_commits: Vec<KafkaCommit>,
     pub elapsed: Duration,
     /// The run was stopped through [`StreamOptions::stop`] rather than ending.
     pub stopped: bool,
@@ -976,43 +991,72 @@ async fn restored_state(
     Ok(Some(RestoredState { keyed, states }))
 }
 
-/// Commits the files the sinks listed in a complete checkpoint.
+/// What committing a checkpoint's sinks did.
+#[derive(Debug, Default)]
+struct SinkCommits {
+    iceberg: Vec<CommitSummary>,
+    kafka: Vec<KafkaCommit>,
+}
+
+/// Commits what the sinks listed in a complete checkpoint: the Iceberg sinks' files,
+/// and the records of exactly-once kafka sinks (one transaction per sink).
 async fn commit_sinks(
     graph: &StreamGraph,
     manifest: &CheckpointManifest,
     job_id: &str,
-) -> std::result::Result<Vec<CommitSummary>, StreamError> {
-    let mut out = Vec::new();
+) -> std::result::Result<SinkCommits, StreamError> {
+    let mut out = SinkCommits::default();
+    let failed = |message: String| StreamError::Commit {
+        checkpoint: manifest.checkpoint_id,
+        message,
+    };
     for node in &graph.nodes {
-        let NodeKind::Sink {
-            kind: SinkKind::Iceberg { table, .. },
-            ..
-        } = &node.kind
-        else {
+        let NodeKind::Sink { kind, .. } = &node.kind else {
             continue;
         };
         let Some(op) = manifest.operators.get(&node.id) else {
             continue;
         };
-        let mut files = Vec::new();
-        for s in &op.subtasks {
-            files.extend(pending_files_of(&s.state).map_err(|e| StreamError::Commit {
-                checkpoint: manifest.checkpoint_id,
-                message: e.to_string(),
-            })?);
+        match kind {
+            SinkKind::Iceberg { table, .. } => {
+                let mut files = Vec::new();
+                for s in &op.subtasks {
+                    files.extend(pending_files_of(&s.state).map_err(|e| failed(e.to_string()))?);
+                }
+                let summary = meltwater_iceberg::stream::commit_checkpoint(
+                    table,
+                    files,
+                    job_id,
+                    manifest.checkpoint_id,
+                )
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+                out.iceberg.push(summary);
+            }
+            SinkKind::Kafka(options) if options.exactly_once() => {
+                let mut pending = Vec::new();
+                for s in &op.subtasks {
+                    if let Some(file) = &s.keyed_file {
+                        let keyed = manifest
+                            .read_keyed(file)
+                            .await
+                            .map_err(|e| failed(e.to_string()))?;
+                        pending.extend(kafka_pending_of(keyed));
+                    }
+                }
+                let commit = meltwater_connectors::kafka::commit_checkpoint(
+                    options,
+                    job_id,
+                    &node.id,
+                    manifest.checkpoint_id,
+                    &pending,
+                )
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+                out.kafka.push(commit);
+            }
+            _ => {}
         }
-        let summary = meltwater_iceberg::stream::commit_checkpoint(
-            table,
-            files,
-            job_id,
-            manifest.checkpoint_id,
-        )
-        .await
-        .map_err(|e| StreamError::Commit {
-            checkpoint: manifest.checkpoint_id,
-            message: e.to_string(),
-        })?;
-        out.push(summary);
     }
     Ok(out)
 }
@@ -1085,11 +1129,18 @@ pub async fn run_graph(
         }
         // A crash may have come between completing the checkpoint and committing its
         // files: commit them now (a commit that already happened is recognised and skipped).
+        let commits = commit_sinks(graph, m, &options.job_id).await?;
         report.commits.extend(
-            commit_sinks(graph, m, &options.job_id)
-                .await?
+            commits
+                .iceberg
                 .into_iter()
                 .filter(|c| c.snapshot_id.is_some()),
+        );
+        report.kafka_commits.extend(
+            commits
+                .kafka
+                .into_iter()
+                .filter(|c| c.records > 0 || c.already_committed),
         );
         report.restored_from = Some(m.checkpoint_id);
     }
@@ -1467,6 +1518,13 @@ pub async fn run_graph(
                     .await
                     .map_err(|e| StreamError::Checkpoint(e.to_string()))?,
             );
+            if options.abort_before_commit == Some(manifest.checkpoint_id) {
+                eprintln!(
+                    "aborting after checkpoint {} before its commit (MELTWATER_ABORT_BEFORE_COMMIT)",
+                    manifest.checkpoint_id
+                );
+                std::process::abort();
+            }
             let commits = commit_sinks(graph, &manifest, &options.job_id).await;
             let commits = match commits {
                 Ok(c) => c,
@@ -1475,10 +1533,24 @@ pub async fn run_graph(
                     return Err(e);
                 }
             };
+            if options.abort_after_commit == Some(manifest.checkpoint_id) {
+                eprintln!(
+                    "aborting after checkpoint {} committed (MELTWATER_ABORT_AFTER_COMMIT)",
+                    manifest.checkpoint_id
+                );
+                std::process::abort();
+            }
             report.commits.extend(
                 commits
+                    .iceberg
                     .into_iter()
                     .filter(|c| c.snapshot_id.is_some() && !c.already_committed),
+            );
+            report.kafka_commits.extend(
+                commits
+                    .kafka
+                    .into_iter()
+                    .filter(|c| c.records > 0 && !c.already_committed),
             );
             let _ = store.prune(&options.job_id, options.retained).await;
             report.checkpoints += 1;

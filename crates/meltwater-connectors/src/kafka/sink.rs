@@ -5,15 +5,19 @@
 //! `'sink.delivery-guarantee'`: `at-least-once` (default: every record is acknowledged
 //! before a checkpoint or the end of a batch statement completes) or `exactly-once`
 //! (batch mode: the statement's records are one transaction, committed when it ends, so
-//! a failed statement leaves nothing a `read_committed` consumer sees).
+//! a failed statement leaves nothing a `read_committed` consumer sees; stream mode:
+//! the records of each checkpoint are kept in the checkpoint and produced in one
+//! transaction once it is complete, see [`commit_checkpoint`]).
 
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
@@ -23,7 +27,9 @@ use datafusion::physical_plan::{
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
 use super::{KafkaOptions, Topics, ValueFormat};
@@ -143,6 +149,11 @@ impl KafkaSinkOptions {
         })
     }
 
+    /// Whether records are written in transactions.
+    pub fn exactly_once(&self) -> bool {
+        self.guarantee == DeliveryGuarantee::ExactlyOnce
+    }
+
     fn producer_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("enable.idempotence", "true")
@@ -253,13 +264,23 @@ pub struct KafkaWriter {
 impl KafkaWriter {
     /// A writer for subtask `subtask`; transactional ids are `<prefix>-<subtask>`.
     pub fn new(options: &KafkaSinkOptions, subtask: usize) -> Result<Self> {
+        let id = options
+            .exactly_once()
+            .then(|| format!("{}-{subtask}", options.transactional_id_prefix));
+        Self::with_transactional_id(options, id)
+    }
+
+    /// A writer whose records go in transactions of `transactional_id` when set.
+    /// Creating it fences any earlier producer with that id (its open transaction is
+    /// aborted).
+    fn with_transactional_id(
+        options: &KafkaSinkOptions,
+        transactional_id: Option<String>,
+    ) -> Result<Self> {
         let mut config = options.producer_config();
-        let transactional = options.guarantee == DeliveryGuarantee::ExactlyOnce;
-        if transactional {
-            config.set(
-                "transactional.id",
-                format!("{}-{subtask}", options.transactional_id_prefix),
-            );
+        let transactional = transactional_id.is_some();
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
         }
         let producer: FutureProducer = config
             .create()
@@ -376,8 +397,30 @@ impl KafkaWriter {
     /// Waits until every record sent so far is acknowledged (and, when transactional,
     /// commits the open transaction).
     pub async fn flush(&mut self) -> Result<()> {
+        self.flush_with_marker(None).await
+    }
+
+    /// [`KafkaWriter::flush`]; a transaction also commits `marker`'s offsets for its
+    /// consumer group, atomically with the records.
+    async fn flush_with_marker(
+        &mut self,
+        marker: Option<(TopicPartitionList, rdkafka::consumer::ConsumerGroupMetadata)>,
+    ) -> Result<()> {
         while !self.in_flight.is_empty() {
             self.settle_one().await?;
+        }
+        if let (true, Some((offsets, group))) = (self.in_transaction, marker) {
+            let producer = self.producer.clone();
+            let table = self.options.table.clone();
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .send_offsets_to_transaction(&offsets, &group, Duration::from_secs(60))
+                    .map_err(|e| kafka_error(&table, "cannot record the commit marker", e))
+            })
+            .await
+            .map_err(|e| {
+                kafka_error(&self.options.table, "cannot record the commit marker", e)
+            })??;
         }
         if self.in_transaction {
             let producer = self.producer.clone();
@@ -397,6 +440,155 @@ impl KafkaWriter {
     pub fn written(&self) -> u64 {
         self.written
     }
+}
+
+/// The column after a table's columns in the records an exactly-once stream sink keeps
+/// in a checkpoint: true for a tombstone (a delete of the row's key).
+pub const TOMBSTONE_COLUMN: &str = "__tombstone";
+
+/// The records of `rows` as an exactly-once stream sink keeps them until its checkpoint
+/// is complete: the rows followed by a [`TOMBSTONE_COLUMN`].
+pub fn pending_records(rows: &RecordBatch, tombstone: Option<&[bool]>) -> Result<RecordBatch> {
+    let flags: BooleanArray = match tombstone {
+        Some(t) => t.iter().map(|b| Some(*b)).collect(),
+        None => BooleanArray::from(vec![false; rows.num_rows()]),
+    };
+    let mut fields: Vec<_> = rows.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        TOMBSTONE_COLUMN,
+        DataType::Boolean,
+        false,
+    )));
+    let mut columns = rows.columns().to_vec();
+    columns.push(Arc::new(flags));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// One checkpoint's records committed to a topic (or found committed already).
+#[derive(Debug, Clone)]
+pub struct KafkaCommit {
+    pub table: String,
+    pub topic: String,
+    pub checkpoint_id: u64,
+    pub records: u64,
+    /// An earlier run had committed this checkpoint's transaction: nothing was sent.
+    pub already_committed: bool,
+}
+
+/// Keeps `c` to what Kafka accepts in transactional ids and group ids.
+fn client_id_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Produces the records sink `sink_id` of job `job_id` kept in complete checkpoint
+/// `checkpoint_id` (batches from [`pending_records`], in order) in one transaction.
+///
+/// The transaction also commits, for the consumer group `<prefix>-<job>-<sink>`,
+/// offset `checkpoint_id` on partition 0 of the topic: the commit marker. Before
+/// producing, the marker is read; when it is at `checkpoint_id` or beyond, this
+/// checkpoint's transaction was committed by an earlier run and nothing is sent. A
+/// crash at any point therefore neither loses nor duplicates a record: the records are
+/// in the checkpoint until the marker says they are in the topic, and the
+/// transactional id (`<prefix>-<job>-<sink>`) fences a crashed run's producer, aborting
+/// the transaction it left open.
+pub async fn commit_checkpoint(
+    options: &KafkaSinkOptions,
+    job_id: &str,
+    sink_id: &str,
+    checkpoint_id: u64,
+    pending: &[RecordBatch],
+) -> Result<KafkaCommit> {
+    let mut commit = KafkaCommit {
+        table: options.table.clone(),
+        topic: options.topic.clone(),
+        checkpoint_id,
+        records: 0,
+        already_committed: false,
+    };
+    let records: usize = pending.iter().map(|b| b.num_rows()).sum();
+    if records == 0 {
+        return Ok(commit);
+    }
+    let name = client_id_part(&format!(
+        "{}-{job_id}-{sink_id}",
+        options.transactional_id_prefix
+    ));
+    let table = options.table.clone();
+    let topic = options.topic.clone();
+    let mut config = options.producer_config();
+    config
+        .set("group.id", &name)
+        .set("enable.auto.commit", "false");
+    for k in [
+        "enable.idempotence",
+        "linger.ms",
+        "message.timeout.ms",
+        "transactional.id",
+        "acks",
+        "compression.type",
+        "batch.size",
+    ] {
+        config.remove(k);
+    }
+    let (committed, group) = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| kafka_error(&table, "cannot create the commit marker's consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, 0);
+        let offsets = consumer
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .map_err(|e| kafka_error(&table, "cannot read the commit marker", e))?;
+        let committed = match offsets.elements().first().map(|e| e.offset()) {
+            Some(Offset::Offset(n)) if n >= 0 => Some(n as u64),
+            _ => None,
+        };
+        let group = consumer.group_metadata().ok_or_else(|| {
+            kafka_error(&table, "cannot read the commit marker", "no group metadata")
+        })?;
+        Ok::<_, ConnectorError>((committed, group))
+    })
+    .await
+    .map_err(|e| kafka_error(&options.table, "cannot read the commit marker", e))??;
+    if committed.is_some_and(|c| c >= checkpoint_id) {
+        commit.already_committed = true;
+        return Ok(commit);
+    }
+    let opts = options.clone();
+    let id = name.clone();
+    let mut writer =
+        tokio::task::spawn_blocking(move || KafkaWriter::with_transactional_id(&opts, Some(id)))
+            .await
+            .map_err(|e| kafka_error(&options.table, "cannot create a producer", e))??;
+    for batch in pending {
+        let flag = batch.num_columns() - 1;
+        let tombstones: Vec<bool> = batch
+            .column(flag)
+            .as_boolean()
+            .iter()
+            .map(|b| b.unwrap_or(false))
+            .collect();
+        let mut rows = batch.clone();
+        rows.remove_column(flag);
+        commit.records += writer.write(&rows, Some(&tombstones)).await?;
+    }
+    let mut marker = TopicPartitionList::new();
+    marker
+        .add_partition_offset(&options.topic, 0, Offset::Offset(checkpoint_id as i64))
+        .map_err(|e| kafka_error(&options.table, "cannot record the commit marker", e))?;
+    writer.flush_with_marker(Some((marker, group))).await?;
+    Ok(commit)
 }
 
 /// Batch mode's sink: all rows through one writer, flushed (or committed) at the end.

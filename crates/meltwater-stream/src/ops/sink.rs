@@ -271,15 +271,24 @@ pub fn materialize(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<Re
     Ok(out)
 }
 
-/// Produces its input to a kafka topic: each batch as it arrives, every record
-/// acknowledged before the checkpoint's barrier passes (at least once). An updating
-/// input upserts: `+I`/`+U` rows are written, `-D` rows become tombstones of their key,
-/// `-U` rows are dropped (the `+U` that follows replaces them).
+/// Produces its input to a kafka topic. An updating input upserts: `+I`/`+U` rows are
+/// written, `-D` rows become tombstones of their key, `-U` rows are dropped (the `+U`
+/// that follows replaces them).
+///
+/// - `at-least-once`: each batch is sent as it arrives and every record is acknowledged
+///   before the checkpoint's barrier passes.
+/// - `exactly-once`: the records are kept until the barrier and stored in the checkpoint
+///   (keyed state, one key group); once the checkpoint is complete the coordinator
+///   produces them in one transaction
+///   ([`meltwater_connectors::kafka::commit_checkpoint`]), so a `read_committed` reader
+///   sees each record once, after the checkpoint that covers it.
 pub struct KafkaSinkOperator {
     options: meltwater_connectors::kafka::KafkaSinkOptions,
     subtask: usize,
     writer: Option<meltwater_connectors::kafka::KafkaWriter>,
     updating: bool,
+    /// Exactly-once: records since the last barrier, with their tombstone column.
+    pending: Vec<RecordBatch>,
 }
 
 impl KafkaSinkOperator {
@@ -293,6 +302,7 @@ impl KafkaSinkOperator {
             subtask,
             writer: None,
             updating,
+            pending: Vec::new(),
         }
     }
 
@@ -321,10 +331,32 @@ impl KafkaSinkOperator {
     }
 }
 
+/// The records a kafka sink subtask kept in a checkpoint for its transaction (key-group
+/// column removed), in the order they arrived.
+pub fn kafka_pending_of(keyed: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    keyed
+        .into_iter()
+        .map(|mut b| {
+            if b.num_columns() > 0
+                && b.schema().field(0).name() == meltwater_state::KEY_GROUP_COLUMN
+            {
+                b.remove_column(0);
+            }
+            b
+        })
+        .collect()
+}
+
 #[async_trait]
 impl Operator for KafkaSinkOperator {
     fn name(&self) -> String {
         format!("kafka sink {}", self.options.table)
+    }
+
+    async fn restore(&mut self, _state: crate::operator::RestoredState) -> Result<()> {
+        // The restored checkpoint's records were committed by the coordinator before
+        // the job started.
+        Ok(())
     }
 
     async fn process(
@@ -333,23 +365,32 @@ impl Operator for KafkaSinkOperator {
         batch: RecordBatch,
         _out: &mut Output,
     ) -> Result<()> {
-        let updating = self.updating;
-        let writer = self.writer().await?;
-        let result = if updating {
+        let (rows, tombstones) = if self.updating {
             let (rows, ops) = split_ops(&batch)?;
             let keep: Vec<bool> = ops.iter().map(|k| *k != RowKind::UpdateBefore).collect();
-            let mask = datafusion::arrow::array::BooleanArray::from(keep);
+            let mask = BooleanArray::from(keep);
             let rows = datafusion::arrow::compute::filter_record_batch(&rows, &mask)?;
             let tombstones: Vec<bool> = ops
                 .iter()
                 .filter(|k| **k != RowKind::UpdateBefore)
                 .map(|k| *k == RowKind::Delete)
                 .collect();
-            writer.write(&rows, Some(&tombstones)).await
+            (rows, Some(tombstones))
         } else {
-            writer.write(&batch, None).await
+            (batch, None)
         };
-        result.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if self.options.exactly_once() {
+            let records =
+                meltwater_connectors::kafka::pending_records(&rows, tombstones.as_deref())
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            self.pending.push(records);
+            return Ok(());
+        }
+        let writer = self.writer().await?;
+        writer
+            .write(&rows, tombstones.as_deref())
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(())
     }
 
@@ -358,11 +399,24 @@ impl Operator for KafkaSinkOperator {
         _checkpoint_id: u64,
         _out: &mut Output,
     ) -> Result<OperatorSnapshot> {
+        if self.options.exactly_once() {
+            let mut keyed = Vec::with_capacity(self.pending.len());
+            let mut records = 0;
+            for b in std::mem::take(&mut self.pending) {
+                records += b.num_rows();
+                keyed.push(meltwater_state::with_key_groups(&b, vec![0; b.num_rows()])?);
+            }
+            return Ok(OperatorSnapshot {
+                keyed,
+                state: serde_json::json!({ "pending_records": records }),
+            });
+        }
         self.flush().await?;
         Ok(OperatorSnapshot::default())
     }
 
     async fn finish(&mut self, _out: &mut Output) -> Result<()> {
+        // Exactly-once records wait for the final checkpoint.
         self.flush().await
     }
 }
