@@ -190,6 +190,41 @@ impl KafkaBroker {
         });
     }
 
+    /// The offsets consumer group `group` committed on partitions `0..partitions` of
+    /// `topic` (`None` where it committed none), and each partition's end offset.
+    pub fn group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Vec<(Option<i64>, i64)> {
+        let consumer: BaseConsumer = self
+            .config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(|p| {
+                let offset = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                };
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                (offset, high)
+            })
+            .collect()
+    }
+
     /// Every record of `topic` up to its end (`read_committed` unless `uncommitted`).
     pub fn read_all(&self, topic: &str, uncommitted: bool) -> Vec<Record> {
         let consumer: BaseConsumer = self

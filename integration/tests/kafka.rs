@@ -493,6 +493,16 @@ INSERT INTO per_page SELECT page, COUNT(*) FROM clicks GROUP BY page;
         })
         .collect();
     assert_eq!(last, expected);
+
+    // After each checkpoint the source committed its offsets for the table's consumer
+    // group (monitoring): at the end, every partition's end.
+    for (partition, (committed, end)) in broker
+        .group_offsets("meltwater-clicks", "clicks", 3)
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(committed, Some(end), "partition {partition}");
+    }
 }
 
 #[test]

@@ -637,11 +637,20 @@ struct EnumeratorState {
 }
 
 /// A table's partitions as a stream source.
-#[derive(Debug)]
 pub struct KafkaSource {
     options: KafkaOptions,
     state: Mutex<EnumeratorState>,
     metrics: Arc<SourceMetrics>,
+    /// Commits the consumer group's offsets after checkpoints (created on first use).
+    committer: Arc<Mutex<Option<BaseConsumer>>>,
+}
+
+impl fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("table", &self.options.table)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KafkaSource {
@@ -650,6 +659,7 @@ impl KafkaSource {
             options,
             state: Mutex::default(),
             metrics,
+            committer: Arc::default(),
         }
     }
 
@@ -727,6 +737,46 @@ impl StreamSource for KafkaSource {
             })?;
         *self.state.lock().expect("kafka enumerator") = restored;
         Ok(())
+    }
+
+    /// Commits the checkpoint's offsets (the next offset to read of each partition read
+    /// from) for the table's consumer group (`properties.group.id`, default
+    /// `meltwater-<table>`), so lag monitors and `group-offsets` startup see them.
+    async fn checkpoint_complete(
+        &self,
+        _checkpoint_id: u64,
+        positions: &BTreeMap<String, SplitPosition>,
+    ) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (id, position) in positions {
+            if let (Some((topic, partition)), true) = (parse_split_id(id), *position > 0) {
+                tpl.add_partition_offset(topic, partition, Offset::Offset(*position as i64 - 1))
+                    .map_err(|e| kafka_error(&self.options.table, "committing offsets", e))?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let committer = self.committer.clone();
+        let options = self.options.clone();
+        blocking(move || {
+            let mut guard = committer.lock().expect("kafka committer");
+            if guard.is_none() {
+                *guard = Some(options.client_config().create().map_err(|e| {
+                    kafka_error(
+                        &options.table,
+                        "cannot create a consumer to commit offsets",
+                        e,
+                    )
+                })?);
+            }
+            guard
+                .as_ref()
+                .expect("created above")
+                .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                .map_err(|e| kafka_error(&options.table, "committing the group's offsets", e))
+        })
+        .await
     }
 
     async fn open(

@@ -48,6 +48,18 @@ pub trait StreamSource: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Checkpoint `checkpoint_id` is complete (and its sinks committed); `positions` are
+    /// the positions it holds for this source's splits. For monitoring and hand-over
+    /// only (Kafka commits them as consumer-group offsets): a restart resumes from the
+    /// checkpoint, never from what this records.
+    async fn checkpoint_complete(
+        &self,
+        _checkpoint_id: u64,
+        _positions: &std::collections::BTreeMap<String, SplitPosition>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Opens a split at a position.
     async fn open(
         &self,

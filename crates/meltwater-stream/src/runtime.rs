@@ -1061,6 +1061,46 @@ async fn commit_sinks(
     Ok(out)
 }
 
+/// Tells every source that checkpoint `manifest` is complete, with its split positions
+/// (Kafka commits them as consumer-group offsets). Monitoring only: a failure is
+/// reported and the job goes on.
+async fn notify_sources(graph: &StreamGraph, manifest: &CheckpointManifest) {
+    for node in &graph.nodes {
+        let NodeKind::Source { source, .. } = &node.kind else {
+            continue;
+        };
+        let Some(op) = manifest.operators.get(&node.id) else {
+            continue;
+        };
+        let mut positions = BTreeMap::new();
+        for s in &op.subtasks {
+            if let Some(splits) = s.state.get("splits").and_then(|v| v.as_object()) {
+                for (id, v) in splits {
+                    if let Some(p) = v.get("position").and_then(|p| p.as_u64()) {
+                        positions.insert(id.clone(), p);
+                    }
+                }
+            }
+        }
+        let done = tokio::time::timeout(
+            Duration::from_secs(10),
+            source.checkpoint_complete(manifest.checkpoint_id, &positions),
+        )
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!(
+                "{}: after checkpoint {}: {e} (the job goes on)",
+                node.name, manifest.checkpoint_id
+            ),
+            Err(_) => eprintln!(
+                "{}: after checkpoint {}: no answer in 10 s (the job goes on)",
+                node.name, manifest.checkpoint_id
+            ),
+        }
+    }
+}
+
 /// Aborts every task, waits for them, and returns the report of a run stopped from
 /// outside.
 async fn stopped(
@@ -1552,6 +1592,7 @@ pub async fn run_graph(
                     .into_iter()
                     .filter(|c| c.records > 0 && !c.already_committed),
             );
+            notify_sources(graph, &manifest).await;
             let _ = store.prune(&options.job_id, options.retained).await;
             report.checkpoints += 1;
             report.last_checkpoint = Some(manifest.checkpoint_id);
