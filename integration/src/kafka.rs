@@ -225,6 +225,22 @@ impl KafkaBroker {
             .collect()
     }
 
+    /// Produces a record with key `key` and no value (a tombstone) to `partition`.
+    pub fn produce_tombstone(&self, topic: &str, partition: i32, key: &str) {
+        let producer: FutureProducer = self.config().create().expect("a producer");
+        runtime().block_on(async {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(topic)
+                        .partition(partition)
+                        .key(key),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+        });
+    }
+
     /// Every record of `topic` up to its end (`read_committed` unless `uncommitted`).
     pub fn read_all(&self, topic: &str, uncommitted: bool) -> Vec<Record> {
         let consumer: BaseConsumer = self

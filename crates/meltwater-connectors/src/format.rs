@@ -814,6 +814,34 @@ impl RecordDecoder {
         self.finish_record(parsed, source, line)
     }
 
+    /// Whether one JSON object would decode into a row: the rejection as a
+    /// malformed-record error whatever the policy. Nothing is appended or counted.
+    pub fn check_json(&mut self, record: &[u8], source: &str, line: u64) -> Result<()> {
+        self.scratch.clear();
+        self.cells.fill(Cell::Null);
+        let parsed = parse_json_cells(
+            &self.columns,
+            &self.column_index,
+            record,
+            &mut self.cells,
+            &mut self.scratch,
+        );
+        let rejection = match parsed {
+            Ok(()) => self.check_not_null(),
+            Err(r) => Some(r),
+        };
+        match rejection {
+            None => Ok(()),
+            Some(rejection) => Err(ConnectorError::MalformedRecord {
+                table: self.table.clone(),
+                source_name: source.to_string(),
+                line,
+                column: rejection.column.map(|c| self.columns[c].name.clone()),
+                message: rejection.message,
+            }),
+        }
+    }
+
     /// Appends the parsed record, or applies the error policy to a rejection.
     fn finish_record(
         &mut self,

@@ -27,6 +27,7 @@
 //! first seen, and kept in the enumerator state of every checkpoint, so a restored job
 //! reads the same range. Reads use `isolation.level = read_committed` unless set.
 
+mod debezium;
 pub mod infer;
 mod reader;
 mod sink;
@@ -115,6 +116,8 @@ pub(crate) enum ValueFormat {
     Text(TextFormat),
     /// The whole value as the one value column.
     Raw,
+    /// Debezium change events: an updating stream.
+    DebeziumJson,
 }
 
 /// Where a read starts.
@@ -180,6 +183,23 @@ impl KafkaOptions {
             c.set(k, v);
         }
         c
+    }
+
+    /// Whether the value format is a changelog (`debezium-json`): rows come with their
+    /// kind in a last op column.
+    pub fn changelog(&self) -> bool {
+        matches!(self.format, ValueFormat::DebeziumJson)
+    }
+
+    /// The schema of what a reader returns for `projection` (DDL column indices): those
+    /// columns, then the op column of a changelog format.
+    pub fn output_schema(&self, projection: &[usize]) -> SchemaRef {
+        let projected = self.schema.project(projection).expect("valid projection");
+        if self.changelog() {
+            crate::changelog::updating_schema(&projected)
+        } else {
+            Arc::new(projected)
+        }
     }
 
     /// The value columns (those the value format decodes), as a schema.
@@ -277,10 +297,11 @@ impl KafkaOptions {
                 "json" => ValueFormat::Text(TextFormat::Json),
                 "csv" => ValueFormat::Text(TextFormat::Csv(crate::filesystem::csv_options(&o)?)),
                 "raw" => ValueFormat::Raw,
+                "debezium-json" => ValueFormat::DebeziumJson,
                 other => return Err(o.invalid(
                     format_key,
                     other,
-                    "expected 'json', 'csv' or 'raw' (avro and debezium-json are not built yet)",
+                    "expected 'json', 'csv', 'raw' or 'debezium-json' (avro is not built yet)",
                 )),
             };
         if o.get("key.format").is_some() || o.get("key.fields").is_some() {
@@ -680,10 +701,19 @@ impl KafkaSource {
 #[async_trait]
 impl StreamSource for KafkaSource {
     fn schema(&self, projection: Option<&[usize]>) -> SchemaRef {
-        match projection {
-            Some(p) => Arc::new(self.options.schema.project(p).expect("valid projection")),
-            None => self.options.schema.clone(),
-        }
+        let all: Vec<usize>;
+        let projection = match projection {
+            Some(p) => p,
+            None => {
+                all = (0..self.options.schema.fields().len()).collect();
+                &all
+            }
+        };
+        self.options.output_schema(projection)
+    }
+
+    fn changelog(&self) -> bool {
+        self.options.changelog()
     }
 
     async fn discover_splits(&self) -> Result<Vec<Split>> {
@@ -846,6 +876,9 @@ impl KafkaTable {
         let options = KafkaOptions::parse(&def)?;
         if let ValueFormat::Text(t) = &options.format {
             crate::format::check_schema(&def.name, &options.value_schema(), t)?;
+        }
+        if let ValueFormat::DebeziumJson = &options.format {
+            crate::format::check_schema(&def.name, &options.value_schema(), &TextFormat::Json)?;
         }
         Ok(Self {
             def,

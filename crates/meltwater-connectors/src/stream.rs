@@ -24,8 +24,15 @@ pub type SplitPosition = u64;
 /// A source in stream mode.
 #[async_trait]
 pub trait StreamSource: Send + Sync + std::fmt::Debug {
-    /// The schema of the batches readers return (after projection).
+    /// The schema of the batches readers return (after projection; a changelog
+    /// source's batches end with the op column, see [`StreamSource::changelog`]).
     fn schema(&self, projection: Option<&[usize]>) -> SchemaRef;
+
+    /// Whether the source emits an updating stream (`debezium-json`): every batch
+    /// ends with [`crate::changelog::OP_COLUMN`], each row's kind.
+    fn changelog(&self) -> bool {
+        false
+    }
 
     /// The splits that exist now. Sources that watch for new data (a monitored
     /// directory) return more splits on later calls; each call returns all of them.

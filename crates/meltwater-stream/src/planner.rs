@@ -978,26 +978,36 @@ impl Builder<'_> {
         idle_timeout_ms: Option<u64>,
     ) -> Result<usize, String> {
         let id = self.next_id("source");
+        let emitted = scan.projected_schema.fields().len();
+        let mut output_columns: Vec<usize> = (0..emitted).collect();
+        let mut schema = Arc::new(scan.projected_schema.as_arrow().clone());
+        // A changelog source (debezium-json) emits an updating stream: the read batch's
+        // last column is the op column.
+        let updating = source.changelog();
+        if updating {
+            output_columns.push(read.len());
+            schema = updating_schema(&schema);
+        }
         let mut node = self.add(StreamNode {
             id,
             name,
             kind: NodeKind::Source {
                 source,
                 read_projection: Some(read),
-                output_columns: (0..scan.projected_schema.fields().len()).collect(),
+                output_columns,
                 watermark,
                 idle_timeout_ms,
             },
             parallelism: self.parallelism,
             input: None,
             extra_inputs: Vec::new(),
-            schema: Arc::new(scan.projected_schema.as_arrow().clone()),
-            updating: false,
+            schema,
+            updating,
             state: Some("split positions".into()),
         });
         if let Some(pred) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
             let p = physical(&pred, &scan.projected_schema, self.state)?;
-            let schema = self.graph.nodes[node].schema.clone();
+            let schema = Arc::new(scan.projected_schema.as_arrow().clone());
             node = self.step(node, Step::Filter(p), schema, "filter");
         }
         Ok(node)

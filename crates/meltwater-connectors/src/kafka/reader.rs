@@ -48,6 +48,8 @@ enum Values {
     Text(Box<RecordDecoder>),
     RawText(StringBuilder),
     RawBytes(BinaryBuilder),
+    /// `debezium-json`: the rows of change events and their kinds.
+    Changes(Box<super::debezium::DebeziumDecoder>),
 }
 
 /// Which per-record metadata a reader collects.
@@ -167,12 +169,15 @@ impl PartitionReader {
                 DataType::Binary => Values::RawBytes(BinaryBuilder::new()),
                 _ => Values::RawText(StringBuilder::new()),
             },
+            ValueFormat::DebeziumJson => Values::Changes(Box::new(
+                super::debezium::DebeziumDecoder::new(table, &value_schema, batch_size)?,
+            )),
         };
         let projection: Vec<usize> = match projection {
             Some(p) => p.to_vec(),
             None => (0..options.schema.fields().len()).collect(),
         };
-        let output = Arc::new(options.schema.project(&projection)?);
+        let output = options.output_schema(&projection);
         let mut k = 0;
         let value_position = options
             .columns
@@ -248,12 +253,12 @@ impl PartitionReader {
         }
     }
 
-    /// Decodes one message; returns whether it became a row.
-    async fn take(&mut self, msg: &BorrowedMessage<'_>) -> Result<bool> {
+    /// Decodes one message; returns the rows it became (a change event may be two).
+    async fn take(&mut self, msg: &BorrowedMessage<'_>) -> Result<usize> {
         let offset = msg.offset();
         let Some(payload) = msg.payload() else {
             // A tombstone (no value) carries no row.
-            return Ok(false);
+            return Ok(0);
         };
         SourceMetrics::add(&self.metrics.bytes, payload.len() as u64);
         let source = &self.source_name;
@@ -261,16 +266,17 @@ impl PartitionReader {
             Values::Text(d) => {
                 let before = d.buffered_rows();
                 d.decode_message(payload, source, offset as u64)
-                    .map(|_| d.buffered_rows() > before)
+                    .map(|_| d.buffered_rows() - before)
             }
+            Values::Changes(d) => d.decode(payload, source, offset as u64),
             Values::RawBytes(b) => {
                 b.append_value(payload);
-                Ok(true)
+                Ok(1)
             }
             Values::RawText(b) => match std::str::from_utf8(payload) {
                 Ok(s) => {
                     b.append_value(s);
-                    Ok(true)
+                    Ok(1)
                 }
                 Err(e) => Err(ConnectorError::MalformedRecord {
                     table: self.options.table.clone(),
@@ -288,18 +294,18 @@ impl PartitionReader {
                 match &self.options.policy {
                     RecordPolicy::DeadLetter(topic) => {
                         self.dead_letter(topic.clone(), msg, &e).await?;
-                        false
+                        0
                     }
                     RecordPolicy::Skip => {
                         SourceMetrics::add(&self.metrics.records_skipped, 1);
-                        false
+                        0
                     }
                     RecordPolicy::Fail => return Err(e),
                 }
             }
             Err(e) => return Err(e),
         };
-        if appended {
+        for _ in 0..appended {
             let w = &self.wanted;
             if w.offset {
                 self.meta.offsets.push(offset);
@@ -378,8 +384,14 @@ impl PartitionReader {
             return Ok(None);
         }
         let rows = self.rows;
+        let mut ops = None;
         let values: Vec<ArrayRef> = match &mut self.values {
             Values::Text(d) => d.flush()?.map(|b| b.columns().to_vec()).unwrap_or_default(),
+            Values::Changes(d) => {
+                let (values, kinds) = d.flush()?;
+                ops = Some(kinds);
+                values
+            }
             Values::RawText(b) => vec![Arc::new(b.finish())],
             Values::RawBytes(b) => vec![Arc::new(b.finish())],
         };
@@ -418,6 +430,7 @@ impl PartitionReader {
             };
             columns.push(array);
         }
+        columns.extend(ops);
         self.rows = 0;
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         let batch = RecordBatch::try_new_with_options(self.output.clone(), columns, &options)?;
@@ -456,7 +469,9 @@ impl SplitReader for PartitionReader {
         let mut first_row: Option<tokio::time::Instant> = None;
         let mut taken = 0u32;
         loop {
-            if self.rows >= self.batch_size
+            // A change event may add two rows.
+            let room = usize::from(matches!(self.values, Values::Changes(_)));
+            if (self.rows > 0 && self.rows + room >= self.batch_size)
                 || first_row.is_some_and(|t| t.elapsed() >= MAX_BATCH_TIME)
             {
                 break;
@@ -488,8 +503,9 @@ impl SplitReader for PartitionReader {
                     let appended = self.take(&msg).await;
                     drop(msg);
                     self.next = offset + 1;
-                    if appended? {
-                        self.rows += 1;
+                    let appended = appended?;
+                    if appended > 0 {
+                        self.rows += appended;
                         first_row.get_or_insert_with(tokio::time::Instant::now);
                     }
                 }
@@ -543,8 +559,14 @@ impl KafkaScanExec {
         projection: Option<Vec<usize>>,
         target_partitions: usize,
     ) -> Self {
-        let partitions = target_partitions.min(splits.len()).max(1);
-        let schema = source.schema(projection.as_deref());
+        // A changelog is applied as a whole (a row's insert and delete may be in
+        // different partitions): one partition reads them all.
+        let partitions = if source.options().changelog() {
+            1
+        } else {
+            target_partitions.min(splits.len()).max(1)
+        };
+        let schema = Self::plain_schema(&source, projection.as_deref());
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(partitions),
@@ -557,6 +579,21 @@ impl KafkaScanExec {
             projection,
             partitions,
             properties,
+        }
+    }
+}
+
+impl KafkaScanExec {
+    /// The scan's schema: the projected columns (a changelog's op column is consumed
+    /// by the scan).
+    fn plain_schema(source: &KafkaSource, projection: Option<&[usize]>) -> SchemaRef {
+        let schema = source.schema(projection);
+        if source.options().changelog() {
+            let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+            fields.pop();
+            Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+        } else {
+            schema
         }
     }
 }
@@ -622,6 +659,30 @@ impl ExecutionPlan for KafkaScanExec {
                 }
             }
         });
+        if self.source.options().changelog() {
+            // Batch mode reads a changelog as the table it describes: every change of
+            // the bounded range applied, in order within each partition.
+            let plain = Self::plain_schema(&self.source, self.projection.as_deref());
+            let out = plain.clone();
+            let materialized = futures::stream::once(async move {
+                let changes: Vec<RecordBatch> = stream
+                    .collect::<Vec<DfResult<RecordBatch>>>()
+                    .await
+                    .into_iter()
+                    .collect::<DfResult<_>>()?;
+                let rows = crate::changelog::materialize(&changes, &out)?;
+                Ok::<_, DataFusionError>(futures::stream::iter(rows.into_iter().map(Ok)))
+            })
+            .map(|r| match r {
+                Ok(rows) => rows.boxed(),
+                Err(e) => futures::stream::once(async { Err(e) }).boxed(),
+            })
+            .flatten();
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                plain,
+                materialized.boxed(),
+            )));
+        }
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
             stream.boxed(),

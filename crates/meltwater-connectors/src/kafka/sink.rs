@@ -78,6 +78,12 @@ impl KafkaSinkOptions {
                 message: "a kafka table with METADATA columns cannot be written to yet".into(),
             });
         }
+        if let ValueFormat::DebeziumJson = options.format {
+            return Err(ConnectorError::Unsupported {
+                table: def.name.clone(),
+                message: "a 'debezium-json' kafka table cannot be written to yet; write an updating query to a table with a PRIMARY KEY as upserts ('json')".into(),
+            });
+        }
         let guarantee = match o.get("sink.delivery-guarantee").unwrap_or("at-least-once") {
             "at-least-once" => DeliveryGuarantee::AtLeastOnce,
             "exactly-once" => DeliveryGuarantee::ExactlyOnce,
@@ -201,6 +207,9 @@ impl Encoder {
 fn encode(format: &ValueFormat, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let rows = batch.num_rows();
     match format {
+        // Keys of a change-event table are JSON, as Debezium writes them (its values
+        // are not written: the sink refuses the format).
+        ValueFormat::DebeziumJson => encode(&ValueFormat::Text(TextFormat::Json), batch),
         ValueFormat::Raw => {
             let col = batch.column(0);
             let mut out = Vec::with_capacity(rows);

@@ -1,20 +1,17 @@
 //! Sinks: the Iceberg two-phase sink, the collecting sink of queries, and the `print`
 //! and `blackhole` connector sinks.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::error::{DataFusionError, Result};
 use meltwater_connectors::print::{PrintOptions, PrintWriter};
 use meltwater_iceberg::stream::{IcebergStreamWriter, PendingDataFile};
 use meltwater_iceberg::IcebergTable;
 
-use crate::changelog::{is_updating, split_ops, RowKind};
+pub use crate::changelog::materialize;
+use crate::changelog::{split_ops, RowKind};
 use crate::operator::{Operator, OperatorSnapshot, Output};
 
 /// Writes a stream into an Iceberg table. Files written between two barriers are
@@ -215,60 +212,6 @@ impl Operator for BlackholeSinkOperator {
     ) -> Result<()> {
         Ok(())
     }
-}
-
-/// The result a changelog describes: `+I`/`+U` rows added, `-U`/`-D` rows removed (one
-/// equal row each), in order of first insertion. Append-only batches are returned as is.
-pub fn materialize(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    let Some(first) = batches.first() else {
-        return Ok(Vec::new());
-    };
-    if !is_updating(&first.schema()) {
-        return Ok(batches.to_vec());
-    }
-    let converter = RowConverter::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect(),
-    )?;
-    // Row bytes -> (count, batch, row) of the first occurrence.
-    let mut live: HashMap<Vec<u8>, (i64, usize, usize, u64)> = HashMap::new();
-    let mut seq = 0u64;
-    let mut plain = Vec::new();
-    for batch in batches {
-        let (rows_batch, ops) = split_ops(batch)?;
-        let rows_batch = RecordBatch::try_new(schema.clone(), rows_batch.columns().to_vec())?;
-        let rows = converter.convert_columns(rows_batch.columns())?;
-        let bi = plain.len();
-        for (r, op) in ops.iter().enumerate() {
-            let key = rows.row(r).as_ref().to_vec();
-            let e = live.entry(key).or_insert((0, bi, r, seq));
-            if op.is_accumulate() {
-                if e.0 <= 0 {
-                    *e = (e.0, bi, r, seq);
-                }
-                e.0 += 1;
-            } else {
-                e.0 -= 1;
-            }
-            seq += 1;
-        }
-        plain.push(rows_batch);
-    }
-    let mut kept: Vec<(u64, usize, usize, i64)> = live
-        .into_values()
-        .filter(|(c, ..)| *c > 0)
-        .map(|(c, b, r, s)| (s, b, r, c))
-        .collect();
-    kept.sort();
-    let mut out = Vec::new();
-    for (_, b, r, c) in kept {
-        let idx = UInt32Array::from(vec![r as u32; c as usize]);
-        out.push(take_record_batch(&plain[b], &idx)?);
-    }
-    Ok(out)
 }
 
 /// Produces its input to a kafka topic. An updating input upserts: `+I`/`+U` rows are
