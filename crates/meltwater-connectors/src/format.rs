@@ -802,30 +802,27 @@ impl RecordDecoder {
         if self.ignore_next() {
             return Ok(());
         }
+        let parsed = self.parse_json(record);
+        self.finish_record(parsed, source, line)
+    }
+
+    /// Parses one JSON object into the cells of the record being decoded.
+    fn parse_json(&mut self, record: &[u8]) -> Result<(), Rejection> {
         self.scratch.clear();
         self.cells.fill(Cell::Null);
-        let parsed = parse_json_cells(
+        parse_json_cells(
             &self.columns,
             &self.column_index,
             record,
             &mut self.cells,
             &mut self.scratch,
-        );
-        self.finish_record(parsed, source, line)
+        )
     }
 
     /// Whether one JSON object would decode into a row: the rejection as a
     /// malformed-record error whatever the policy. Nothing is appended or counted.
     pub fn check_json(&mut self, record: &[u8], source: &str, line: u64) -> Result<()> {
-        self.scratch.clear();
-        self.cells.fill(Cell::Null);
-        let parsed = parse_json_cells(
-            &self.columns,
-            &self.column_index,
-            record,
-            &mut self.cells,
-            &mut self.scratch,
-        );
+        let parsed = self.parse_json(record);
         let rejection = match parsed {
             Ok(()) => self.check_not_null(),
             Err(r) => Some(r),
