@@ -4,6 +4,7 @@ pub mod crash;
 
 use std::io::Write;
 pub mod kafka;
+pub mod schema_registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -50,6 +50,7 @@ enum Values {
     RawBytes(BinaryBuilder),
     /// `debezium-json`: the rows of change events and their kinds.
     Changes(Box<super::debezium::DebeziumDecoder>),
+    Avro(Box<super::avro::AvroDecoder>),
 }
 
 /// Which per-record metadata a reader collects.
@@ -165,6 +166,12 @@ impl PartitionReader {
                 },
                 batch_size,
             )?)),
+            ValueFormat::Avro(format) => Values::Avro(Box::new(super::avro::AvroDecoder::new(
+                table,
+                &value_schema,
+                format,
+                batch_size,
+            )?)),
             ValueFormat::Raw => match value_schema.field(0).data_type() {
                 DataType::Binary => Values::RawBytes(BinaryBuilder::new()),
                 _ => Values::RawText(StringBuilder::new()),
@@ -273,6 +280,7 @@ impl PartitionReader {
                 b.append_value(payload);
                 Ok(1)
             }
+            Values::Avro(d) => d.decode(payload, source, offset as u64).await.map(|()| 1),
             Values::RawText(b) => match std::str::from_utf8(payload) {
                 Ok(s) => {
                     b.append_value(s);
@@ -394,6 +402,7 @@ impl PartitionReader {
             }
             Values::RawText(b) => vec![Arc::new(b.finish())],
             Values::RawBytes(b) => vec![Arc::new(b.finish())],
+            Values::Avro(d) => d.finish()?,
         };
         let meta = std::mem::take(&mut self.meta);
         let offsets: ArrayRef = Arc::new(Int64Array::from(meta.offsets));

@@ -187,12 +187,17 @@ fn kafka_error(
 struct Encoder {
     format: ValueFormat,
     key_columns: Vec<usize>,
+    /// The avro formats: encoders of the table's schema (and its key's).
+    avro: Option<super::avro::SinkAvro>,
 }
 
 impl Encoder {
     /// One encoded value per row.
     fn values(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        encode(&self.format, batch)
+        match &self.avro {
+            Some(a) => a.values(batch),
+            None => encode(&self.format, batch),
+        }
     }
 
     fn keys(&self, batch: &RecordBatch) -> Result<Option<Vec<Vec<u8>>>> {
@@ -200,7 +205,10 @@ impl Encoder {
             return Ok(None);
         }
         let keys = batch.project(&self.key_columns)?;
-        encode(&self.format, &keys).map(Some)
+        match &self.avro {
+            Some(a) => a.keys(&keys).map(Some),
+            None => encode(&self.format, &keys).map(Some),
+        }
     }
 }
 
@@ -210,6 +218,13 @@ fn encode(format: &ValueFormat, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         // Keys of a change-event table are JSON, as Debezium writes them (its values
         // are not written: the sink refuses the format).
         ValueFormat::DebeziumJson => encode(&ValueFormat::Text(TextFormat::Json), batch),
+        ValueFormat::Avro(_) => {
+            // The bare datum of the batch's own columns (a writer encodes with the
+            // table's schema, Confluent-framed when registered: `Encoder::avro`).
+            let plain = super::avro::AvroFormat { registry: None };
+            super::avro::AvroEncoder::new("avro", "avro", &batch.schema(), &plain, String::new())?
+                .encode(batch)
+        }
         ValueFormat::Raw => {
             let col = batch.column(0);
             let mut out = Vec::with_capacity(rows);
@@ -303,6 +318,16 @@ impl KafkaWriter {
             encoder: Encoder {
                 format: options.format.clone(),
                 key_columns: options.key_columns.clone(),
+                avro: match &options.format {
+                    ValueFormat::Avro(f) => Some(super::avro::SinkAvro::new(
+                        &options.table,
+                        &options.topic,
+                        &options.schema,
+                        &options.key_columns,
+                        f,
+                    )?),
+                    _ => None,
+                },
             },
             options: options.clone(),
             producer,
@@ -346,6 +371,9 @@ impl KafkaWriter {
                 .begin_transaction()
                 .map_err(|e| kafka_error(&self.options.table, "cannot begin a transaction", e))?;
             self.in_transaction = true;
+        }
+        if let Some(a) = &mut self.encoder.avro {
+            a.ready().await?;
         }
         let values = self.encoder.values(batch)?;
         let keys = self.encoder.keys(batch)?;
