@@ -72,6 +72,7 @@ const OPTIONS: &[&str] = &[
     "value.format",
     "key.format",
     "key.fields",
+    "value.fields-include",
     "scan.startup.mode",
     "scan.startup.timestamp-millis",
     "scan.startup.specific-offsets",
@@ -106,6 +107,9 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum ColumnSource {
     /// A field of the value (decoded by the value format).
     Value,
+    /// A field of the key (`key.fields` with `'value.fields-include' = 'EXCEPT_KEY'`),
+    /// decoded by the key format.
+    KeyField,
     Topic,
     Partition,
     Offset,
@@ -176,6 +180,20 @@ pub(crate) struct KafkaOptions {
     pub stop: StopMode,
     pub discovery_ms: Option<u64>,
     pub policy: RecordPolicy,
+    /// `key.format` and `key.fields`: how record keys are encoded, and from which columns.
+    pub key: Option<KeyFields>,
+}
+
+/// `key.format` with `key.fields`.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyFields {
+    /// `json` or `raw`.
+    pub format: ValueFormat,
+    /// DDL column indices, in `key.fields` order.
+    pub columns: Vec<usize>,
+    /// `'value.fields-include' = 'EXCEPT_KEY'`: values hold the other columns only, and a
+    /// read takes the key columns from the key.
+    pub except_key: bool,
 }
 
 impl KafkaOptions {
@@ -314,12 +332,7 @@ impl KafkaOptions {
                     "expected 'json', 'csv', 'raw', 'debezium-json', 'avro' or 'avro-confluent'",
                 )),
             };
-        if o.get("key.format").is_some() || o.get("key.fields").is_some() {
-            return Err(ConnectorError::Unsupported {
-                table: def.name.clone(),
-                message: "'key.format' and 'key.fields' are not built yet; read the key as a METADATA FROM 'key' column, and write keys with PRIMARY KEY".into(),
-            });
-        }
+        let key = Self::key_fields(def, &o, &format)?;
         // Columns: metadata or value.
         let mut columns = Vec::new();
         for f in def.schema.fields() {
@@ -371,6 +384,11 @@ impl KafkaOptions {
                 }
             };
             columns.push(source);
+        }
+        if let Some(k) = key.as_ref().filter(|k| k.except_key) {
+            for &c in &k.columns {
+                columns[c] = ColumnSource::KeyField;
+            }
         }
         let value_fields = columns
             .iter()
@@ -468,7 +486,131 @@ impl KafkaOptions {
             stop,
             discovery_ms,
             policy,
+            key,
         })
+    }
+
+    /// `key.format`, `key.fields` and `value.fields-include`, validated.
+    fn key_fields(
+        def: &TableDef,
+        o: &OptionReader<'_>,
+        value_format: &ValueFormat,
+    ) -> Result<Option<KeyFields>> {
+        let include = o.get("value.fields-include").unwrap_or("ALL");
+        let except_key = match include.to_ascii_uppercase().as_str() {
+            "ALL" => false,
+            "EXCEPT_KEY" => true,
+            _ => {
+                return Err(o.invalid(
+                    "value.fields-include",
+                    include,
+                    "expected 'ALL' or 'EXCEPT_KEY'",
+                ))
+            }
+        };
+        let (format_name, fields) = match (o.get("key.format"), o.get("key.fields")) {
+            (None, None) if except_key => {
+                return Err(o.invalid(
+                    "value.fields-include",
+                    include,
+                    "'EXCEPT_KEY' needs 'key.format' and 'key.fields'",
+                ))
+            }
+            (None, None) => return Ok(None),
+            (Some(_), None) => return Err(o.required("key.fields").unwrap_err()),
+            (None, Some(_)) => return Err(o.required("key.format").unwrap_err()),
+            (Some(f), Some(k)) => (f, k),
+        };
+        let mut columns = Vec::new();
+        for name in fields.split(';').map(str::trim) {
+            let c = def.schema.index_of(name).map_err(|_| {
+                o.invalid(
+                    "key.fields",
+                    fields,
+                    format!("the table has no column '{name}'"),
+                )
+            })?;
+            if def.metadata.contains_key(name) {
+                return Err(o.invalid(
+                    "key.fields",
+                    fields,
+                    format!("'{name}' is a METADATA column; key fields are physical columns"),
+                ));
+            }
+            if columns.contains(&c) {
+                return Err(o.invalid("key.fields", fields, format!("'{name}' is listed twice")));
+            }
+            columns.push(c);
+        }
+        let format = match format_name {
+            "json" => ValueFormat::Text(TextFormat::Json),
+            "raw" => {
+                let one_text = matches!(columns.as_slice(), [c]
+                    if matches!(def.schema.field(*c).data_type(), DataType::Utf8 | DataType::Binary));
+                if !one_text {
+                    return Err(o.invalid(
+                        "key.format",
+                        "raw",
+                        "a raw key is one STRING or BYTES column in 'key.fields'",
+                    ));
+                }
+                ValueFormat::Raw
+            }
+            other => {
+                return Err(o.invalid(
+                    "key.format",
+                    other,
+                    "expected 'json' or 'raw' (csv and avro keys are not built yet)",
+                ))
+            }
+        };
+        if !def.primary_key.is_empty() {
+            let mut pk: Vec<usize> = def
+                .primary_key
+                .iter()
+                .filter_map(|k| def.schema.index_of(k).ok())
+                .collect();
+            let mut key = columns.clone();
+            pk.sort_unstable();
+            key.sort_unstable();
+            if pk != key {
+                return Err(o.invalid(
+                    "key.fields",
+                    fields,
+                    "the table's PRIMARY KEY is its record key: list the same columns",
+                ));
+            }
+        }
+        if except_key
+            && matches!(
+                value_format,
+                ValueFormat::Avro(_) | ValueFormat::DebeziumJson | ValueFormat::Raw
+            )
+        {
+            return Err(o.invalid(
+                "value.fields-include",
+                include,
+                "'EXCEPT_KEY' works with the json and csv value formats",
+            ));
+        }
+        Ok(Some(KeyFields {
+            format,
+            columns,
+            except_key,
+        }))
+    }
+
+    /// The key columns read from record keys (`EXCEPT_KEY`), as a schema.
+    pub fn key_schema(&self) -> SchemaRef {
+        let fields: Vec<_> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(&self.columns)
+            .filter(|(_, c)| **c == ColumnSource::KeyField)
+            .map(|(f, _)| f.as_ref().clone())
+            .collect();
+        Arc::new(Schema::new(fields))
     }
 }
 
@@ -890,6 +1032,13 @@ impl KafkaTable {
         if let ValueFormat::DebeziumJson = &options.format {
             crate::format::check_schema(&def.name, &options.value_schema(), &TextFormat::Json)?;
         }
+        if options
+            .key
+            .as_ref()
+            .is_some_and(|k| k.except_key && matches!(k.format, ValueFormat::Text(_)))
+        {
+            crate::format::check_schema(&def.name, &options.key_schema(), &TextFormat::Json)?;
+        }
         if let ValueFormat::Avro(f) = &options.format {
             avro::AvroDecoder::new(&def.name, &options.value_schema(), f, 0)?;
         }
@@ -1021,6 +1170,67 @@ mod tests {
         let mut v = BASE.to_vec();
         v.extend_from_slice(extra);
         v
+    }
+
+    #[test]
+    fn key_fields_are_validated() {
+        let o = KafkaOptions::parse(&def(
+            &with(&[
+                ("key.format", "json"),
+                ("key.fields", "id"),
+                ("value.fields-include", "EXCEPT_KEY"),
+            ]),
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(
+            o.columns,
+            vec![
+                ColumnSource::KeyField,
+                ColumnSource::Value,
+                ColumnSource::Value
+            ]
+        );
+        assert_eq!(o.key_schema().fields().len(), 1);
+        assert_eq!(o.value_schema().fields().len(), 2);
+        // ALL keeps every column in the value.
+        let o = KafkaOptions::parse(&def(
+            &with(&[("key.format", "raw"), ("key.fields", "name")]),
+            &[],
+        ))
+        .unwrap();
+        assert!(o.columns.iter().all(|c| *c == ColumnSource::Value));
+        let err = |extra: &[(&'static str, &'static str)], metadata: &[(&str, &str)]| {
+            KafkaOptions::parse(&def(&with(extra), metadata))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&[("key.format", "json")], &[]);
+        assert!(e.contains("'key.fields'"), "{e}");
+        let e = err(&[("key.fields", "id")], &[]);
+        assert!(e.contains("'key.format'"), "{e}");
+        let e = err(&[("value.fields-include", "EXCEPT_KEY")], &[]);
+        assert!(e.contains("needs 'key.format' and 'key.fields'"), "{e}");
+        let e = err(&[("key.format", "json"), ("key.fields", "nope")], &[]);
+        assert!(e.contains("no column 'nope'"), "{e}");
+        let e = err(&[("key.format", "raw"), ("key.fields", "id")], &[]);
+        assert!(e.contains("one STRING or BYTES column"), "{e}");
+        let e = err(
+            &[("key.format", "json"), ("key.fields", "off")],
+            &[("off", "offset")],
+        );
+        assert!(e.contains("METADATA column"), "{e}");
+        let e = err(&[("key.format", "csv"), ("key.fields", "id")], &[]);
+        assert!(e.contains("expected 'json' or 'raw'"), "{e}");
+        let e = err(&[("value.fields-include", "SOME")], &[]);
+        assert!(e.contains("expected 'ALL' or 'EXCEPT_KEY'"), "{e}");
+        let mut keyed = def(
+            &with(&[("key.format", "json"), ("key.fields", "name")]),
+            &[],
+        );
+        keyed.primary_key = vec!["id".into()];
+        let e = KafkaOptions::parse(&keyed).unwrap_err().to_string();
+        assert!(e.contains("PRIMARY KEY is its record key"), "{e}");
     }
 
     #[test]

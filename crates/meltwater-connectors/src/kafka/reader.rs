@@ -53,6 +53,71 @@ enum Values {
     Avro(Box<super::avro::AvroDecoder>),
 }
 
+/// Key columns decoded from record keys (`'value.fields-include' = 'EXCEPT_KEY'`).
+enum Keys {
+    Json(Box<RecordDecoder>),
+    RawText(StringBuilder),
+    RawBytes(BinaryBuilder),
+}
+
+impl Keys {
+    /// Whether `key` decodes (nothing is appended): a malformed record otherwise.
+    fn check(&mut self, key: Option<&[u8]>, table: &str, source: &str, offset: i64) -> Result<()> {
+        let malformed = |message: String| ConnectorError::MalformedRecord {
+            table: table.to_string(),
+            source_name: source.to_string(),
+            line: offset as u64,
+            column: None,
+            message,
+        };
+        match self {
+            Keys::Json(d) => d
+                .check_json(key.unwrap_or(b"{}"), source, offset as u64)
+                .map_err(|e| match e {
+                    ConnectorError::MalformedRecord {
+                        table,
+                        source_name,
+                        line,
+                        column,
+                        message,
+                    } => ConnectorError::MalformedRecord {
+                        table,
+                        source_name,
+                        line,
+                        column,
+                        message: format!("in the record key: {message}"),
+                    },
+                    other => other,
+                }),
+            Keys::RawText(_) => match key.map(std::str::from_utf8) {
+                Some(Err(e)) => Err(malformed(format!("the record key is not UTF-8: {e}"))),
+                _ => Ok(()),
+            },
+            Keys::RawBytes(_) => Ok(()),
+        }
+    }
+
+    /// Appends `key`'s columns `n` times (checked by [`Keys::check`] before).
+    fn append(&mut self, key: Option<&[u8]>, n: usize, source: &str, offset: i64) -> Result<()> {
+        for _ in 0..n {
+            match self {
+                Keys::Json(d) => d.decode_json(key.unwrap_or(b"{}"), source, offset as u64)?,
+                Keys::RawText(b) => b.append_option(key.and_then(|k| std::str::from_utf8(k).ok())),
+                Keys::RawBytes(b) => b.append_option(key),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(match self {
+            Keys::Json(d) => d.flush()?.map(|b| b.columns().to_vec()).unwrap_or_default(),
+            Keys::RawText(b) => vec![Arc::new(b.finish())],
+            Keys::RawBytes(b) => vec![Arc::new(b.finish())],
+        })
+    }
+}
+
 /// Which per-record metadata a reader collects.
 #[derive(Default)]
 struct Wanted {
@@ -92,6 +157,9 @@ pub(crate) struct PartitionReader {
     output: SchemaRef,
     /// DDL column → position among the value columns.
     value_position: Vec<Option<usize>>,
+    /// `EXCEPT_KEY`: the key columns' decoder, and DDL column → position among them.
+    keys: Option<Keys>,
+    key_position: Vec<Option<usize>>,
     batch_size: usize,
     rows: usize,
     dead_letters: Option<FutureProducer>,
@@ -196,6 +264,35 @@ impl PartitionReader {
                 })
             })
             .collect();
+        let mut k = 0;
+        let key_position = options
+            .columns
+            .iter()
+            .map(|c| {
+                (*c == ColumnSource::KeyField).then(|| {
+                    k += 1;
+                    k - 1
+                })
+            })
+            .collect();
+        let keys = match &options.key {
+            Some(key) if key.except_key => {
+                let key_schema = options.key_schema();
+                Some(match (&key.format, key_schema.field(0).data_type()) {
+                    (ValueFormat::Raw, DataType::Binary) => Keys::RawBytes(BinaryBuilder::new()),
+                    (ValueFormat::Raw, _) => Keys::RawText(StringBuilder::new()),
+                    _ => Keys::Json(Box::new(RecordDecoder::new(
+                        table,
+                        &key_schema,
+                        None,
+                        crate::format::TextFormat::Json,
+                        ErrorPolicy::Fail,
+                        batch_size,
+                    )?)),
+                })
+            }
+            _ => None,
+        };
         let mut wanted = Wanted::default();
         for c in &projection {
             match options.columns[*c] {
@@ -203,7 +300,10 @@ impl PartitionReader {
                 ColumnSource::Timestamp | ColumnSource::TimestampType => wanted.timestamp = true,
                 ColumnSource::Key => wanted.key = true,
                 ColumnSource::Headers => wanted.headers = true,
-                ColumnSource::Value | ColumnSource::Topic | ColumnSource::Partition => {}
+                ColumnSource::Value
+                | ColumnSource::KeyField
+                | ColumnSource::Topic
+                | ColumnSource::Partition => {}
             }
         }
         let dead_letters = match &options.policy {
@@ -232,6 +332,8 @@ impl PartitionReader {
             projection,
             output,
             value_position,
+            keys,
+            key_position,
             batch_size,
             rows: 0,
             dead_letters,
@@ -269,30 +371,37 @@ impl PartitionReader {
         };
         SourceMetrics::add(&self.metrics.bytes, payload.len() as u64);
         let source = &self.source_name;
-        let result = match &mut self.values {
-            Values::Text(d) => {
-                let before = d.buffered_rows();
-                d.decode_message(payload, source, offset as u64)
-                    .map(|_| d.buffered_rows() - before)
-            }
-            Values::Changes(d) => d.decode(payload, source, offset as u64),
-            Values::RawBytes(b) => {
-                b.append_value(payload);
-                Ok(1)
-            }
-            Values::Avro(d) => d.decode(payload, source, offset as u64).await.map(|()| 1),
-            Values::RawText(b) => match std::str::from_utf8(payload) {
-                Ok(s) => {
-                    b.append_value(s);
+        let key_check = match &mut self.keys {
+            Some(k) => k.check(msg.key(), &self.options.table, source, offset),
+            None => Ok(()),
+        };
+        let result = match key_check {
+            Err(e) => Err(e),
+            Ok(()) => match &mut self.values {
+                Values::Text(d) => {
+                    let before = d.buffered_rows();
+                    d.decode_message(payload, source, offset as u64)
+                        .map(|_| d.buffered_rows() - before)
+                }
+                Values::Changes(d) => d.decode(payload, source, offset as u64),
+                Values::RawBytes(b) => {
+                    b.append_value(payload);
                     Ok(1)
                 }
-                Err(e) => Err(ConnectorError::MalformedRecord {
-                    table: self.options.table.clone(),
-                    source_name: source.clone(),
-                    line: offset as u64,
-                    column: None,
-                    message: format!("the value is not UTF-8: {e}"),
-                }),
+                Values::Avro(d) => d.decode(payload, source, offset as u64).await.map(|()| 1),
+                Values::RawText(b) => match std::str::from_utf8(payload) {
+                    Ok(s) => {
+                        b.append_value(s);
+                        Ok(1)
+                    }
+                    Err(e) => Err(ConnectorError::MalformedRecord {
+                        table: self.options.table.clone(),
+                        source_name: source.clone(),
+                        line: offset as u64,
+                        column: None,
+                        message: format!("the value is not UTF-8: {e}"),
+                    }),
+                },
             },
         };
         let appended = match result {
@@ -313,6 +422,9 @@ impl PartitionReader {
             }
             Err(e) => return Err(e),
         };
+        if let Some(k) = &mut self.keys {
+            k.append(msg.key(), appended, &self.source_name, offset)?;
+        }
         for _ in 0..appended {
             let w = &self.wanted;
             if w.offset {
@@ -404,6 +516,10 @@ impl PartitionReader {
             Values::RawBytes(b) => vec![Arc::new(b.finish())],
             Values::Avro(d) => d.finish()?,
         };
+        let key_values = match &mut self.keys {
+            Some(k) => k.finish()?,
+            None => Vec::new(),
+        };
         let meta = std::mem::take(&mut self.meta);
         let offsets: ArrayRef = Arc::new(Int64Array::from(meta.offsets));
         let timestamps: ArrayRef = Arc::new(TimestampMillisecondArray::from(meta.timestamps));
@@ -415,6 +531,9 @@ impl PartitionReader {
             let array: ArrayRef = match self.options.columns[c] {
                 ColumnSource::Value => {
                     values[self.value_position[c].expect("a value column")].clone()
+                }
+                ColumnSource::KeyField => {
+                    key_values[self.key_position[c].expect("a key column")].clone()
                 }
                 ColumnSource::Topic => Arc::new(StringArray::from(vec![self.topic.as_str(); rows])),
                 ColumnSource::Partition => Arc::new(Int32Array::from(vec![self.partition; rows])),

@@ -52,8 +52,13 @@ pub struct KafkaSinkOptions {
     pub schema: SchemaRef,
     properties: Vec<(String, String)>,
     format: ValueFormat,
-    /// Columns of the key (the primary key); empty: records have no key.
+    /// Columns of the key (`key.fields`, else the primary key); empty: records have no
+    /// key.
     key_columns: Vec<usize>,
+    /// `key.format`; without it keys are encoded with the value format.
+    key_format: Option<ValueFormat>,
+    /// `'value.fields-include' = 'EXCEPT_KEY'`: the columns values hold.
+    value_columns: Option<Vec<usize>>,
     pub guarantee: DeliveryGuarantee,
     transactional_id_prefix: String,
     /// Records per second per writer.
@@ -114,12 +119,26 @@ impl KafkaSinkOptions {
                 "expected records per second, above 0",
             ));
         }
-        let key_columns = def
-            .primary_key
-            .iter()
-            .map(|k| def.schema.index_of(k))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        if let ValueFormat::Raw = options.format {
+        let (key_columns, key_format, value_columns) = match &options.key {
+            Some(k) => (
+                k.columns.clone(),
+                Some(k.format.clone()),
+                k.except_key.then(|| {
+                    (0..def.schema.fields().len())
+                        .filter(|c| !k.columns.contains(c))
+                        .collect()
+                }),
+            ),
+            None => (
+                def.primary_key
+                    .iter()
+                    .map(|k| def.schema.index_of(k))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+                None,
+                None,
+            ),
+        };
+        if let (ValueFormat::Raw, None) = (&options.format, &key_format) {
             if !key_columns.is_empty() && key_columns.len() != 1 {
                 return Err(o.invalid(
                     "format",
@@ -146,6 +165,8 @@ impl KafkaSinkOptions {
                 .collect(),
             format: options.format.clone(),
             key_columns,
+            key_format,
+            value_columns,
             guarantee,
             transactional_id_prefix: o
                 .get("sink.transactional-id-prefix")
@@ -187,6 +208,8 @@ fn kafka_error(
 struct Encoder {
     format: ValueFormat,
     key_columns: Vec<usize>,
+    key_format: Option<ValueFormat>,
+    value_columns: Option<Vec<usize>>,
     /// The avro formats: encoders of the table's schema (and its key's).
     avro: Option<super::avro::SinkAvro>,
 }
@@ -194,6 +217,14 @@ struct Encoder {
 impl Encoder {
     /// One encoded value per row.
     fn values(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let projected;
+        let batch = match &self.value_columns {
+            Some(columns) => {
+                projected = batch.project(columns)?;
+                &projected
+            }
+            None => batch,
+        };
         match &self.avro {
             Some(a) => a.values(batch),
             None => encode(&self.format, batch),
@@ -205,6 +236,9 @@ impl Encoder {
             return Ok(None);
         }
         let keys = batch.project(&self.key_columns)?;
+        if let Some(format) = &self.key_format {
+            return encode(format, &keys).map(Some);
+        }
         match &self.avro {
             Some(a) => a.keys(&keys).map(Some),
             None => encode(&self.format, &keys).map(Some),
@@ -318,12 +352,19 @@ impl KafkaWriter {
             encoder: Encoder {
                 format: options.format.clone(),
                 key_columns: options.key_columns.clone(),
+                key_format: options.key_format.clone(),
+                value_columns: options.value_columns.clone(),
                 avro: match &options.format {
                     ValueFormat::Avro(f) => Some(super::avro::SinkAvro::new(
                         &options.table,
                         &options.topic,
                         &options.schema,
-                        &options.key_columns,
+                        // Avro keys unless `key.format` encodes them.
+                        if options.key_format.is_some() {
+                            &[]
+                        } else {
+                            &options.key_columns
+                        },
                         f,
                     )?),
                     _ => None,
