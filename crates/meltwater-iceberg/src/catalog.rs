@@ -194,11 +194,46 @@ impl IcebergCatalogProvider {
     }
 }
 
+/// A time-travel table name the job file's `FOR SYSTEM_VERSION AS OF` / `FOR SYSTEM_TIME
+/// AS OF` became (see `meltwater_sql`): `table@v<snapshot id>` or `table@t<epoch ms>`.
+pub fn parse_time_travel(table: &str) -> Option<(&str, TimeTravel)> {
+    let (base, spec) = table.rsplit_once('@')?;
+    let (kind, value) = spec.split_at_checked(1)?;
+    let value: i64 = value.parse().ok()?;
+    match kind {
+        "v" => Some((base, TimeTravel::Snapshot(value))),
+        "t" => Some((base, TimeTravel::Time(value))),
+        _ => None,
+    }
+}
+
+/// Which past state of a table a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeTravel {
+    Snapshot(i64),
+    /// Milliseconds since the epoch.
+    Time(i64),
+}
+
 impl Inner {
     async fn load(&self, namespace: &str, table: &str) -> Result<Option<Arc<IcebergTable>>> {
         let key = (namespace.to_string(), table.to_string());
         if let Some(t) = self.loaded.lock().expect("tables poisoned").get(&key) {
             return Ok(Some(t.clone()));
+        }
+        if let Some((base, travel)) = parse_time_travel(table) {
+            let Some(current) = Box::pin(self.load(namespace, base)).await? else {
+                return Ok(None);
+            };
+            let pinned = Arc::new(match travel {
+                TimeTravel::Snapshot(id) => current.at_snapshot(id)?,
+                TimeTravel::Time(ms) => current.as_of_time(ms)?,
+            });
+            self.loaded
+                .lock()
+                .expect("tables poisoned")
+                .insert(key, pinned.clone());
+            return Ok(Some(pinned));
         }
         let ident = TableIdent::new(
             NamespaceIdent::new(namespace.to_string()),

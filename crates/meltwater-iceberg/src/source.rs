@@ -62,6 +62,8 @@ pub struct IcebergSource {
     catalog: Option<Arc<LakeCatalog>>,
     monitor_ms: Option<u64>,
     discovery: Arc<Mutex<Discovery>>,
+    /// Read this snapshot instead of the current one (time travel).
+    pinned: Option<i64>,
 }
 
 impl IcebergSource {
@@ -74,7 +76,14 @@ impl IcebergSource {
             catalog: None,
             monitor_ms: None,
             discovery: Arc::default(),
+            pinned: None,
         }
+    }
+
+    /// Reads snapshot `snapshot` (instead of the current one).
+    pub fn at_snapshot(mut self, snapshot: i64) -> Self {
+        self.pinned = Some(snapshot);
+        self
     }
 
     /// Keeps reading the appends committed after the current snapshot, reloading the
@@ -137,10 +146,12 @@ impl IcebergSource {
     fn base(&self) -> Option<i64> {
         let mut d = self.discovery.lock().expect("discovery lock");
         *d.base.get_or_insert_with(|| {
-            self.table
-                .metadata()
-                .current_snapshot()
-                .map(|s| s.snapshot_id())
+            self.pinned.or_else(|| {
+                self.table
+                    .metadata()
+                    .current_snapshot()
+                    .map(|s| s.snapshot_id())
+            })
         })
     }
 

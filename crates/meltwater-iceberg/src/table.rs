@@ -35,6 +35,8 @@ pub struct IcebergTable {
     table: Table,
     schema: SchemaRef,
     commits: Arc<JobCommits>,
+    /// Time travel: the snapshot read instead of the current one (read-only).
+    snapshot: Option<i64>,
 }
 
 impl IcebergTable {
@@ -51,7 +53,83 @@ impl IcebergTable {
             table,
             schema,
             commits,
+            snapshot: None,
         })
+    }
+
+    /// The table as of snapshot `id` (`FOR SYSTEM_VERSION AS OF id`): read-only, with
+    /// the schema that snapshot was written with.
+    pub fn at_snapshot(&self, id: i64) -> crate::Result<Self> {
+        let metadata = self.table.metadata();
+        let Some(snapshot) = metadata.snapshot_by_id(id) else {
+            let mut known: Vec<String> = metadata
+                .history()
+                .iter()
+                .map(|l| l.snapshot_id.to_string())
+                .collect();
+            if known.len() > 10 {
+                known.drain(..known.len() - 10);
+                known.insert(0, "...".into());
+            }
+            return Err(crate::IcebergError::Table {
+                table: self.name.clone(),
+                message: format!(
+                    "no snapshot {id} (its snapshots, oldest first: {}; `meltwater catalog snapshots {}` lists them)",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") },
+                    self.name
+                ),
+            });
+        };
+        let schema = snapshot
+            .schema_id()
+            .and_then(|s| metadata.schema_by_id(s))
+            .unwrap_or_else(|| metadata.current_schema());
+        Ok(Self {
+            name: format!("{} (snapshot {id})", self.name),
+            catalog: self.catalog.clone(),
+            table: self.table.clone(),
+            schema: arrow_schema(schema)?,
+            commits: self.commits.clone(),
+            snapshot: Some(id),
+        })
+    }
+
+    /// The table as of `timestamp_ms` (`FOR SYSTEM_TIME AS OF`): the snapshot that was
+    /// current then, by the table's snapshot log.
+    pub fn as_of_time(&self, timestamp_ms: i64) -> crate::Result<Self> {
+        let log = self.table.metadata().history();
+        match log.iter().rev().find(|l| l.timestamp_ms <= timestamp_ms) {
+            Some(l) => self.at_snapshot(l.snapshot_id),
+            None => Err(crate::IcebergError::Table {
+                table: self.name.clone(),
+                message: format!(
+                    "no snapshot at or before {} ({})",
+                    format_ms(timestamp_ms),
+                    match log.first() {
+                        Some(first) => format!(
+                            "the first was committed at {}",
+                            format_ms(first.timestamp_ms)
+                        ),
+                        None => "the table has no snapshot".into(),
+                    }
+                ),
+            }),
+        }
+    }
+
+    /// The snapshot a time-travel read is pinned to.
+    pub fn pinned_snapshot(&self) -> Option<i64> {
+        self.snapshot
+    }
+
+    fn refuse_writes(&self, statement: &str) -> Result<()> {
+        match self.snapshot {
+            Some(_) => Err(DataFusionError::Plan(format!(
+                "{statement} {}: a table read as of a past snapshot cannot be written to",
+                self.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// `catalog.namespace.table`.
@@ -67,11 +145,14 @@ impl IcebergTable {
     /// The table read in stream mode, one split per data file: the snapshot as loaded,
     /// then (with `monitor_ms`) the appends committed after it, looked for at that
     /// interval.
+    ///
+    /// A table pinned to a past snapshot is read as of that snapshot, then ends.
     pub fn stream_source(&self, monitor_ms: Option<u64>) -> Arc<dyn StreamSource> {
         let source = IcebergSource::new(self.name.clone(), self.table.clone(), self.schema.clone());
-        Arc::new(match monitor_ms {
-            Some(ms) => source.monitored(self.catalog.clone(), ms),
-            None => source,
+        Arc::new(match (self.snapshot, monitor_ms) {
+            (Some(id), _) => source.at_snapshot(id),
+            (None, Some(ms)) => source.monitored(self.catalog.clone(), ms),
+            (None, None) => source,
         })
     }
 
@@ -92,6 +173,7 @@ impl IcebergTable {
             None => ("DELETE", "write.delete.mode"),
             Some(_) => ("UPDATE", "write.update.mode"),
         };
+        self.refuse_writes(statement)?;
         let properties = self.table.metadata().properties();
         if let Some(mode) = properties.get(property) {
             if mode != "copy-on-write" {
@@ -155,6 +237,14 @@ impl IcebergTable {
     }
 }
 
+/// `2026-03-01 12:00:00.000 UTC`.
+fn format_ms(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+        None => format!("{ms} ms"),
+    }
+}
+
 fn external(context: String, e: iceberg::Error) -> DataFusionError {
     DataFusionError::External(format!("{context}: {e}").into())
 }
@@ -212,6 +302,9 @@ impl TableProvider for IcebergTable {
             .map(|f| f.name().clone())
             .collect();
         let mut builder = self.table.scan().select(columns);
+        if let Some(id) = self.snapshot {
+            builder = builder.snapshot_id(id);
+        }
         if let Some(predicate) = to_iceberg_predicate(filters) {
             builder = builder.with_filter(predicate);
         }
@@ -247,6 +340,7 @@ impl TableProvider for IcebergTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.refuse_writes("INSERT INTO")?;
         if insert_op == InsertOp::Replace {
             return Err(DataFusionError::NotImplemented(format!(
                 "{insert_op} into the Iceberg table {} is not supported; use INSERT INTO or INSERT OVERWRITE",

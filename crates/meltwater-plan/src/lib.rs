@@ -842,6 +842,8 @@ fn clean_error(e: &datafusion::error::DataFusionError) -> String {
         "Schema error: ",
         "SQL error: ",
         "This feature is not implemented: ",
+        // Errors of table providers (an Iceberg table that cannot be loaded as asked).
+        "External error: ",
     ] {
         if let Some(rest) = s.strip_prefix(prefix) {
             return rest.to_string();

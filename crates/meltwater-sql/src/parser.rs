@@ -10,7 +10,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::{JobSyntaxError, Result, SourceLoc};
 use crate::params::{substitute, ParamMap};
-use crate::tokens::rewrite_window_table_args;
+use crate::tokens::{rewrite_time_travel, rewrite_window_table_args};
 use crate::{CreateTable, Insert, JobFile, JobStatement, LocatedStatement, Watermark};
 
 /// Parses a job file. `params` fill its `${name}` placeholders.
@@ -32,6 +32,13 @@ pub fn parse_job(file: &str, text: &str, params: &BTreeMap<String, String>) -> R
             err(loc, e.message)
         })?;
     let tokens = rewrite_window_table_args(tokens);
+    let tokens = rewrite_time_travel(tokens).map_err(|e| {
+        let loc = map.original(SourceLoc {
+            line: e.at.span.start.line,
+            column: e.at.span.start.column,
+        });
+        err(loc, e.message)
+    })?;
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let ctx = Ctx { file, map: &map };
     let mut statements = Vec::new();
