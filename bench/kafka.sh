@@ -7,7 +7,9 @@
 #   3. Meltwater source: a batch job reading `bench_in` (bounded, JSON decoded into Arrow,
 #      5 columns) into a blackhole table, at parallelism 1 and 2;
 #   4. Meltwater sink: a batch job from datagen (N rows) into `bench_out` as JSON
-#      (at-least-once), against (1).
+#      (at-least-once), against (1);
+#   5. the same in stream mode (checkpoints every second), at-least-once and exactly-once
+#      (records kept in the checkpoint, one transaction per checkpoint).
 #
 #   bench/kafka.sh [N=1000000] [P=4]
 #
@@ -87,6 +89,25 @@ say "4. meltwater sink (and datagen alone, to subtract)"
 t_sink=$("$M" run sink.sql --mode batch 2>/dev/null | done_in)
 t_gen=$("$M" run gen_only.sql --mode batch 2>/dev/null | done_in)
 
+stream_sink() {
+    cat > "stream_$1.sql" <<SQL
+SET 'execution.checkpointing.interval' = '1 s';
+CREATE TABLE gen (id BIGINT, customer STRING, amount DECIMAL(10, 2), ts TIMESTAMP(3)) WITH (
+  'connector' = 'datagen', 'number-of-rows' = '$N', 'fields.id.kind' = 'sequence',
+  'fields.id.start' = '1', 'fields.id.end' = '$N', 'fields.customer.length' = '4',
+  'fields.ts.max-past' = '1 h');
+CREATE TABLE out (id BIGINT, customer STRING, amount DECIMAL(10, 2), ts TIMESTAMP(3)) WITH (
+  'connector' = 'kafka', 'topic' = 'bench_out_$1', 'properties.bootstrap.servers' = '$boot',
+  'format' = 'json', 'sink.delivery-guarantee' = '$2');
+INSERT INTO out SELECT * FROM gen;
+SQL
+    "$PLAIN" create "$boot" "bench_out_$1" "$P" >/dev/null
+    "$M" run "stream_$1.sql" --mode stream --parallelism 1 2>/dev/null | done_in
+}
+say "5. meltwater sink in stream mode, at-least-once and exactly-once"
+t_alo=$(stream_sink alo at-least-once)
+t_eo=$(stream_sink eo exactly-once)
+
 printf '\n%-44s %10s %14s\n' "what ($N records, $P partitions)" "seconds" "records/s"
 row() { printf '%-44s %10s %14s\n' "$1" "$2" "$(per_s "$N" "$2")"; }
 row "plain rdkafka producer" "$t_prod"
@@ -95,10 +116,13 @@ row "meltwater source, JSON -> Arrow, p=1" "$t_src1"
 row "meltwater source, JSON -> Arrow, p=2" "$t_src2"
 row "meltwater sink, Arrow -> JSON (datagen in)" "$t_sink"
 row "  datagen -> blackhole alone" "$t_gen"
-python3 - "$t_prod" "$t_cons" "$t_src1" "$t_src2" "$t_sink" <<'PY'
+row "meltwater sink, stream, at-least-once" "$t_alo"
+row "meltwater sink, stream, exactly-once" "$t_eo"
+python3 - "$t_prod" "$t_cons" "$t_src1" "$t_src2" "$t_sink" "$t_alo" "$t_eo" <<'PY'
 import sys
-prod, cons, s1, s2, sink = map(float, sys.argv[1:])
+prod, cons, s1, s2, sink, alo, eo = map(float, sys.argv[1:])
 print(f"\nsource p=1 / plain consumer: {cons / s1:.2f} of the consumer's rate")
 print(f"source p=2 / plain consumer: {cons / s2:.2f}")
 print(f"sink / plain producer:       {prod / sink:.2f} of the producer's rate")
+print(f"stream sink at-least-once:   {prod / alo:.2f}; exactly-once: {prod / eo:.2f}")
 PY
