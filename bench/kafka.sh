@@ -19,6 +19,7 @@ N=${1:-1000000}
 P=${2:-4}
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/meltwater/target}"
+export CARGO_TARGET_DIR="$target"
 venv="${MELTWATER_VENV:-$HOME/.cache/meltwater/venv}"
 say() { printf '[kafka bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

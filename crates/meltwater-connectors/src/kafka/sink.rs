@@ -24,13 +24,11 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, SendableRecordBatchStream,
 };
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::util::Timeout;
 
 use super::{KafkaOptions, Topics, ValueFormat};
 use crate::format::TextFormat;
@@ -308,11 +306,35 @@ fn encode(format: &ValueFormat, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
 }
 
 /// A producer writing a table's rows; `flush` waits for every acknowledgement.
+/// Counts a producer's unacknowledged records and keeps the first delivery error (the
+/// delivery callback runs on the producer's polling thread: no future per record).
+#[derive(Default)]
+struct Deliveries {
+    pending: std::sync::atomic::AtomicU64,
+    error: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.error
+                .lock()
+                .expect("delivery error lock")
+                .get_or_insert_with(|| e.to_string());
+        }
+        self.pending
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 pub struct KafkaWriter {
     options: KafkaSinkOptions,
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<Deliveries>>,
     encoder: Encoder,
-    in_flight: FuturesUnordered<DeliveryFuture>,
     transactional: bool,
     in_transaction: bool,
     started: tokio::time::Instant,
@@ -340,8 +362,8 @@ impl KafkaWriter {
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
         }
-        let producer: FutureProducer = config
-            .create()
+        let producer: ThreadedProducer<Deliveries> = config
+            .create_with_context(Deliveries::default())
             .map_err(|e| kafka_error(&options.table, "cannot create a producer", e))?;
         if transactional {
             producer
@@ -371,8 +393,7 @@ impl KafkaWriter {
                 },
             },
             options: options.clone(),
-            producer,
-            in_flight: FuturesUnordered::new(),
+            producer: Arc::new(producer),
             transactional,
             in_transaction: false,
             started: tokio::time::Instant::now(),
@@ -380,25 +401,30 @@ impl KafkaWriter {
         })
     }
 
-    async fn settle_one(&mut self) -> Result<()> {
-        if let Some(r) = self.in_flight.next().await {
-            let table = &self.options.table;
-            let topic = &self.options.topic;
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(kafka_error(table, format!("writing to topic '{topic}'"), e))
-                }
-                Err(_) => {
-                    return Err(kafka_error(
-                        table,
-                        format!("writing to topic '{topic}'"),
-                        "the producer was dropped",
-                    ))
-                }
-            }
+    /// The first delivery error, as this table's error.
+    fn delivery_error(&self) -> Result<()> {
+        match self
+            .producer
+            .context()
+            .error
+            .lock()
+            .expect("delivery error lock")
+            .as_ref()
+        {
+            Some(e) => Err(kafka_error(
+                &self.options.table,
+                format!("writing to topic '{}'", self.options.topic),
+                e,
+            )),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn pending(&self) -> u64 {
+        self.producer
+            .context()
+            .pending
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Sends the rows of `batch`; rows where `tombstone` is true are sent as a key with
@@ -428,47 +454,41 @@ impl KafkaWriter {
                     tokio::time::sleep(due - elapsed).await;
                 }
             }
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic);
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic);
             if !tombstone.is_some_and(|t| t[i]) {
                 record = record.payload(value.as_slice());
             }
             if let Some(k) = &keys {
                 record = record.key(k[i].as_slice());
             }
-            let mut record = record;
+            let deliveries = &self.producer.context().pending;
+            deliveries.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        self.in_flight.push(delivery);
-                        break;
-                    }
+                match self.producer.send(record) {
+                    Ok(()) => break,
                     Err((e, r))
                         if e.rdkafka_error_code()
                             == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
                     {
+                        // librdkafka's queue bounds the unacknowledged records: wait for
+                        // the polling thread to drain some.
                         record = r;
-                        if self.in_flight.is_empty() {
-                            self.producer
-                                .poll(Timeout::After(Duration::from_millis(10)));
-                        } else {
-                            self.settle_one().await?;
-                        }
+                        self.delivery_error()?;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Err((e, _)) => {
+                        deliveries.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                         return Err(kafka_error(
                             &self.options.table,
                             format!("writing to topic '{}'", self.options.topic),
                             e,
-                        ))
+                        ));
                     }
                 }
             }
             self.written += 1;
         }
-        // Keep the number of unacknowledged records bounded.
-        while self.in_flight.len() > 100_000 {
-            self.settle_one().await?;
-        }
+        self.delivery_error()?;
         Ok(values.len() as u64)
     }
 
@@ -484,9 +504,11 @@ impl KafkaWriter {
         &mut self,
         marker: Option<(TopicPartitionList, rdkafka::consumer::ConsumerGroupMetadata)>,
     ) -> Result<()> {
-        while !self.in_flight.is_empty() {
-            self.settle_one().await?;
+        while self.pending() > 0 {
+            self.delivery_error()?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        self.delivery_error()?;
         if let (true, Some((offsets, group))) = (self.in_transaction, marker) {
             let producer = self.producer.clone();
             let table = self.options.table.clone();
