@@ -10,6 +10,7 @@
 pub mod catalogs;
 pub mod source;
 pub mod types;
+pub mod watermark_fn;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -226,6 +227,7 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
         .build_arc()
         .map_err(|e| at(start, format!("cannot set up the runtime: {e}")))?;
     let session = SessionContext::new_with_config_rt(config, runtime);
+    session.register_udf(watermark_fn::current_watermark());
     let windows = Arc::new(WindowRelationPlanner::default());
     session
         .register_relation_planner(windows.clone())

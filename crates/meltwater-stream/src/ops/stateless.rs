@@ -10,15 +10,21 @@ use datafusion::error::Result;
 
 use crate::changelog::{is_updating, updating_schema, OP_COLUMN};
 use crate::graph::Step;
+use crate::message::{EventTime, MIN_WATERMARK};
 use crate::operator::{Operator, Output};
 
 pub struct StatelessOperator {
     steps: Vec<Step>,
+    /// The input's watermark so far, what `CURRENT_WATERMARK` returns here.
+    watermark: Option<EventTime>,
 }
 
 impl StatelessOperator {
     pub fn new(steps: Vec<Step>) -> Self {
-        Self { steps }
+        Self {
+            steps,
+            watermark: None,
+        }
     }
 }
 
@@ -72,8 +78,19 @@ impl Operator for StatelessOperator {
     }
 
     async fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
-        out.push(apply_steps(&self.steps, batch)?);
+        let steps = &self.steps;
+        let batch = meltwater_plan::watermark_fn::with_watermark(self.watermark, || {
+            apply_steps(steps, batch)
+        })?;
+        out.push(batch);
         Ok(())
+    }
+
+    async fn on_watermark(&mut self, watermark: EventTime, _out: &mut Output) -> Result<EventTime> {
+        if watermark > MIN_WATERMARK {
+            self.watermark = Some(watermark);
+        }
+        Ok(watermark)
     }
 }
 
