@@ -905,9 +905,9 @@ impl Builder<'_> {
             }
         } else if let Some(kafka) = table.inner.as_any().downcast_ref::<KafkaTable>() {
             let options = kafka.sink_options().map_err(|e| e.to_string())?;
-            if node.updating && kafka.primary_key().is_empty() {
+            if node.updating && kafka.primary_key().is_empty() && !options.change_events() {
                 return Err(format!(
-                    "INSERT INTO {target}: the query is an updating stream; a kafka table takes it as upserts by its PRIMARY KEY, and it has none"
+                    "INSERT INTO {target}: the query is an updating stream; a kafka table takes it as upserts by its PRIMARY KEY, and it has none (or write change events with 'format' = 'debezium-json')"
                 ));
             }
             SinkKind::Kafka(options)

@@ -81,12 +81,6 @@ impl KafkaSinkOptions {
                 message: "a kafka table with METADATA columns cannot be written to yet".into(),
             });
         }
-        if let ValueFormat::DebeziumJson = options.format {
-            return Err(ConnectorError::Unsupported {
-                table: def.name.clone(),
-                message: "a 'debezium-json' kafka table cannot be written to yet; write an updating query to a table with a PRIMARY KEY as upserts ('json')".into(),
-            });
-        }
         let guarantee = match o.get("sink.delivery-guarantee").unwrap_or("at-least-once") {
             "at-least-once" => DeliveryGuarantee::AtLeastOnce,
             "exactly-once" => DeliveryGuarantee::ExactlyOnce,
@@ -174,6 +168,12 @@ impl KafkaSinkOptions {
         })
     }
 
+    /// Whether values are change events (`debezium-json`): an updating stream is written
+    /// as it is, retractions as delete events, and needs no primary key.
+    pub fn change_events(&self) -> bool {
+        matches!(self.format, ValueFormat::DebeziumJson)
+    }
+
     /// Whether records are written in transactions.
     pub fn exactly_once(&self) -> bool {
         self.guarantee == DeliveryGuarantee::ExactlyOnce
@@ -229,6 +229,33 @@ impl Encoder {
         }
     }
 
+    /// `debezium-json` values: each row as a change event, `{"before":null,"after":ROW,
+    /// "op":"c"}`, or `{"before":ROW,"after":null,"op":"d"}` where `retract` is true (the
+    /// row is retracted: `-U` or `-D`).
+    fn change_events(&self, batch: &RecordBatch, retract: Option<&[bool]>) -> Result<Vec<Vec<u8>>> {
+        let rows = encode(&self.format, batch)?;
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let (before, after, op): (&[u8], &[u8], &[u8]) = if retract.is_some_and(|r| r[i]) {
+                    (&row, b"null", b"d")
+                } else {
+                    (b"null", &row, b"c")
+                };
+                let mut event = Vec::with_capacity(row.len() + 40);
+                event.extend_from_slice(b"{\"before\":");
+                event.extend_from_slice(before);
+                event.extend_from_slice(b",\"after\":");
+                event.extend_from_slice(after);
+                event.extend_from_slice(b",\"op\":\"");
+                event.extend_from_slice(op);
+                event.extend_from_slice(b"\"}");
+                event
+            })
+            .collect())
+    }
+
     fn keys(&self, batch: &RecordBatch) -> Result<Option<Vec<Vec<u8>>>> {
         if self.key_columns.is_empty() {
             return Ok(None);
@@ -247,8 +274,8 @@ impl Encoder {
 fn encode(format: &ValueFormat, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let rows = batch.num_rows();
     match format {
-        // Keys of a change-event table are JSON, as Debezium writes them (its values
-        // are not written: the sink refuses the format).
+        // Keys of a change-event table are JSON, as Debezium writes them; its values are
+        // wrapped in change events by `Encoder::values`.
         ValueFormat::DebeziumJson => encode(&ValueFormat::Text(TextFormat::Json), batch),
         ValueFormat::Avro(_) => {
             // The bare datum of the batch's own columns (a writer encodes with the
@@ -428,7 +455,8 @@ impl KafkaWriter {
     }
 
     /// Sends the rows of `batch`; rows where `tombstone` is true are sent as a key with
-    /// no value (a delete, for compacted topics and upsert readers).
+    /// no value (a delete, for compacted topics and upsert readers), or with
+    /// `debezium-json`, as delete events of the row.
     pub async fn write(&mut self, batch: &RecordBatch, tombstone: Option<&[bool]>) -> Result<u64> {
         if batch.num_rows() == 0 {
             return Ok(0);
@@ -442,7 +470,12 @@ impl KafkaWriter {
         if let Some(a) = &mut self.encoder.avro {
             a.ready().await?;
         }
-        let values = self.encoder.values(batch)?;
+        let change_events = matches!(self.options.format, ValueFormat::DebeziumJson);
+        let values = if change_events {
+            self.encoder.change_events(batch, tombstone)?
+        } else {
+            self.encoder.values(batch)?
+        };
         let keys = self.encoder.keys(batch)?;
         let topic = self.options.topic.clone();
         for (i, value) in values.iter().enumerate() {
@@ -455,7 +488,7 @@ impl KafkaWriter {
                 }
             }
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic);
-            if !tombstone.is_some_and(|t| t[i]) {
+            if change_events || !tombstone.is_some_and(|t| t[i]) {
                 record = record.payload(value.as_slice());
             }
             if let Some(k) = &keys {
@@ -752,6 +785,42 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn debezium_values_are_create_and_delete_events() {
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            Field::new("page", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(datafusion::arrow::array::StringArray::from(vec!["a", "a"])),
+                Arc::new(datafusion::arrow::array::Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
+        let encoder = Encoder {
+            format: ValueFormat::DebeziumJson,
+            key_columns: vec![],
+            key_format: None,
+            value_columns: None,
+            avro: None,
+        };
+        let events: Vec<String> = encoder
+            .change_events(&batch, Some(&[true, false]))
+            .unwrap()
+            .into_iter()
+            .map(|e| String::from_utf8(e).unwrap())
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                r#"{"before":{"page":"a","n":1},"after":null,"op":"d"}"#,
+                r#"{"before":null,"after":{"page":"a","n":2},"op":"c"}"#,
+            ]
+        );
+    }
 
     #[test]
     fn rows_encode_one_message_each() {

@@ -216,7 +216,8 @@ impl Operator for BlackholeSinkOperator {
 
 /// Produces its input to a kafka topic. An updating input upserts: `+I`/`+U` rows are
 /// written, `-D` rows become tombstones of their key, `-U` rows are dropped (the `+U`
-/// that follows replaces them).
+/// that follows replaces them); with `debezium-json` every change is an event (`+I`/`+U`
+/// create, `-U`/`-D` delete).
 ///
 /// - `at-least-once`: each batch is sent as it arrives and every record is acknowledged
 ///   before the checkpoint's barrier passes.
@@ -308,7 +309,12 @@ impl Operator for KafkaSinkOperator {
         batch: RecordBatch,
         _out: &mut Output,
     ) -> Result<()> {
-        let (rows, tombstones) = if self.updating {
+        let (rows, tombstones) = if self.updating && self.options.change_events() {
+            // Change events: every row, retractions as deletes.
+            let (rows, ops) = split_ops(&batch)?;
+            let retract: Vec<bool> = ops.iter().map(|k| !k.is_accumulate()).collect();
+            (rows, Some(retract))
+        } else if self.updating {
             let (rows, ops) = split_ops(&batch)?;
             let keep: Vec<bool> = ops.iter().map(|k| *k != RowKind::UpdateBefore).collect();
             let mask = BooleanArray::from(keep);
