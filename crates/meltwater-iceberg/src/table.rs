@@ -122,6 +122,26 @@ impl IcebergTable {
         self.snapshot
     }
 
+    /// Every data and delete file of the current snapshot.
+    async fn live_files(&self) -> Result<Vec<String>> {
+        if self.table.metadata().current_snapshot().is_none() {
+            return Ok(Vec::new());
+        }
+        let tasks = plan_tasks(
+            self.table.scan().select_all(),
+            format!("listing the files of {}", self.name),
+        )
+        .await?;
+        let mut files = std::collections::BTreeSet::new();
+        for t in &tasks {
+            files.insert(t.data_file_path.clone());
+            for d in &t.deletes {
+                files.insert(d.file_path.clone());
+            }
+        }
+        Ok(files.into_iter().collect())
+    }
+
     fn refuse_writes(&self, statement: &str) -> Result<()> {
         match self.snapshot {
             Some(_) => Err(DataFusionError::Plan(format!(
@@ -214,16 +234,11 @@ impl IcebergTable {
         if let Some(p) = to_iceberg_predicate(&filters) {
             builder = builder.with_filter(p);
         }
-        let context = || format!("planning the {statement} on {}", self.name);
-        let tasks: Vec<_> = builder
-            .build()
-            .map_err(|e| external(context(), e))?
-            .plan_files()
-            .await
-            .map_err(|e| external(context(), e))?
-            .try_collect()
-            .await
-            .map_err(|e| external(context(), e))?;
+        let tasks = plan_tasks(
+            builder,
+            format!("planning the {statement} on {}", self.name),
+        )
+        .await?;
         Ok(Arc::new(IcebergRewriteExec::new(
             self.name.clone(),
             self.table.clone(),
@@ -243,6 +258,23 @@ fn format_ms(ms: i64) -> String {
         Some(t) => t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
         None => format!("{ms} ms"),
     }
+}
+
+/// The file scan tasks of a scan; errors say `context`.
+async fn plan_tasks(
+    builder: iceberg::scan::TableScanBuilder<'_>,
+    context: String,
+) -> Result<Vec<iceberg::scan::FileScanTask>> {
+    let fail = |e| external(context.clone(), e);
+    builder
+        .build()
+        .map_err(fail)?
+        .plan_files()
+        .await
+        .map_err(fail)?
+        .try_collect()
+        .await
+        .map_err(fail)
 }
 
 fn external(context: String, e: iceberg::Error) -> DataFusionError {
@@ -341,12 +373,6 @@ impl TableProvider for IcebergTable {
         insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         self.refuse_writes("INSERT INTO")?;
-        if insert_op == InsertOp::Replace {
-            return Err(DataFusionError::NotImplemented(format!(
-                "{insert_op} into the Iceberg table {} is not supported; use INSERT INTO or INSERT OVERWRITE",
-                self.name
-            )));
-        }
         let write = IcebergWriteExec::new(
             input,
             self.name.clone(),
@@ -356,6 +382,11 @@ impl TableProvider for IcebergTable {
         );
         if insert_op == InsertOp::Overwrite {
             return Ok(Arc::new(write.with_overwrite()));
+        }
+        if insert_op == InsertOp::Replace {
+            // MERGE: the input is the table's new contents; every live data and delete
+            // file of the snapshot read is replaced (copy-on-write of the whole table).
+            return Ok(Arc::new(write.replacing(self.live_files().await?)));
         }
         if crate::upsert::upsert_enabled(self.table.metadata()) {
             crate::upsert::upsert_key(&self.name, self.table.metadata())?;

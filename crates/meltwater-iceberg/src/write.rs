@@ -54,6 +54,8 @@ pub struct IcebergWriteExec {
     upsert_key: Option<Vec<String>>,
     /// `INSERT OVERWRITE`: the commit replaces the partitions the new files fall in.
     overwrite: bool,
+    /// `MERGE`: the files the new ones replace (all those of the snapshot read).
+    replacing: Option<Arc<Vec<String>>>,
     catalog: Arc<LakeCatalog>,
     commits: Arc<JobCommits>,
     properties: Arc<PlanProperties>,
@@ -107,6 +109,7 @@ impl IcebergWriteExec {
             table,
             upsert_key,
             overwrite: false,
+            replacing: None,
             catalog,
             commits,
             properties,
@@ -121,6 +124,13 @@ impl IcebergWriteExec {
     /// Makes the write an `INSERT OVERWRITE`: its commit replaces every partition the
     /// new data falls in (dynamic partition overwrite; the whole table when it is
     /// unpartitioned). Rows are written as they are, without upserting.
+    /// The commit replaces `files` (every file of the snapshot read) by the new ones.
+    pub fn replacing(mut self, files: Vec<String>) -> Self {
+        self.replacing = Some(Arc::new(files));
+        self.upsert_key = None;
+        self
+    }
+
     pub fn with_overwrite(mut self) -> Self {
         self.overwrite = true;
         self.upsert_key = None;
@@ -151,6 +161,9 @@ impl DisplayAs for IcebergWriteExec {
         }
         if self.overwrite {
             write!(f, ", overwrite=partitions")?;
+        }
+        if let Some(files) = &self.replacing {
+            write!(f, ", replacing={} files", files.len())?;
         }
         Ok(())
     }
@@ -235,11 +248,16 @@ impl ExecutionPlan for IcebergWriteExec {
             self.catalog.clone(),
             self.commits.clone(),
         );
-        Ok(Arc::new(if self.overwrite {
+        let mut write = if self.overwrite {
             write.with_overwrite()
         } else {
             write
-        }))
+        };
+        if let Some(files) = &self.replacing {
+            write.replacing = Some(files.clone());
+            write.upsert_key = None;
+        }
+        Ok(Arc::new(write))
     }
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
@@ -262,6 +280,10 @@ impl ExecutionPlan for IcebergWriteExec {
             partition,
             upsert: self.upsert_key.is_some(),
             overwrite: self.overwrite,
+            // The first task lists the replaced files once.
+            replacing: (partition == 0)
+                .then(|| self.replacing.as_deref().cloned())
+                .flatten(),
         };
         let out = stream::once(async move {
             let files = task.run(input).await?;
@@ -290,6 +312,7 @@ struct WriteTask {
     partition: usize,
     upsert: bool,
     overwrite: bool,
+    replacing: Option<Vec<String>>,
 }
 
 impl WriteTask {
@@ -310,6 +333,7 @@ impl WriteTask {
             data: writer.close().await?,
             deletes: Vec::new(),
             replace_partitions: self.overwrite,
+            removed: self.replacing.clone().unwrap_or_default(),
             read_snapshot: self.table.metadata().current_snapshot_id(),
             ..Default::default()
         })

@@ -8,6 +8,7 @@
 //! registered as [`source::SourceTable`]s so planners can see their boundedness.
 
 pub mod catalogs;
+pub mod merge;
 pub mod source;
 pub mod types;
 pub mod watermark_fn;
@@ -228,6 +229,7 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
         .map_err(|e| at(start, format!("cannot set up the runtime: {e}")))?;
     let session = SessionContext::new_with_config_rt(config, runtime);
     session.register_udf(watermark_fn::current_watermark());
+    session.register_udf(merge::merge_check());
     let windows = Arc::new(WindowRelationPlanner::default());
     session
         .register_relation_planner(windows.clone())
@@ -427,8 +429,71 @@ impl StatementPlanner<'_> {
                 });
                 Ok(())
             }
+            JobStatement::Other(s) if matches!(**s, Statement::Merge(_)) => {
+                let Statement::Merge(merge) = &**s else {
+                    return Err(unsupported(s));
+                };
+                let plan = self.plan_merge(merge, job).await?;
+                let target = match &merge.table {
+                    datafusion::sql::sqlparser::ast::TableFactor::Table { name, .. } => {
+                        name.to_string()
+                    }
+                    other => other.to_string(),
+                };
+                job.inserts.push(PlannedStatement {
+                    loc,
+                    target: Some(target),
+                    plan,
+                });
+                Ok(())
+            }
             JobStatement::Other(s) => Err(unsupported(s)),
         }
+    }
+
+    /// `MERGE INTO`: the target's new rows ([`merge::merge_query`]) replacing every file
+    /// of the snapshot read.
+    async fn plan_merge(
+        &self,
+        merge: &datafusion::sql::sqlparser::ast::Merge,
+        job: &PlannedJob,
+    ) -> Result<LogicalPlan, String> {
+        use datafusion::sql::sqlparser::ast::TableFactor;
+        let TableFactor::Table { name, .. } = &merge.table else {
+            return Err(format!(
+                "MERGE INTO {}: the target must be a table",
+                merge.table
+            ));
+        };
+        if job.mode == Mode::Stream {
+            return Err(format!(
+                "MERGE INTO {name} is a batch statement (it rewrites the table as of one snapshot); run the job with --mode batch"
+            ));
+        }
+        let provider = job
+            .session
+            .table_provider(table_reference(name))
+            .await
+            .map_err(|_| format!("MERGE INTO {name}: no such table"))?;
+        if !provider.as_any().is::<meltwater_iceberg::IcebergTable>() {
+            return Err(format!(
+                "MERGE INTO {name}: only Iceberg tables can be merged into"
+            ));
+        }
+        let sql = merge::merge_query(merge, &name.to_string(), &provider.schema())?;
+        let query = datafusion::sql::sqlparser::parser::Parser::new(
+            &datafusion::sql::sqlparser::dialect::GenericDialect {},
+        )
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_query())
+        .map_err(|e| format!("MERGE INTO {name}: {e}"))?;
+        let insert = Insert {
+            table: name.clone(),
+            columns: Vec::new(),
+            source: query,
+            overwrite: false,
+        };
+        self.plan_insert_as(&insert, job, InsertOp::Replace).await
     }
 
     async fn create_table(&self, t: &CreateTable, job: &mut PlannedJob) -> Result<(), String> {
@@ -575,6 +640,22 @@ impl StatementPlanner<'_> {
     }
 
     async fn plan_insert(&self, insert: &Insert, job: &PlannedJob) -> Result<LogicalPlan, String> {
+        let op = if insert.overwrite {
+            InsertOp::Overwrite
+        } else {
+            InsertOp::Append
+        };
+        self.plan_insert_as(insert, job, op).await
+    }
+
+    /// An `INSERT` with `op`; [`InsertOp::Replace`] (from `MERGE`) replaces every row of
+    /// an Iceberg table with the query's.
+    async fn plan_insert_as(
+        &self,
+        insert: &Insert,
+        job: &PlannedJob,
+        op: InsertOp,
+    ) -> Result<LogicalPlan, String> {
         let table_ref = table_reference(&insert.table);
         let sink = match job.session.table_provider(table_ref.clone()).await {
             Ok(p) => p,
@@ -697,11 +778,6 @@ impl StatementPlanner<'_> {
             };
             exprs.push(expr.alias(field.name()));
         }
-        let op = if insert.overwrite {
-            InsertOp::Overwrite
-        } else {
-            InsertOp::Append
-        };
         let projected = LogicalPlanBuilder::from(query)
             .project(exprs)
             .map_err(|e| e.to_string())?;

@@ -1,0 +1,292 @@
+//! `MERGE INTO target USING source ON ... WHEN MATCHED ... WHEN NOT MATCHED ...` in batch
+//! mode, by copy-on-write of the whole target: the statement becomes one query computing
+//! the target's new rows, written as a replacement of every file of the snapshot read
+//! (the commit fails if another writer changed those files meanwhile).
+//!
+//! The query is the union of
+//! - the target's rows, joined (left) with the source: for each, the first `WHEN
+//!   MATCHED` clause that applies updates it or deletes it; rows no clause applies to stay;
+//! - the source's rows without a match (anti join): the first `WHEN NOT MATCHED` clause
+//!   that applies inserts it;
+//! - with `WHEN MATCHED` clauses, a check that no target row matches two source rows
+//!   (`meltwater_merge_check` fails the statement; it yields no row).
+
+use std::any::Any;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use meltwater_sql::sqlparser::ast::{
+    AssignmentTarget, Merge, MergeAction, MergeClauseKind, MergeInsertKind, TableFactor,
+};
+
+/// Marks the source's rows in the join.
+const MATCHED: &str = "__mw_matched";
+/// Numbers the target's rows for the cardinality check.
+const ROW_ID: &str = "__mw_rid";
+
+/// The query computing the target's rows after `merge`; `schema` is the target's.
+/// Errors name what the statement cannot do.
+pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<String, String> {
+    let (t_alias, t_base) = match &merge.table {
+        TableFactor::Table { name, alias, .. } => (qualifier(name, alias), name.to_string()),
+        other => return Err(format!("MERGE INTO {other}: the target must be a table")),
+    };
+    let (s_alias, s_base) = match &merge.source {
+        TableFactor::Table { name, alias, .. } => (qualifier(name, alias), name.to_string()),
+        TableFactor::Derived {
+            subquery,
+            alias: Some(alias),
+            ..
+        } => (alias.name.to_string(), format!("({subquery})")),
+        TableFactor::Derived { alias: None, .. } => {
+            return Err("MERGE INTO ... USING (subquery): give the subquery an alias".into())
+        }
+        other => {
+            return Err(format!(
+                "MERGE ... USING {other}: use a table or a subquery"
+            ))
+        }
+    };
+    let on = merge.on.to_string();
+    let column = |f: &datafusion::arrow::datatypes::Field| format!("\"{}\"", f.name());
+    let sql_type = |t: &DataType| crate::sql_type_name(t);
+
+    let mut matched: Vec<(String, Option<Assignments>)> = Vec::new();
+    let mut not_matched: Vec<(String, Assignments)> = Vec::new();
+    for clause in &merge.clauses {
+        let predicate = clause
+            .predicate
+            .as_ref()
+            .map(|p| format!("({p})"))
+            .unwrap_or_else(|| "TRUE".into());
+        match (&clause.clause_kind, &clause.action) {
+            (MergeClauseKind::Matched, MergeAction::Update(update)) => {
+                if update.update_predicate.is_some() || update.delete_predicate.is_some() {
+                    return Err("MERGE: UPDATE ... WHERE / DELETE WHERE is not supported; put the condition in WHEN MATCHED AND ...".into());
+                }
+                let mut sets = Vec::new();
+                for a in &update.assignments {
+                    let name = match &a.target {
+                        AssignmentTarget::ColumnName(n) => {
+                            n.0.last()
+                                .map(|p| normalize(&p.to_string()))
+                                .unwrap_or_default()
+                        }
+                        other => return Err(format!("MERGE: cannot assign to {other}")),
+                    };
+                    if schema.index_of(&name).is_err() {
+                        return Err(format!(
+                            "MERGE INTO {target_name}: UPDATE SET {name}: the table has no column '{name}'"
+                        ));
+                    }
+                    sets.push((name, a.value.to_string()));
+                }
+                matched.push((predicate, Some(sets)));
+            }
+            (MergeClauseKind::Matched, MergeAction::Delete { .. }) => {
+                matched.push((predicate, None))
+            }
+            (
+                MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget,
+                MergeAction::Insert(insert),
+            ) => {
+                let MergeInsertKind::Values(values) = &insert.kind else {
+                    return Err("MERGE: INSERT ROW is not supported; list the values".into());
+                };
+                let [row] = values.rows.as_slice() else {
+                    return Err("MERGE: INSERT takes one row of VALUES".into());
+                };
+                let columns: Vec<String> = if insert.columns.is_empty() {
+                    schema.fields().iter().map(|f| f.name().clone()).collect()
+                } else {
+                    insert
+                        .columns
+                        .iter()
+                        .map(|c| normalize(&c.0.last().map(|p| p.to_string()).unwrap_or_default()))
+                        .collect()
+                };
+                if columns.len() != row.len() {
+                    return Err(format!(
+                        "MERGE INTO {target_name}: INSERT lists {} columns and {} values",
+                        columns.len(),
+                        row.len()
+                    ));
+                }
+                let mut values = Vec::new();
+                for (c, v) in columns.into_iter().zip(row) {
+                    if schema.index_of(&c).is_err() {
+                        return Err(format!(
+                            "MERGE INTO {target_name}: INSERT ({c}): the table has no column '{c}'"
+                        ));
+                    }
+                    values.push((c, v.to_string()));
+                }
+                not_matched.push((predicate, values));
+            }
+            (MergeClauseKind::NotMatchedBySource, _) => {
+                return Err("MERGE: WHEN NOT MATCHED BY SOURCE is not supported yet".into())
+            }
+            (kind, action) => return Err(format!("MERGE: WHEN {kind} THEN {action} is not valid")),
+        }
+    }
+    if matched.is_empty() && not_matched.is_empty() {
+        return Err("MERGE needs at least one WHEN clause".into());
+    }
+
+    let is_match = format!("{s_alias}.{MATCHED} IS NOT NULL");
+    let mut branches = Vec::new();
+    // The target's rows.
+    {
+        let mut cols = Vec::new();
+        for f in schema.fields() {
+            let mut case = String::from("CASE");
+            for (cond, action) in &matched {
+                let value = action
+                    .as_ref()
+                    .and_then(|sets| sets.iter().find(|(c, _)| c == f.name()))
+                    .map(|(_, v)| format!("CAST(({v}) AS {})", sql_type(f.data_type())))
+                    .unwrap_or_else(|| format!("{t_alias}.{}", column(f)));
+                case.push_str(&format!(" WHEN {is_match} AND {cond} THEN {value}"));
+            }
+            case.push_str(&format!(
+                " ELSE {t_alias}.{} END AS {}",
+                column(f),
+                column(f)
+            ));
+            cols.push(if matched.is_empty() {
+                format!("{t_alias}.{} AS {}", column(f), column(f))
+            } else {
+                case
+            });
+        }
+        let mut deleted = String::from("CASE");
+        for (cond, action) in &matched {
+            deleted.push_str(&format!(
+                " WHEN {is_match} AND {cond} THEN {}",
+                if action.is_none() { "TRUE" } else { "FALSE" }
+            ));
+        }
+        deleted.push_str(" ELSE FALSE END");
+        branches.push(format!(
+            "SELECT {} FROM {t_base} AS {t_alias} LEFT JOIN (SELECT *, TRUE AS {MATCHED} FROM {s_base}) AS {s_alias} ON {on} WHERE NOT ({deleted})",
+            cols.join(", ")
+        ));
+    }
+    // The source's rows without a match.
+    if !not_matched.is_empty() {
+        let mut cols = Vec::new();
+        for f in schema.fields() {
+            let mut case = String::from("CASE");
+            for (cond, values) in &not_matched {
+                let value = values
+                    .iter()
+                    .find(|(c, _)| c == f.name())
+                    .map(|(_, v)| format!("CAST(({v}) AS {})", sql_type(f.data_type())))
+                    .unwrap_or_else(|| format!("CAST(NULL AS {})", sql_type(f.data_type())));
+                case.push_str(&format!(" WHEN {cond} THEN {value}"));
+            }
+            case.push_str(&format!(" END AS {}", column(f)));
+            cols.push(case);
+        }
+        let any = not_matched
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        branches.push(format!(
+            "SELECT {} FROM {s_base} AS {s_alias} LEFT ANTI JOIN {t_base} AS {t_alias} ON {on} WHERE {any}",
+            cols.join(", ")
+        ));
+    }
+    // No target row may match two source rows.
+    if !matched.is_empty() {
+        let nulls: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("CAST(NULL AS {}) AS {}", sql_type(f.data_type()), column(f)))
+            .collect();
+        let message =
+            format!("MERGE INTO {target_name}: a target row matches more than one source row")
+                .replace('\'', "''");
+        branches.push(format!(
+            "SELECT {} FROM (SELECT *, ROW_NUMBER() OVER () AS {ROW_ID} FROM {t_base}) AS {t_alias} JOIN {s_base} AS {s_alias} ON {on} GROUP BY {t_alias}.{ROW_ID} HAVING meltwater_merge_check(COUNT(*) <= 1, '{message}')",
+            nulls.join(", ")
+        ));
+    }
+    Ok(branches.join("\nUNION ALL\n"))
+}
+
+/// `(column, SQL value)` pairs of an `UPDATE SET` or an `INSERT`; a `WHEN MATCHED`
+/// clause without them deletes.
+type Assignments = Vec<(String, String)>;
+
+/// How a table of the statement is referred to: its alias, else its name's last part.
+fn qualifier(
+    name: &meltwater_sql::sqlparser::ast::ObjectName,
+    alias: &Option<meltwater_sql::sqlparser::ast::TableAlias>,
+) -> String {
+    match alias {
+        Some(a) => a.name.to_string(),
+        None => name.0.last().map(|p| p.to_string()).unwrap_or_default(),
+    }
+}
+
+fn normalize(ident: &str) -> String {
+    match ident.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(quoted) => quoted.to_string(),
+        None => ident.to_lowercase(),
+    }
+}
+
+/// `meltwater_merge_check(ok, message)`: false for every row, and an error with
+/// `message` when `ok` is false for one.
+pub fn merge_check() -> ScalarUDF {
+    ScalarUDF::new_from_impl(MergeCheck {
+        signature: Signature::exact(
+            vec![DataType::Boolean, DataType::Utf8],
+            Volatility::Volatile,
+        ),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MergeCheck {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for MergeCheck {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn name(&self) -> &str {
+        "meltwater_merge_check"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let ok = args.args[0].clone().into_array(rows)?;
+        let ok = ok.as_boolean();
+        if (0..ok.len()).any(|i| ok.is_valid(i) && !ok.value(i)) {
+            let message = match &args.args[1] {
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some(m))) => m.clone(),
+                _ => "MERGE: a target row matches more than one source row".into(),
+            };
+            return exec_err!("{message}");
+        }
+        if args.args.len() != 2 {
+            return plan_err!("meltwater_merge_check takes two arguments");
+        }
+        Ok(ColumnarValue::Array(std::sync::Arc::new(
+            BooleanArray::from(vec![false; rows]),
+        )))
+    }
+}
