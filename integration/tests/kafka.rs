@@ -1160,3 +1160,56 @@ INSERT INTO page_changes SELECT page, COUNT(*) FROM visits GROUP BY page;
         vec!["+I[p0, 75]", "+I[p1, 75]", "+I[p2, 75]", "+I[p3, 75]"]
     );
 }
+
+/// Every read of one kafka table in a job reads the offsets its first read resolved, so
+/// that the statements of a job agree even while the topic grows: a second source of the
+/// same table, opened after more records arrived, gets the same bounded ranges.
+#[test]
+fn the_reads_of_a_table_in_one_job_share_their_bounded_ranges() {
+    use meltwater_connectors::{ConnectorTable, TableDef};
+    let Some(broker) = KafkaBroker::start("the Kafka end-to-end tests") else {
+        return;
+    };
+    produce_spread(&broker, "growing", 2, 10, |i| format!(r#"{{"id":{i}}}"#));
+    let def = || TableDef {
+        name: "growing".into(),
+        schema: std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "id",
+                datafusion::arrow::datatypes::DataType::Int64,
+                true,
+            ),
+        ])),
+        options: [
+            ("connector", "kafka"),
+            ("topic", "growing"),
+            ("properties.bootstrap.servers", broker.bootstrap.as_str()),
+            ("format", "json"),
+            ("scan.startup.mode", "earliest-offset"),
+            ("scan.bounded.mode", "latest-offset"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        primary_key: Vec::new(),
+        metadata: Default::default(),
+    };
+    let table = meltwater_connectors::kafka::KafkaTable::try_new(def()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ranges = |source: std::sync::Arc<dyn meltwater_connectors::stream::StreamSource>| {
+        runtime.block_on(source.discover_splits()).unwrap();
+        source.enumerator_state()
+    };
+    let first = ranges(table.stream_source().unwrap());
+    broker.produce(
+        "growing",
+        &[(0, None, r#"{"id":10}"#), (1, None, r#"{"id":11}"#)],
+    );
+    let second = ranges(table.stream_source().unwrap());
+    assert_eq!(first, second);
+    assert_eq!(first["ranges"]["growing/0"]["stop"], 5, "{first}");
+    // A table of another job (planned anew) sees the new records.
+    let again = meltwater_connectors::kafka::KafkaTable::try_new(def()).unwrap();
+    let third = ranges(again.stream_source().unwrap());
+    assert_eq!(third["ranges"]["growing/0"]["stop"], 6, "{third}");
+}

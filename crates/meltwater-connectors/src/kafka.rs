@@ -805,7 +805,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// Resolved ranges per split, the enumerator state of the source.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-struct EnumeratorState {
+pub(crate) struct EnumeratorState {
     ranges: BTreeMap<String, SplitRange>,
 }
 
@@ -816,6 +816,9 @@ pub struct KafkaSource {
     metrics: Arc<SourceMetrics>,
     /// Commits the consumer group's offsets after checkpoints (created on first use).
     committer: Arc<Mutex<Option<BaseConsumer>>>,
+    /// The ranges the table's first read resolved, shared by every source of the table
+    /// in a job, so that all its statements read the same offsets.
+    first_ranges: Arc<Mutex<Option<EnumeratorState>>>,
 }
 
 impl fmt::Debug for KafkaSource {
@@ -827,12 +830,17 @@ impl fmt::Debug for KafkaSource {
 }
 
 impl KafkaSource {
-    pub(crate) fn new(options: KafkaOptions, metrics: Arc<SourceMetrics>) -> Self {
+    pub(crate) fn new(
+        options: KafkaOptions,
+        metrics: Arc<SourceMetrics>,
+        first_ranges: Arc<Mutex<Option<EnumeratorState>>>,
+    ) -> Self {
         Self {
             options,
             state: Mutex::default(),
             metrics,
             committer: Arc::default(),
+            first_ranges,
         }
     }
 
@@ -873,6 +881,19 @@ impl StreamSource for KafkaSource {
         let known: BTreeMap<String, SplitRange> =
             self.state.lock().expect("kafka enumerator").ranges.clone();
         let first = known.is_empty();
+        if first {
+            // Another statement of the job read the table already: read what it read.
+            let shared = self.first_ranges.lock().expect("kafka ranges").clone();
+            if let Some(shared) = shared.filter(|s| !s.ranges.is_empty()) {
+                let ids = shared
+                    .ranges
+                    .keys()
+                    .map(|id| Split { id: id.clone() })
+                    .collect();
+                *self.state.lock().expect("kafka enumerator") = shared;
+                return Ok(ids);
+            }
+        }
         let resolved = blocking(move || {
             let admin = Admin::new(&options)?;
             let mut out = Vec::new();
@@ -888,6 +909,12 @@ impl StreamSource for KafkaSource {
         let mut state = self.state.lock().expect("kafka enumerator");
         for (id, range) in resolved {
             state.ranges.entry(id).or_insert(range);
+        }
+        if first {
+            self.first_ranges
+                .lock()
+                .expect("kafka ranges")
+                .get_or_insert_with(|| state.clone());
         }
         Ok(state
             .ranges
@@ -1011,6 +1038,8 @@ pub struct KafkaTable {
     def: TableDef,
     options: KafkaOptions,
     metrics: Arc<SourceMetrics>,
+    /// The offsets the job's first read of the table resolved (see [`KafkaSource`]).
+    first_ranges: Arc<Mutex<Option<EnumeratorState>>>,
 }
 
 impl KafkaTable {
@@ -1046,6 +1075,7 @@ impl KafkaTable {
             def,
             options,
             metrics: Arc::default(),
+            first_ranges: Arc::default(),
         })
     }
 }
@@ -1077,7 +1107,11 @@ impl TableProvider for KafkaTable {
                 self.def.name
             )));
         }
-        let source = Arc::new(KafkaSource::new(self.options.clone(), self.metrics.clone()));
+        let source = Arc::new(KafkaSource::new(
+            self.options.clone(),
+            self.metrics.clone(),
+            self.first_ranges.clone(),
+        ));
         let splits = source.discover_splits().await?;
         Ok(Arc::new(KafkaScanExec::new(
             source,
@@ -1126,6 +1160,7 @@ impl ConnectorTable for KafkaTable {
         Ok(Arc::new(KafkaSource::new(
             self.options.clone(),
             self.metrics.clone(),
+            self.first_ranges.clone(),
         )))
     }
 
