@@ -2,7 +2,8 @@
 //! updated or deleted by the first clause that applies, unmatched source rows inserted by
 //! the first `WHEN NOT MATCHED` clause that applies, in an unpartitioned and a partitioned
 //! table; DuckDB and pyiceberg read the result back. A target row matching two source rows
-//! fails the statement and commits nothing; stream mode refuses the statement.
+//! fails the statement and commits nothing; stream mode refuses the statement, and so does
+//! a table set to merge-on-read.
 
 use meltwater_integration::{
     iceberg_snapshots, interop_python, meltwater, printed_rows, read_iceberg,
@@ -126,4 +127,33 @@ fn merge_updates_deletes_and_inserts_by_the_first_clause_that_applies() {
     let out = meltwater(d, &["run", "merge.sql", "--mode", "stream"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a batch statement"));
+
+    // Only WHEN NOT MATCHED: an insert of the new keys.
+    std::fs::write(
+        d.join("insert_only.sql"),
+        "MERGE INTO lake.m.stock t USING (SELECT 'a' AS sku, 99 AS qty UNION ALL SELECT 'z', 26) AS s\n\
+         ON t.sku = s.sku WHEN NOT MATCHED THEN INSERT (sku, qty) VALUES (s.sku, s.qty);\n",
+    )
+    .unwrap();
+    run(d, "insert_only.sql");
+    let mut with_z = stock.to_vec();
+    with_z.push(r#"{"sku":"z","qty":26,"note":null}"#);
+    assert_eq!(read_iceberg(&python, d, "m.stock", "duckdb"), with_z);
+
+    // Merge-on-read is not built: a table asking for it is refused, not rewritten.
+    std::fs::write(
+        d.join("mor.sql"),
+        "CREATE TABLE IF NOT EXISTS lake.m.mor (k BIGINT, v STRING) WITH ('write.merge.mode' = 'merge-on-read');
+         MERGE INTO lake.m.mor t USING (SELECT 1 AS k, 'x' AS v) AS s ON t.k = s.k
+         WHEN NOT MATCHED THEN INSERT VALUES (s.k, s.v);
+",
+    )
+    .unwrap();
+    let out = meltwater(d, &["run", "mor.sql", "--mode", "batch"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'write.merge.mode' = 'merge-on-read' is not supported yet"),
+        "{stderr}"
+    );
 }

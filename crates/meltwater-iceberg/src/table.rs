@@ -386,6 +386,15 @@ impl TableProvider for IcebergTable {
         if insert_op == InsertOp::Replace {
             // MERGE: the input is the table's new contents; every live data and delete
             // file of the snapshot read is replaced (copy-on-write of the whole table).
+            let properties = self.table.metadata().properties();
+            if let Some(mode) = properties.get("write.merge.mode") {
+                if mode != "copy-on-write" {
+                    return Err(DataFusionError::NotImplemented(format!(
+                        "MERGE INTO {}: 'write.merge.mode' = '{mode}' is not supported yet; Meltwater rewrites the table ('copy-on-write')",
+                        self.name
+                    )));
+                }
+            }
             return Ok(Arc::new(write.replacing(self.live_files().await?)));
         }
         if crate::upsert::upsert_enabled(self.table.metadata()) {

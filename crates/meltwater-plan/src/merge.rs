@@ -163,18 +163,24 @@ pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<
                 case
             });
         }
-        let mut deleted = String::from("CASE");
-        for (cond, action) in &matched {
-            deleted.push_str(&format!(
-                " WHEN {is_match} AND {cond} THEN {}",
-                if action.is_none() { "TRUE" } else { "FALSE" }
-            ));
-        }
-        deleted.push_str(" ELSE FALSE END");
-        branches.push(format!(
-            "SELECT {} FROM {t_base} AS {t_alias} LEFT JOIN (SELECT *, TRUE AS {MATCHED} FROM {s_base}) AS {s_alias} ON {on} WHERE NOT ({deleted})",
-            cols.join(", ")
-        ));
+        let target_rows = if matched.is_empty() {
+            // Only inserts: the target's rows stay as they are.
+            format!("SELECT {} FROM {t_base} AS {t_alias}", cols.join(", "))
+        } else {
+            let mut deleted = String::from("CASE");
+            for (cond, action) in &matched {
+                deleted.push_str(&format!(
+                    " WHEN {is_match} AND {cond} THEN {}",
+                    if action.is_none() { "TRUE" } else { "FALSE" }
+                ));
+            }
+            deleted.push_str(" ELSE FALSE END");
+            format!(
+                "SELECT {} FROM {t_base} AS {t_alias} LEFT JOIN (SELECT *, TRUE AS {MATCHED} FROM {s_base}) AS {s_alias} ON {on} WHERE NOT ({deleted})",
+                cols.join(", ")
+            )
+        };
+        branches.push(target_rows);
     }
     // The source's rows without a match.
     if !not_matched.is_empty() {
