@@ -61,7 +61,10 @@ fn merge_updates_deletes_and_inserts_by_the_first_clause_that_applies() {
     )
     .unwrap();
     run(d, "setup.sql");
-    run(d, "merge.sql");
+    let report = run(d, "merge.sql");
+    // The report counts the rows each MERGE wrote: the tables' new rows.
+    assert!(report.contains("merge lake.m.stock: 4 rows"), "{report}");
+    assert!(report.contains("merge lake.m.events: 3 rows"), "{report}");
 
     std::fs::write(
         d.join("read.sql"),

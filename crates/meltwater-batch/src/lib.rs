@@ -329,6 +329,8 @@ fn operation_of(plan: &datafusion::logical_expr::LogicalPlan) -> &'static str {
     match plan {
         LogicalPlan::Dml(d) => match d.op {
             WriteOp::Insert(InsertOp::Overwrite) => "overwrite",
+            // Only MERGE plans a replacing insert: it writes the table's new rows.
+            WriteOp::Insert(InsertOp::Replace) => "merge",
             WriteOp::Delete => "delete",
             WriteOp::Update => "update",
             _ => "insert",
