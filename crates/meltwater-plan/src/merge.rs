@@ -15,7 +15,7 @@ use std::any::Any;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::datatypes::{DataType, Schema};
-use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -287,9 +287,6 @@ impl ScalarUDFImpl for MergeCheck {
                 _ => "MERGE: a target row matches more than one source row".into(),
             };
             return exec_err!("{message}");
-        }
-        if args.args.len() != 2 {
-            return plan_err!("meltwater_merge_check takes two arguments");
         }
         Ok(ColumnarValue::Array(std::sync::Arc::new(
             BooleanArray::from(vec![false; rows]),

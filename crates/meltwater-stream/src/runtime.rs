@@ -629,14 +629,24 @@ impl SourceState {
     }
 
     fn merge_json(&mut self, v: &serde_json::Value) {
-        if let Some(map) = v.get("splits").and_then(|s| s.as_object()) {
-            for (id, s) in map {
-                let pos = s.get("position").and_then(|p| p.as_u64()).unwrap_or(0);
-                let done = s.get("done").and_then(|d| d.as_bool()).unwrap_or(false);
-                self.splits.insert(id.clone(), (pos, done));
-            }
-        }
+        self.splits.extend(split_states(v));
     }
+}
+
+/// The splits a source subtask stored in a checkpoint ([`SourceState::to_json`]):
+/// id -> (position, exhausted).
+fn split_states(
+    v: &serde_json::Value,
+) -> impl Iterator<Item = (String, (SplitPosition, bool))> + '_ {
+    v.get("splits")
+        .and_then(|s| s.as_object())
+        .into_iter()
+        .flatten()
+        .map(|(id, s)| {
+            let pos = s.get("position").and_then(|p| p.as_u64()).unwrap_or(0);
+            let done = s.get("done").and_then(|d| d.as_bool()).unwrap_or(false);
+            (id.clone(), (pos, done))
+        })
 }
 
 /// Which source subtask reads a split: stable across runs and parallelism changes only
@@ -1072,16 +1082,12 @@ async fn notify_sources(graph: &StreamGraph, manifest: &CheckpointManifest) {
         let Some(op) = manifest.operators.get(&node.id) else {
             continue;
         };
-        let mut positions = BTreeMap::new();
-        for s in &op.subtasks {
-            if let Some(splits) = s.state.get("splits").and_then(|v| v.as_object()) {
-                for (id, v) in splits {
-                    if let Some(p) = v.get("position").and_then(|p| p.as_u64()) {
-                        positions.insert(id.clone(), p);
-                    }
-                }
-            }
-        }
+        let positions: BTreeMap<String, SplitPosition> = op
+            .subtasks
+            .iter()
+            .flat_map(|s| split_states(&s.state))
+            .map(|(id, (position, _))| (id, position))
+            .collect();
         let done = tokio::time::timeout(
             Duration::from_secs(10),
             source.checkpoint_complete(manifest.checkpoint_id, &positions),

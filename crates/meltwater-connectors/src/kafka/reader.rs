@@ -715,13 +715,10 @@ impl KafkaScanExec {
     /// The scan's schema: the projected columns (a changelog's op column is consumed
     /// by the scan).
     fn plain_schema(source: &KafkaSource, projection: Option<&[usize]>) -> SchemaRef {
-        let schema = source.schema(projection);
-        if source.options().changelog() {
-            let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-            fields.pop();
-            Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
-        } else {
-            schema
+        let schema = &source.options().schema;
+        match projection {
+            Some(p) => Arc::new(schema.project(p).expect("valid projection")),
+            None => schema.clone(),
         }
     }
 }

@@ -225,7 +225,9 @@ impl Operator for BlackholeSinkOperator {
 ///   (keyed state, one key group); once the checkpoint is complete the coordinator
 ///   produces them in one transaction
 ///   ([`meltwater_connectors::kafka::commit_checkpoint`]), so a `read_committed` reader
-///   sees each record once, after the checkpoint that covers it.
+///   sees each record once, after the checkpoint that covers it. A restored subtask
+///   starts with nothing pending: the coordinator commits the restored checkpoint's
+///   records before the job starts.
 pub struct KafkaSinkOperator {
     options: meltwater_connectors::kafka::KafkaSinkOptions,
     subtask: usize,
@@ -295,12 +297,6 @@ pub fn kafka_pending_of(keyed: Vec<RecordBatch>) -> Vec<RecordBatch> {
 impl Operator for KafkaSinkOperator {
     fn name(&self) -> String {
         format!("kafka sink {}", self.options.table)
-    }
-
-    async fn restore(&mut self, _state: crate::operator::RestoredState) -> Result<()> {
-        // The restored checkpoint's records were committed by the coordinator before
-        // the job started.
-        Ok(())
     }
 
     async fn process(
