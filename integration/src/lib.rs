@@ -111,6 +111,20 @@ pub fn printed_rows(stdout: &str) -> Vec<String> {
     rows
 }
 
+/// Runs `meltwater ARGS` in `dir` and asserts it succeeded (the failure shows both
+/// outputs); returns stdout and stderr.
+pub fn meltwater_ok(dir: &Path, args: &[&str]) -> (String, String) {
+    let out = meltwater(dir, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "meltwater {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
 /// Runs `meltwater ARGS` with `dir` as its working directory.
 pub fn meltwater(dir: &Path, args: &[&str]) -> Output {
     meltwater_with_env(dir, args, &[])

@@ -6,18 +6,11 @@
 //! a table set to merge-on-read.
 
 use meltwater_integration::{
-    iceberg_snapshots, interop_python, meltwater, printed_rows, read_iceberg,
+    iceberg_snapshots, interop_python, meltwater, meltwater_ok, printed_rows, read_iceberg,
 };
 
 fn run(dir: &std::path::Path, file: &str) -> String {
-    let out = meltwater(dir, &["run", file, "--mode", "batch"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "meltwater run {file}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    meltwater_ok(dir, &["run", file, "--mode", "batch"]).0
 }
 
 const SETUP: &str = "

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use meltwater_integration::crash::{clock_seed, next_random};
 use meltwater_integration::kafka::KafkaBroker;
-use meltwater_integration::{meltwater, meltwater_bin, printed_rows};
+use meltwater_integration::{meltwater, meltwater_bin, meltwater_ok as run, printed_rows};
 
 const ROWS: i64 = 60_000;
 /// Offsets of the malformed records (in produce order).
@@ -163,17 +163,6 @@ fn kill_after_checkpoints(dir: &Path, args: &[&str], kills: usize, seed: &mut u6
         eprintln!("killed run {killed} after {:?}", started.elapsed());
     }
     killed
-}
-
-fn run(dir: &Path, args: &[&str]) -> (String, String) {
-    let out = meltwater(dir, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "meltwater {args:?}:\n{stdout}\n{stderr}"
-    );
-    (stdout, stderr)
 }
 
 /// The rows of an Iceberg table of the lake, read by a meltwater batch job into a print

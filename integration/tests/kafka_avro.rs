@@ -20,19 +20,8 @@ use std::time::Duration;
 
 use meltwater_integration::kafka::KafkaBroker;
 use meltwater_integration::schema_registry::SchemaRegistry;
-use meltwater_integration::{meltwater, printed_rows};
+use meltwater_integration::{meltwater, meltwater_ok as run, printed_rows};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-fn run(dir: &Path, args: &[&str]) -> (String, String) {
-    let out = meltwater(dir, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "meltwater {args:?}:\n{stdout}\n{stderr}"
-    );
-    (stdout, stderr)
-}
 
 /// Runs `job` (with `${name}` parameters) in `dir`.
 fn run_job(dir: &Path, job: &str, mode: &str, params: &[(&str, &str)]) -> (String, String) {

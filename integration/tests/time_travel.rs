@@ -3,17 +3,12 @@
 //! with the snapshot ids and commit times pyiceberg reports; an unknown snapshot or a
 //! time before the first commit is a clear error, and a past snapshot cannot be written.
 
-use meltwater_integration::{iceberg_snapshots, interop_python, meltwater, printed_rows};
+use meltwater_integration::{
+    iceberg_snapshots, interop_python, meltwater, meltwater_ok, printed_rows,
+};
 
 fn run(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = meltwater(dir, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "meltwater {args:?}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    meltwater_ok(dir, args).0
 }
 
 fn failure(dir: &std::path::Path, args: &[&str]) -> String {
