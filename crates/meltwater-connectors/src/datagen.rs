@@ -379,6 +379,8 @@ fn random_text(seed: u64, length: usize, out: &mut String) {
 #[derive(Debug)]
 pub struct DataGenTable {
     name: String,
+    /// The definition the table was built from (what a scan's plan codec carries).
+    def: Arc<TableDef>,
     generator: Arc<Generator>,
     rows: Option<u64>,
     rows_per_second: u64,
@@ -395,6 +397,7 @@ impl DataGenTable {
         def.reject_metadata(CONNECTOR)?;
         let options = OptionReader::new(&def, CONNECTOR);
         crate::watermark_idle_timeout_ms(&def, CONNECTOR)?;
+        let kept = Arc::new(def.clone());
         let columns_list = def
             .schema
             .fields()
@@ -479,6 +482,7 @@ impl DataGenTable {
 
         Ok(Self {
             name: def.name,
+            def: kept,
             generator: Arc::new(Generator {
                 schema: def.schema,
                 columns,
@@ -815,11 +819,8 @@ impl TableProvider for DataGenTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(DataGenExec::try_new(
-            self.name.clone(),
-            self.generator.clone(),
+            self,
             projection.cloned(),
-            self.rows,
-            self.rows_per_second,
             state.config().target_partitions(),
             limit,
             self.metrics.clone(),
@@ -866,28 +867,30 @@ impl ConnectorTable for DataGenTable {
 #[derive(Debug)]
 pub struct DataGenExec {
     table: String,
+    /// The table's definition (rebuilds the generator in another process).
+    pub(crate) def: Arc<TableDef>,
     generator: Arc<Generator>,
-    projection: Option<Vec<usize>>,
+    pub(crate) projection: Option<Vec<usize>>,
     rows: Option<u64>,
     rows_per_second: u64,
-    partitions: usize,
-    limit: Option<usize>,
+    pub(crate) partitions: usize,
+    pub(crate) limit: Option<usize>,
     metrics: Arc<SourceMetrics>,
     properties: Arc<PlanProperties>,
 }
 
 impl DataGenExec {
-    #[allow(clippy::too_many_arguments)]
-    fn try_new(
-        table: String,
-        generator: Arc<Generator>,
+    /// A scan of `table` over at most `target_partitions` partitions, counting into
+    /// `metrics`.
+    pub(crate) fn try_new(
+        table: &DataGenTable,
         projection: Option<Vec<usize>>,
-        rows: Option<u64>,
-        rows_per_second: u64,
         target_partitions: usize,
         limit: Option<usize>,
         metrics: Arc<SourceMetrics>,
     ) -> Result<Self> {
+        let generator = table.generator.clone();
+        let (rows, rows_per_second) = (table.rows, table.rows_per_second);
         let schema = match &projection {
             Some(p) => Arc::new(generator.schema.project(p)?),
             None => generator.schema.clone(),
@@ -909,7 +912,8 @@ impl DataGenExec {
             boundedness,
         ));
         Ok(Self {
-            table,
+            table: table.name.clone(),
+            def: table.def.clone(),
             generator,
             projection,
             rows,

@@ -169,6 +169,8 @@ pub(crate) enum Topics {
 /// A table's options, validated.
 #[derive(Debug, Clone)]
 pub(crate) struct KafkaOptions {
+    /// The definition these options were parsed from (what the plan codec carries).
+    pub def: Arc<TableDef>,
     pub table: String,
     pub schema: SchemaRef,
     pub columns: Vec<ColumnSource>,
@@ -476,6 +478,7 @@ impl KafkaOptions {
         };
         crate::watermark_idle_timeout_ms(def, CONNECTOR)?;
         Ok(Self {
+            def: Arc::new(def.clone()),
             table: def.name.clone(),
             schema: def.schema.clone(),
             columns,
@@ -806,7 +809,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// Resolved ranges per split, the enumerator state of the source.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct EnumeratorState {
-    ranges: BTreeMap<String, SplitRange>,
+    pub ranges: BTreeMap<String, SplitRange>,
 }
 
 /// A table's partitions as a stream source.
@@ -846,6 +849,23 @@ impl KafkaSource {
 
     pub(crate) fn options(&self) -> &KafkaOptions {
         &self.options
+    }
+
+    /// The offset ranges resolved so far, by split id.
+    pub(crate) fn resolved_ranges(&self) -> BTreeMap<String, SplitRange> {
+        self.state.lock().expect("kafka enumerator").ranges.clone()
+    }
+
+    /// A source whose splits read `ranges` (resolved elsewhere) without asking the
+    /// brokers again.
+    pub(crate) fn with_ranges(
+        options: KafkaOptions,
+        metrics: Arc<SourceMetrics>,
+        ranges: BTreeMap<String, SplitRange>,
+    ) -> Self {
+        let source = Self::new(options, metrics, Arc::default());
+        source.state.lock().expect("kafka enumerator").ranges = ranges;
+        source
     }
 
     fn range_of(&self, split: &str) -> Option<SplitRange> {

@@ -55,6 +55,7 @@ macro_rules! leaf_exec_methods {
 
 pub mod blackhole;
 pub mod changelog;
+pub mod codec;
 pub mod datagen;
 pub mod error;
 pub mod filesystem;

@@ -77,9 +77,9 @@ impl PrintOptions {
 /// Writes rows of a print table: one subtask's writer.
 #[derive(Debug, Clone)]
 pub struct PrintWriter {
-    table: String,
-    prefix: String,
-    standard_error: bool,
+    pub(crate) table: String,
+    pub(crate) prefix: String,
+    pub(crate) standard_error: bool,
 }
 
 impl PrintWriter {

@@ -156,11 +156,11 @@ impl ConnectorTable for SinkTable {
 /// Batch mode's writer of a sink-only table: prints each batch (print) or drops it
 /// (blackhole), and counts the rows.
 #[derive(Debug)]
-struct SinkTableWriter {
-    table: String,
-    schema: SchemaRef,
-    connector: String,
-    print: Option<PrintWriter>,
+pub(crate) struct SinkTableWriter {
+    pub(crate) table: String,
+    pub(crate) schema: SchemaRef,
+    pub(crate) connector: String,
+    pub(crate) print: Option<PrintWriter>,
 }
 
 impl DisplayAs for SinkTableWriter {

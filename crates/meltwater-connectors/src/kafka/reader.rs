@@ -673,10 +673,10 @@ impl SplitReader for PartitionReader {
 /// partitions, each read from its start to its end offset.
 #[derive(Debug)]
 pub struct KafkaScanExec {
-    source: Arc<KafkaSource>,
-    splits: Vec<Split>,
-    projection: Option<Vec<usize>>,
-    partitions: usize,
+    pub(crate) source: Arc<KafkaSource>,
+    pub(crate) splits: Vec<Split>,
+    pub(crate) projection: Option<Vec<usize>>,
+    pub(crate) partitions: usize,
     properties: Arc<PlanProperties>,
 }
 

@@ -727,12 +727,15 @@ pub async fn commit_checkpoint(
 /// Batch mode's sink: all rows through one writer, flushed (or committed) at the end.
 #[derive(Debug)]
 pub struct KafkaSink {
+    /// The table's definition (rebuilds the sink in another process).
+    pub(crate) def: Arc<TableDef>,
     options: KafkaSinkOptions,
 }
 
 impl KafkaSink {
     pub(crate) fn try_new(def: &TableDef, options: &KafkaOptions) -> Result<Self> {
         Ok(Self {
+            def: Arc::new(def.clone()),
             options: KafkaSinkOptions::parse(def, options)?,
         })
     }
