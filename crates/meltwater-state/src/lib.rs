@@ -7,9 +7,11 @@
 //! Hash exchanges route rows by the same function, so the subtask that receives a key is
 //! the one holding its state. A checkpoint stores each row of keyed state with its key
 //! group, so it can be restored at another parallelism by filtering on the new ranges.
+//! Over a memory budget, operators move cold key groups to local files ([`spill`]).
 
 pub mod keygroup;
 pub mod location;
+pub mod spill;
 pub mod store;
 
 pub use keygroup::{
@@ -17,6 +19,7 @@ pub use keygroup::{
     DEFAULT_KEY_GROUPS, KEY_GROUP_COLUMN,
 };
 pub use location::{StorageLocation, StorageProfile, StorageProfiles, PROFILE_PREFIX};
+pub use spill::KeyGroupSpill;
 pub use store::{
     CheckpointManifest, CheckpointStore, OperatorManifest, StateError, SubtaskManifest,
 };

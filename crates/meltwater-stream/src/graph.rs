@@ -125,6 +125,8 @@ pub enum NodeKind {
     UpdatingAggregate {
         aggregate: Aggregate,
         ttl_ms: Option<u64>,
+        /// `state.memory-budget`: bytes of state per subtask before spilling.
+        memory_budget: Option<usize>,
     },
     /// A SESSION window function without an aggregate above it: each key's rows held
     /// until the watermark closes their session, then emitted with its bounds. Indices
@@ -133,6 +135,8 @@ pub enum NodeKind {
         gap: i64,
         time_index: usize,
         key_indices: Vec<usize>,
+        /// `state.memory-budget`: bytes of buffered rows per subtask before spilling.
+        memory_budget: Option<usize>,
     },
     /// A regular join: input 0 is the left side, the first extra input the right.
     Join(crate::ops::join::JoinSpec),

@@ -94,7 +94,8 @@ struct Builder<'a> {
     /// `iceberg.source.monitor-interval`: Iceberg tables read in stream mode follow their
     /// appends at this interval.
     iceberg_monitor_ms: Option<u64>,
-    /// `state.memory-budget`: state bytes per window-aggregate subtask before spilling.
+    /// `state.memory-budget`: state bytes per subtask of a stateful operator before it
+    /// spills.
     memory_budget: Option<usize>,
 }
 
@@ -798,6 +799,7 @@ impl Builder<'_> {
                         kind: NodeKind::UpdatingAggregate {
                             aggregate: agg.clone(),
                             ttl_ms: self.ttl_ms,
+                            memory_budget: self.memory_budget,
                         },
                         parallelism,
                         input: Some((input, partitioning)),
@@ -1076,6 +1078,7 @@ impl Builder<'_> {
             output_schema: output_schema.clone(),
             output_updating: updating,
             ttl_ms: self.ttl_ms,
+            memory_budget: self.memory_budget,
         };
         let (lp, rp, parallelism) = if left_keys.is_empty() {
             (Partitioning::Single, Partitioning::Single, 1)
@@ -1230,6 +1233,7 @@ impl Builder<'_> {
                 gap,
                 time_index,
                 key_indices,
+                memory_budget: self.memory_budget,
             },
             parallelism,
             input: Some((input, partitioning)),

@@ -260,6 +260,23 @@ struct ChainOp {
     spilled_reported: u64,
 }
 
+impl ChainOp {
+    /// Adds what the operator's counters gained since the last report to its metrics.
+    fn report_counters(&mut self) {
+        let counters = self.op.counters();
+        JobMetrics::add(
+            &self.metrics.late_records,
+            counters.late_records - self.late_reported,
+        );
+        self.late_reported = counters.late_records;
+        JobMetrics::add(
+            &self.metrics.spilled_bytes,
+            counters.spilled_bytes - self.spilled_reported,
+        );
+        self.spilled_reported = counters.spilled_bytes;
+    }
+}
+
 /// Where a chain's output goes.
 struct Outputs {
     partitioning: Partitioning,
@@ -374,6 +391,9 @@ impl Chain {
                 JobMetrics::add(&op.metrics.rows_in, b.num_rows() as u64);
                 op.op.process(input, b, &mut out).await?;
             }
+            // Operators that spill while processing (joins, updating aggregates) report it
+            // here; late records are counted as watermarks arrive.
+            op.report_counters();
             batches = out.take();
             if k + 1 < len {
                 for b in &batches {
@@ -396,18 +416,7 @@ impl Chain {
         for k in 0..self.ops.len() {
             let mut out = Output::default();
             wm = self.ops[k].op.on_watermark(wm, &mut out).await?;
-            let op = &mut self.ops[k];
-            let counters = op.op.counters();
-            JobMetrics::add(
-                &op.metrics.late_records,
-                counters.late_records - op.late_reported,
-            );
-            op.late_reported = counters.late_records;
-            JobMetrics::add(
-                &op.metrics.spilled_bytes,
-                counters.spilled_bytes - op.spilled_reported,
-            );
-            op.spilled_reported = counters.spilled_bytes;
+            self.ops[k].report_counters();
             self.push_from(k + 1, out.take()).await?;
         }
         if !self.outputs.senders.is_empty() {
@@ -903,32 +912,46 @@ fn build_operator(
                 None => op,
             })
         }
-        NodeKind::UpdatingAggregate { aggregate, ttl_ms } => {
+        NodeKind::UpdatingAggregate {
+            aggregate,
+            ttl_ms,
+            memory_budget,
+        } => {
             let mut spec = AggregateSpec::try_new(aggregate, state)?;
             if input_updating {
                 spec = spec.with_updating_input();
             }
-            Box::new(UpdatingAggregateOperator::try_new(
-                spec,
-                info.clone(),
-                *ttl_ms,
-            )?)
+            let op = UpdatingAggregateOperator::try_new(spec, info.clone(), *ttl_ms)?;
+            Box::new(match memory_budget {
+                Some(budget) => op.with_memory_budget(*budget, spill_dir(info)),
+                None => op,
+            })
         }
         NodeKind::SessionRows {
             gap,
             time_index,
             key_indices,
-        } => Box::new(crate::aggregate::SessionRowsOperator::try_new(
-            *gap,
-            *time_index,
-            key_indices.clone(),
-            node.schema.clone(),
-            info.clone(),
-        )?),
-        NodeKind::Join(spec) => Box::new(crate::ops::join::JoinOperator::try_new(
-            spec.clone(),
-            info.clone(),
-        )?),
+            memory_budget,
+        } => {
+            let op = crate::aggregate::SessionRowsOperator::try_new(
+                *gap,
+                *time_index,
+                key_indices.clone(),
+                node.schema.clone(),
+                info.clone(),
+            )?;
+            Box::new(match memory_budget {
+                Some(budget) => op.with_memory_budget(*budget, spill_dir(info)),
+                None => op,
+            })
+        }
+        NodeKind::Join(spec) => {
+            let op = crate::ops::join::JoinOperator::try_new(spec.clone(), info.clone())?;
+            Box::new(match spec.memory_budget {
+                Some(budget) => op.with_memory_budget(budget, spill_dir(info)),
+                None => op,
+            })
+        }
         NodeKind::Sink { kind, .. } => match kind {
             SinkKind::Iceberg { table, upsert } => Box::new(IcebergSinkOperator::new(
                 table.clone(),

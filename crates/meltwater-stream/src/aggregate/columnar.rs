@@ -16,14 +16,13 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::ipc::reader::FileReader;
-use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::internal_err;
 use datafusion::error::Result;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use meltwater_state::spill::{read_ipc_file, write_ipc_file};
 
 use super::window::WindowKey;
 use super::GroupedRows;
@@ -262,21 +261,18 @@ impl ColumnarWindows {
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
         let path = spill.dir.join(format!("spill-{}.arrow", spill.next));
         spill.next += 1;
-        let file = std::fs::File::create(&path)?;
-        let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), &batch.schema())?;
-        writer.write(&batch)?;
-        writer.finish()?;
-        spill.bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        spill.bytes += write_ipc_file(&path, &[batch])?;
         spill.files.entry(window).or_default().push(path);
         Ok(())
     }
 
     /// A spill file's key columns and flattened state columns.
     fn read_spill(&self, path: &PathBuf) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, usize)> {
-        let reader = FileReader::try_new(std::fs::File::open(path)?, None)?;
-        let schema = reader.schema();
-        let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
-        let batch = concat_batches(&schema, &batches)?;
+        let batches = read_ipc_file(path, None)?;
+        let Some(first) = batches.first() else {
+            return internal_err!("window aggregate: spill file {} is empty", path.display());
+        };
+        let batch = concat_batches(&first.schema(), &batches)?;
         let k = self.key_schema.fields().len();
         let columns = batch.columns();
         Ok((

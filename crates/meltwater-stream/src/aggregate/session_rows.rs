@@ -23,7 +23,7 @@
 //! by the key group of their partition keys) and the watermark; sessions are rebuilt from
 //! the rows' times on restore, at any parallelism.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -34,12 +34,15 @@ use datafusion::common::{internal_err, plan_err};
 use datafusion::error::Result;
 use meltwater_plan::window::{timestamps_to_ms, window_columns};
 
-use super::window::{merge_sessions, take_fired, take_window, MergedSession, WindowKey};
+use super::window::{
+    merge_sessions, take_fired, take_window, window_fired, MergedSession, WindowKey,
+};
 use super::KeyCodec;
 use crate::message::{EventTime, MIN_WATERMARK};
 use crate::operator::{
     Operator, OperatorCounters, OperatorSnapshot, Output, RestoredState, SubtaskInfo,
 };
+use meltwater_state::KeyGroupSpill;
 
 /// Rows per emitted batch (and per snapshot batch).
 const BATCH_ROWS: usize = 8192;
@@ -66,6 +69,8 @@ struct RowStore {
     live: usize,
     /// Rows of all stored batches (live or not).
     stored: usize,
+    /// The memory of all stored batches.
+    bytes: usize,
 }
 
 impl RowStore {
@@ -76,6 +81,7 @@ impl RowStore {
             next_id: 0,
             live: 0,
             stored: 0,
+            bytes: 0,
         }
     }
 
@@ -85,6 +91,7 @@ impl RowStore {
         self.next_id += 1;
         self.live += live;
         self.stored += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
         self.batches.insert(id, (batch, live));
         id
     }
@@ -123,16 +130,22 @@ impl RowStore {
                 if entry.1 == 0 {
                     if let Some((b, _)) = self.batches.remove(&r.batch) {
                         self.stored -= b.num_rows();
+                        self.bytes -= b.get_array_memory_size();
                     }
                 }
             }
         }
     }
 
-    /// When over half of the stored rows are dead, copies the live ones (all of `refs`)
-    /// into one batch and points `refs` at it.
-    fn compact(&mut self, mut refs: Vec<&mut RowRef>) -> Result<()> {
-        if self.stored < COMPACT_MIN_ROWS || self.live * 2 > self.stored {
+    /// When over half of the stored rows are dead (with `now`, when any is), copies the
+    /// live ones (all of `refs`) into one batch and points `refs` at it.
+    fn compact(&mut self, mut refs: Vec<&mut RowRef>, now: bool) -> Result<()> {
+        let due = if now {
+            self.live < self.stored
+        } else {
+            self.stored >= COMPACT_MIN_ROWS && self.live * 2 <= self.stored
+        };
+        if !due {
             return Ok(());
         }
         let copies: Vec<RowRef> = refs.iter().map(|r| **r).collect();
@@ -140,6 +153,10 @@ impl RowStore {
         self.batches.clear();
         self.live = 0;
         self.stored = 0;
+        self.bytes = 0;
+        if copies.is_empty() {
+            return Ok(());
+        }
         let id = self.add(batch, copies.len());
         for (i, r) in refs.iter_mut().enumerate() {
             r.batch = id;
@@ -149,7 +166,25 @@ impl RowStore {
     }
 }
 
+/// Every buffered row's reference, of the open sessions `windows`.
+fn all_refs(
+    windows: &mut BTreeMap<WindowKey, HashMap<Box<[u8]>, Vec<RowRef>>>,
+) -> Vec<&mut RowRef> {
+    windows
+        .values_mut()
+        .flat_map(|keys| keys.values_mut())
+        .flat_map(|rows| rows.iter_mut())
+        .collect()
+}
+
 /// SESSION window assignment without an aggregate; see the module docs.
+///
+/// With a memory budget ([`SessionRowsOperator::with_memory_budget`]) the key groups
+/// used least recently move their buffered rows to local spill files whenever the
+/// buffered batches exceed it (down to about half of it), in the checkpoint's format. A
+/// batch with rows of a spilled key group loads the group back first, and so does a
+/// watermark that fires one of its sessions; the sessions are rebuilt from the rows, as
+/// on restore.
 pub struct SessionRowsOperator {
     gap: i64,
     time_index: usize,
@@ -168,6 +203,11 @@ pub struct SessionRowsOperator {
     store: RowStore,
     watermark: EventTime,
     late_records: u64,
+    spill: Option<KeyGroupSpill>,
+    /// With a budget: the keys with open sessions in memory, by key group.
+    resident: HashMap<u16, HashSet<Box<[u8]>>>,
+    /// Per spilled key group: the earliest end of its sessions (when it must be back).
+    spilled_ends: HashMap<u16, i64>,
 }
 
 impl std::fmt::Debug for SessionRowsOperator {
@@ -233,7 +273,126 @@ impl SessionRowsOperator {
             sessions: HashMap::new(),
             watermark: MIN_WATERMARK,
             late_records: 0,
+            spill: None,
+            resident: HashMap::new(),
+            spilled_ends: HashMap::new(),
         })
+    }
+
+    /// Keeps the buffered rows within `budget` bytes (as their Arrow batches report
+    /// their memory) by spilling the least recently used key groups to files under `dir`
+    /// (created when needed, removed with the operator).
+    pub fn with_memory_budget(mut self, budget: usize, dir: std::path::PathBuf) -> Self {
+        self.spill = Some(KeyGroupSpill::new(budget, dir));
+        self
+    }
+
+    /// Each row's key group (of its `PARTITION BY` keys, as the hash edge routes them).
+    fn row_key_groups(&self, batch: &RecordBatch) -> Result<Vec<u16>> {
+        let key_columns: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        meltwater_state::key_groups(&key_columns, batch.num_rows(), self.info.key_groups)
+    }
+
+    /// Loads key group `kg`'s spilled rows back into their sessions.
+    fn load(&mut self, kg: u16) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        self.spilled_ends.remove(&kg);
+        for batch in spill.load(kg)? {
+            // Their sessions were open: none of the rows is late.
+            self.ingest(batch, false)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the spilled key groups among `kgs` back, marking `kgs` as just used.
+    fn load_spilled(&mut self, kgs: &[u16]) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        for batch in spill.load_touched(kgs)? {
+            // Their sessions were open: none of the rows is late.
+            self.ingest(batch, false)?;
+        }
+        for kg in kgs {
+            self.spilled_ends.remove(kg);
+        }
+        Ok(())
+    }
+
+    /// Over the budget: moves the rows of the least recently used key groups to a spill
+    /// file until the rows left take about half the budget.
+    fn spill_if_over_budget(&mut self) -> Result<()> {
+        let Some(spill) = self.spill.as_ref() else {
+            return Ok(());
+        };
+        let budget = spill.budget();
+        let row_size = std::mem::size_of::<RowRef>();
+        if self.store.bytes + self.store.live * row_size <= budget {
+            return Ok(());
+        }
+        // What a live row takes once the dead ones are compacted away.
+        let per_row = self.store.bytes / self.store.stored.max(1) + row_size;
+        let mut live = self.store.live;
+        let mut parts = Vec::new();
+        for kg in spill.coldest_first(self.resident.keys().copied()) {
+            if live * per_row <= budget / 2 {
+                break;
+            }
+            let Some(keys) = self.resident.remove(&kg) else {
+                continue;
+            };
+            let mut refs = Vec::new();
+            let mut first_end = i64::MAX;
+            for key in keys {
+                for (start, end) in self.sessions.remove(&key).unwrap_or_default() {
+                    first_end = first_end.min(end);
+                    refs.extend(
+                        take_window(&mut self.windows, (end, start), &key).unwrap_or_default(),
+                    );
+                }
+            }
+            if refs.is_empty() {
+                continue;
+            }
+            live -= refs.len();
+            for chunk in refs.chunks(BATCH_ROWS) {
+                let rows = self.store.gather(chunk)?;
+                let n = rows.num_rows();
+                parts.push((kg, meltwater_state::with_key_groups(&rows, vec![kg; n])?));
+            }
+            self.store.release(&refs);
+            let end = self.spilled_ends.entry(kg).or_insert(i64::MAX);
+            *end = (*end).min(first_end);
+        }
+        self.spill
+            .as_mut()
+            .expect("checked above")
+            .write_run(parts)?;
+        self.store.compact(all_refs(&mut self.windows), true)
+    }
+
+    /// With a budget: records which keys have open sessions in memory after `keys`'
+    /// sessions changed (key groups `kgs`, by the same index).
+    fn track_resident(&mut self, keys: &[Box<[u8]>], kgs: &[u16]) {
+        if self.spill.is_none() {
+            return;
+        }
+        for (key, kg) in keys.iter().zip(kgs) {
+            if self.sessions.contains_key(key) {
+                self.resident.entry(*kg).or_default().insert(key.clone());
+            } else if let Some(set) = self.resident.get_mut(kg) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.resident.remove(kg);
+                }
+            }
+        }
     }
 
     /// Buffers the rows of `batch` in their sessions, merging sessions as needed; late
@@ -252,6 +411,10 @@ impl SessionRowsOperator {
             .map(|&i| batch.column(i).clone())
             .collect();
         let keys = self.keys.encode(&key_columns)?;
+        let row_groups = match self.spill {
+            Some(_) => self.row_key_groups(&batch)?,
+            None => vec![],
+        };
         let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
         for (row, t) in times.iter().enumerate() {
             if t.is_some() {
@@ -304,8 +467,16 @@ impl SessionRowsOperator {
             )
         };
         let id = self.store.add(stored, live);
+        let (mut changed, mut changed_groups) = (Vec::new(), Vec::new());
         for (key, merged) in plans {
             let key: Box<[u8]> = key.into();
+            if !row_groups.is_empty() {
+                let first = merged.iter().find_map(|m| m.rows.first()).copied();
+                if let Some(row) = first {
+                    changed.push(key.clone());
+                    changed_groups.push(row_groups[row]);
+                }
+            }
             let mut sessions = Vec::with_capacity(merged.len());
             for m in merged {
                 // The merged session's rows: the existing sessions' rows (appended to the
@@ -337,6 +508,7 @@ impl SessionRowsOperator {
                 self.sessions.insert(key, sessions);
             }
         }
+        self.track_resident(&changed, &changed_groups);
         Ok(())
     }
 
@@ -348,6 +520,7 @@ impl SessionRowsOperator {
         out: &mut Output,
     ) -> Result<()> {
         let (mut refs, mut starts, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+        let mut closed: Vec<Box<[u8]>> = Vec::new();
         for ((end, start), keys) in fired {
             let mut keys: Vec<_> = keys.into_iter().collect();
             keys.sort_by(|a, b| a.0.cmp(&b.0));
@@ -356,6 +529,9 @@ impl SessionRowsOperator {
                     list.retain(|w| *w != (start, end));
                     if list.is_empty() {
                         self.sessions.remove(&key);
+                        if self.spill.is_some() {
+                            closed.push(key.clone());
+                        }
                     }
                 }
                 // Stable: rows of equal time keep their arrival order.
@@ -379,13 +555,14 @@ impl SessionRowsOperator {
             from = to;
         }
         self.store.release(&refs);
-        self.store.compact(
-            self.windows
-                .values_mut()
-                .flat_map(|keys| keys.values_mut())
-                .flat_map(|rows| rows.iter_mut())
-                .collect(),
-        )
+        if !closed.is_empty() {
+            let key_refs: Vec<&[u8]> = closed.iter().map(|k| k.as_ref()).collect();
+            let key_columns = self.keys.decode(&key_refs)?;
+            let kgs =
+                meltwater_state::key_groups(&key_columns, closed.len(), self.info.key_groups)?;
+            self.track_resident(&closed, &kgs);
+        }
+        self.store.compact(all_refs(&mut self.windows), false)
     }
 }
 
@@ -400,6 +577,7 @@ impl Operator for SessionRowsOperator {
         // its sessions rebuild exactly. None of them is late: they were open.
         for batch in state.keyed {
             self.ingest(batch, false)?;
+            self.spill_if_over_budget()?;
         }
         // The lowest watermark any old subtask had reached: rows later than that were
         // late before the checkpoint too.
@@ -420,7 +598,12 @@ impl Operator for SessionRowsOperator {
         batch: RecordBatch,
         _out: &mut Output,
     ) -> Result<()> {
-        self.ingest(batch, true)
+        if self.spill.is_some() {
+            let kgs = self.row_key_groups(&batch)?;
+            self.load_spilled(&kgs)?;
+        }
+        self.ingest(batch, true)?;
+        self.spill_if_over_budget()
     }
 
     async fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) -> Result<EventTime> {
@@ -428,10 +611,22 @@ impl Operator for SessionRowsOperator {
             return Ok(watermark);
         }
         self.watermark = watermark;
+        // Spilled sessions that fire now come back first.
+        let mut due: Vec<u16> = self
+            .spilled_ends
+            .iter()
+            .filter(|(_, end)| window_fired(**end, watermark))
+            .map(|(kg, _)| *kg)
+            .collect();
+        due.sort_unstable();
+        for kg in due {
+            self.load(kg)?;
+        }
         let fired = take_fired(&mut self.windows, watermark);
         if !fired.is_empty() {
             self.emit(fired, out)?;
         }
+        self.spill_if_over_budget()?;
         Ok(watermark)
     }
 
@@ -460,6 +655,10 @@ impl Operator for SessionRowsOperator {
                 meltwater_state::key_groups(&key_columns, rows.num_rows(), self.info.key_groups)?;
             keyed.push(meltwater_state::with_key_groups(&rows, groups)?);
         }
+        // Spilled key groups are part of the state: their rows as spilled.
+        if let Some(spill) = &self.spill {
+            keyed.extend(spill.snapshot()?);
+        }
         Ok(OperatorSnapshot {
             keyed,
             state: serde_json::json!({ "watermark": self.watermark }),
@@ -469,7 +668,7 @@ impl Operator for SessionRowsOperator {
     fn counters(&self) -> OperatorCounters {
         OperatorCounters {
             late_records: self.late_records,
-            ..Default::default()
+            spilled_bytes: self.spill.as_ref().map_or(0, |s| s.spilled_bytes()),
         }
     }
 }
@@ -818,5 +1017,102 @@ mod tests {
             .collect();
         assert_eq!(v, (0..10).map(|t| t.to_string()).collect::<Vec<_>>());
         assert!(op.store.batches.is_empty());
+    }
+
+    /// Feeds `batches` (watermark [`random_watermark`] after each, then the final one) to
+    /// a subtask (`index` of `parallelism`, restored from `restore` when given) kept
+    /// within `budget` bytes. Returns what each watermark emitted (sorted, since rows of
+    /// equal time have no order), the late count and the bytes spilled.
+    async fn sessions_within(
+        batches: &[RecordBatch],
+        first_watermark: usize,
+        budget: Option<usize>,
+        restore: Option<RestoredState>,
+        (index, parallelism): (usize, usize),
+    ) -> (Vec<Vec<String>>, u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = operator(index, parallelism);
+        if let Some(b) = budget {
+            op = op.with_memory_budget(b, dir.path().join("op"));
+        }
+        if let Some(state) = restore {
+            op.restore(state).await.unwrap();
+        }
+        let mut out = Vec::new();
+        for (b, batch) in batches.iter().enumerate() {
+            assert!(feed(&mut op, batch.clone()).await.is_empty());
+            out.push(sorted(
+                &watermark(&mut op, random_watermark(first_watermark + b)).await,
+            ));
+        }
+        out.push(sorted(&watermark(&mut op, i64::MAX).await));
+        assert!(op.windows.is_empty() && op.spilled_ends.is_empty());
+        let counters = op.counters();
+        (out, counters.late_records, counters.spilled_bytes)
+    }
+
+    #[tokio::test]
+    async fn spilling_over_the_budget_gives_the_same_rows() {
+        // Sessions of gap 10 over times in 300-wide ranges: many merge, some rows are late.
+        let batches = random_batches(9, 8, 300, 40);
+        let (in_memory, late, none) = sessions_within(&batches, 0, None, None, (0, 1)).await;
+        assert_eq!(none, 0);
+        assert!(late > 0);
+        assert!(in_memory.iter().map(|w| w.len()).sum::<usize>() > 1000);
+        // 1 byte: every key group goes to disk after every batch; 16 KiB: some do.
+        for budget in [1, 16 << 10] {
+            let (spilled, spilled_late, bytes) =
+                sessions_within(&batches, 0, Some(budget), None, (0, 1)).await;
+            assert_eq!(spilled, in_memory, "budget {budget}");
+            assert_eq!(spilled_late, late, "budget {budget}");
+            assert!(bytes > 0, "budget {budget}: nothing spilled");
+        }
+        // What is spilled leaves memory; the buffered rows keep to the budget.
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = operator(0, 1).with_memory_budget(16 << 10, dir.path().join("op"));
+        for batch in random_batches(10, 6, 500, 200) {
+            feed(&mut op, batch).await;
+            let memory = op.store.bytes + op.store.live * std::mem::size_of::<RowRef>();
+            assert!(memory <= 16 << 10, "{memory} bytes in memory");
+        }
+        assert!(!op.spilled_ends.is_empty());
+    }
+
+    #[tokio::test]
+    async fn spilled_rows_are_checkpointed_and_restore_at_another_parallelism() {
+        let batches = random_batches(12, 8, 300, 40);
+        let (before, after) = batches.split_at(4);
+        let (reference, late, _) = sessions_within(&batches, 0, None, None, (0, 1)).await;
+        let mut expected: Vec<String> = reference[before.len()..].concat();
+        expected.sort();
+
+        // With a 1-byte budget every buffered row is on disk when the checkpoint is taken.
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = operator(0, 1).with_memory_budget(1, dir.path().join("op"));
+        let mut old_late = 0;
+        for (b, batch) in before.iter().enumerate() {
+            feed(&mut old, batch.clone()).await;
+            watermark(&mut old, random_watermark(b)).await;
+        }
+        assert_eq!(old.store.live, 0);
+        old_late += old.counters().late_records;
+        let snap = snapshot(&mut old).await;
+        let buffered: usize = snap.keyed.iter().map(|b| b.num_rows()).sum();
+        assert!(buffered > 100, "{buffered} rows in the checkpoint");
+
+        // Restored into 3 subtasks, each within a budget of its own.
+        let mut got = Vec::new();
+        let mut new_late = 0;
+        for (i, budget) in [(0, 1), (1, 4 << 10), (2, 1 << 20)] {
+            let state = restored(&snap, i, 3);
+            let input: Vec<RecordBatch> = after.iter().map(|b| rows_of(b, i, 3)).collect();
+            let (rows, late, _) =
+                sessions_within(&input, before.len(), Some(budget), Some(state), (i, 3)).await;
+            got.extend(rows.concat());
+            new_late += late;
+        }
+        got.sort();
+        assert_eq!(got, expected);
+        assert_eq!(old_late + new_late, late);
     }
 }

@@ -159,3 +159,56 @@ pub(crate) fn route(
         groups.iter().map(|g| Some(range.contains(*g))).collect();
     datafusion::arrow::compute::filter_record_batch(batch, &mask).unwrap()
 }
+
+/// A deterministic pseudo-random source: each call gives a number in `[0, n)`.
+pub(crate) fn random(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut x = seed;
+    move |n: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    }
+}
+
+pub(crate) type Row = (Option<String>, Option<i64>, Option<i64>);
+
+/// `batches` batches of `per_batch` rows over `keys` keys (and some NULL keys), values
+/// in [0, 100) (some NULL); batch `b`'s times lie in [100 b - 200, 100 b + 100), so
+/// some fall into windows the watermark `100 b - 150` of the batch before has fired.
+pub(crate) fn random_batches(
+    seed: u64,
+    batches: usize,
+    per_batch: usize,
+    keys: u64,
+) -> Vec<RecordBatch> {
+    let mut next = random(seed);
+    (0..batches)
+        .map(|b| {
+            let rows: Vec<Row> = (0..per_batch)
+                .map(|_| {
+                    let k = match next(20) {
+                        0 => None,
+                        _ => Some(format!("k{}", next(keys))),
+                    };
+                    let v = match next(10) {
+                        0 => None,
+                        _ => Some(next(100) as i64),
+                    };
+                    let t = (100 * b as i64 - 200 + next(300) as i64).max(0);
+                    (k, v, Some(t))
+                })
+                .collect();
+            let refs: Vec<_> = rows
+                .iter()
+                .map(|(k, v, t)| (k.as_deref(), *v, *t))
+                .collect();
+            source(&refs)
+        })
+        .collect()
+}
+
+/// The watermark after batch `b` of [`random_batches`].
+pub(crate) fn random_watermark(b: usize) -> i64 {
+    100 * b as i64 - 50
+}

@@ -25,7 +25,10 @@ use super::{
 };
 use crate::changelog::{self, RowKind};
 use crate::message::EventTime;
-use crate::operator::{Operator, OperatorSnapshot, Output, RestoredState, SubtaskInfo};
+use crate::operator::{
+    Operator, OperatorCounters, OperatorSnapshot, Output, RestoredState, SubtaskInfo,
+};
+use meltwater_state::KeyGroupSpill;
 
 /// Processing time in ms since the epoch.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -48,9 +51,41 @@ struct Group {
     emitted: Option<Vec<ScalarValue>>,
     /// Processing time of the last update (for the state TTL).
     last_update: i64,
+    /// The memory the group takes, as last measured (kept with a memory budget only).
+    size: usize,
+}
+
+/// The groups of one key group and the memory they take (measured with a budget only).
+#[derive(Default)]
+struct KeyGroupState {
+    groups: HashMap<Box<[u8]>, Group>,
+    bytes: usize,
+}
+
+/// A group's memory: its key, its accumulators and the values it last emitted, plus the
+/// map entry around them.
+fn group_size(key: &[u8], g: &Group) -> usize {
+    key.len()
+        + std::mem::size_of::<Group>()
+        + 32
+        + g.accs.iter().map(|a| a.size()).sum::<usize>()
+        + g.emitted
+            .as_ref()
+            .map_or(0, |v| v.iter().map(ScalarValue::size).sum())
+}
+
+/// Whether a group last updated at `last_update` outlives a TTL check at `now`.
+fn alive(now: i64, last_update: i64, ttl: i64) -> bool {
+    now.saturating_sub(last_update) < ttl
 }
 
 /// Non-windowed `GROUP BY`; see the module docs.
+///
+/// Groups are kept by key group. With a memory budget
+/// ([`UpdatingAggregateOperator::with_memory_budget`]) the key groups used least recently
+/// move to local spill files whenever the groups' memory exceeds it (down to half of
+/// it), in the checkpoint's row format; a batch with rows of a spilled key group first
+/// loads that group back, as a restore would.
 pub struct UpdatingAggregateOperator {
     spec: AggregateSpec,
     info: SubtaskInfo,
@@ -58,17 +93,24 @@ pub struct UpdatingAggregateOperator {
     updating_input: bool,
     keys: KeyCodec,
     state_lens: Vec<usize>,
-    groups: HashMap<Box<[u8]>, Group>,
+    groups: HashMap<u16, KeyGroupState>,
     clock: Clock,
     next_ttl_check: i64,
+    /// Processing time of the last TTL check: groups loaded back from spill files expire
+    /// by it as the groups in memory did.
+    last_ttl_check: Option<i64>,
+    spill: Option<KeyGroupSpill>,
+    /// The memory of all groups in memory (measured with a budget only).
+    memory: usize,
 }
 
 impl std::fmt::Debug for UpdatingAggregateOperator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpdatingAggregateOperator")
-            .field("groups", &self.groups.len())
+            .field("groups", &self.group_count())
             .field("updating_input", &self.updating_input)
             .field("ttl_ms", &self.ttl_ms)
+            .field("memory", &self.memory)
             .finish()
     }
 }
@@ -104,6 +146,9 @@ impl UpdatingAggregateOperator {
             groups: HashMap::new(),
             clock: Arc::new(system_clock),
             next_ttl_check: i64::MIN,
+            last_ttl_check: None,
+            spill: None,
+            memory: 0,
         };
         op.state_lens = state_lens(&|| op.new_accumulators())?;
         Ok(op)
@@ -113,6 +158,19 @@ impl UpdatingAggregateOperator {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Keeps the groups in memory within `budget` bytes (as the accumulators report their
+    /// sizes) by spilling the least recently used key groups to files under `dir`
+    /// (created when needed, removed with the operator).
+    pub fn with_memory_budget(mut self, budget: usize, dir: std::path::PathBuf) -> Self {
+        self.spill = Some(KeyGroupSpill::new(budget, dir));
+        self
+    }
+
+    /// Groups held in memory.
+    fn group_count(&self) -> usize {
+        self.groups.values().map(|s| s.groups.len()).sum()
     }
 
     fn new_accumulators(&self) -> Result<Accumulators> {
@@ -129,17 +187,215 @@ impl UpdatingAggregateOperator {
             .collect()
     }
 
+    fn ttl(&self) -> Option<i64> {
+        self.ttl_ms.map(|t| t.min(i64::MAX as u64) as i64)
+    }
+
     /// Drops groups not updated for the TTL (checked at most every TTL / 2).
     fn expire(&mut self) {
-        let Some(ttl) = self.ttl_ms else { return };
-        let ttl = ttl.min(i64::MAX as u64) as i64;
+        let Some(ttl) = self.ttl() else { return };
         let now = (self.clock)();
         if now < self.next_ttl_check {
             return;
         }
-        self.groups
-            .retain(|_, g| now.saturating_sub(g.last_update) < ttl);
+        let mut freed = 0;
+        self.groups.retain(|_, state| {
+            state.groups.retain(|_, g| {
+                let keep = alive(now, g.last_update, ttl);
+                if !keep {
+                    state.bytes -= g.size;
+                    freed += g.size;
+                }
+                keep
+            });
+            !state.groups.is_empty()
+        });
+        self.memory -= freed;
+        self.last_ttl_check = Some(now);
         self.next_ttl_check = now.saturating_add((ttl / 2).max(1));
+    }
+
+    /// Creates `key`'s group in key group `kg` unless it exists: no rows, nothing
+    /// emitted, updated `now`.
+    fn ensure_group(&mut self, kg: u16, key: &[u8], now: i64) -> Result<()> {
+        let exists = self
+            .groups
+            .get(&kg)
+            .is_some_and(|s| s.groups.contains_key(key));
+        if !exists {
+            let group = Group {
+                accs: self.new_accumulators()?,
+                count: 0,
+                emitted: None,
+                last_update: now,
+                size: 0,
+            };
+            let state = self.groups.entry(kg).or_default();
+            state.groups.insert(key.into(), group);
+        }
+        Ok(())
+    }
+
+    /// Merges checkpoint-format rows (key-group column removed) into the groups, leaving
+    /// their emitted values to [`Self::settle`]. Returns the key groups of the rows.
+    fn merge_state(&mut self, batch: &RecordBatch) -> Result<Vec<u16>> {
+        if batch.num_rows() == 0 {
+            return Ok(vec![]);
+        }
+        let now = (self.clock)();
+        let key_count = self.spec.group_exprs.len();
+        let counts = batch.column(0).as_primitive::<Int64Type>().clone();
+        let updated = batch.column(1).as_primitive::<Int64Type>().clone();
+        let key_columns = &batch.columns()[2..2 + key_count];
+        let keys = self.keys.encode(key_columns)?;
+        let kgs = meltwater_state::key_groups(key_columns, batch.num_rows(), self.info.key_groups)?;
+        let states = &batch.columns()[2 + key_count..];
+        for (row, &kg) in kgs.iter().enumerate() {
+            let key = keys.key(row);
+            self.ensure_group(kg, key, now)?;
+            let g = self
+                .groups
+                .get_mut(&kg)
+                .and_then(|s| s.groups.get_mut(key))
+                .expect("inserted above");
+            merge_state_row(&mut g.accs, states, row, &self.state_lens)?;
+            g.count += counts.value(row);
+            g.last_update = updated.value(row).min(now);
+            // Emitted: evaluated once all of the group's rows are merged.
+            g.emitted = None;
+        }
+        let mut kgs = kgs;
+        kgs.sort_unstable();
+        kgs.dedup();
+        Ok(kgs)
+    }
+
+    /// After [`Self::merge_state`] into key groups `kgs`: drops the groups the last TTL
+    /// check would have dropped, marks the others as emitted (everything in a checkpoint
+    /// or a spill file was emitted before) and measures them.
+    fn settle(&mut self, kgs: &[u16]) -> Result<()> {
+        let expired_by = self.ttl().zip(self.last_ttl_check);
+        let measure = self.spill.is_some();
+        for kg in kgs {
+            let Some(state) = self.groups.get_mut(kg) else {
+                continue;
+            };
+            if let Some((ttl, now)) = expired_by {
+                state.groups.retain(|_, g| {
+                    let keep = alive(now, g.last_update, ttl);
+                    if !keep {
+                        state.bytes -= g.size;
+                        self.memory -= g.size;
+                    }
+                    keep
+                });
+            }
+            for (key, g) in state.groups.iter_mut() {
+                if g.emitted.is_none() {
+                    g.emitted = Some(evaluate(&mut g.accs)?);
+                }
+                if measure {
+                    let size = group_size(key, g);
+                    state.bytes = state.bytes + size - g.size;
+                    self.memory = self.memory + size - g.size;
+                    g.size = size;
+                }
+            }
+            if state.groups.is_empty() {
+                self.groups.remove(kg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the spilled key groups among `kgs` (the key groups of a batch's rows) back
+    /// into memory, and marks `kgs` as just used.
+    fn load_spilled(&mut self, kgs: &[u16]) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        let mut merged = Vec::new();
+        for batch in spill.load_touched(kgs)? {
+            merged.extend(self.merge_state(&batch)?);
+        }
+        merged.sort_unstable();
+        merged.dedup();
+        self.settle(&merged)
+    }
+
+    /// Over the budget: moves the least recently used key groups to a spill file until
+    /// half the budget is used.
+    fn spill_if_over_budget(&mut self) -> Result<()> {
+        let Some(spill) = self.spill.as_ref() else {
+            return Ok(());
+        };
+        let budget = spill.budget();
+        if self.memory <= budget {
+            return Ok(());
+        }
+        let order = spill.coldest_first(self.groups.keys().copied());
+        let mut parts = Vec::new();
+        for kg in order {
+            if self.memory <= budget / 2 {
+                break;
+            }
+            let Some(mut state) = self.groups.remove(&kg) else {
+                continue;
+            };
+            self.memory -= state.bytes;
+            if let Some(batch) = self.state_batch(state.groups.iter_mut())? {
+                parts.push((kg, batch));
+            }
+        }
+        self.spill.as_mut().expect("checked above").write_run(parts)
+    }
+
+    /// The checkpoint rows of `groups` (with the key-group column), `None` for no group.
+    /// Taking an accumulator's state may consume it, so each is rebuilt from its state.
+    fn state_batch<'a>(
+        &self,
+        groups: impl Iterator<Item = (&'a Box<[u8]>, &'a mut Group)>,
+    ) -> Result<Option<RecordBatch>> {
+        let make = || self.new_accumulators();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let (mut counts, mut updated) = (Vec::new(), Vec::new());
+        let mut states = Vec::new();
+        for (key, g) in groups {
+            keys.push(key.as_ref());
+            counts.push(g.count);
+            updated.push(g.last_update);
+            states.push(checkpoint_accumulators(
+                &mut g.accs,
+                &make,
+                &self.state_lens,
+            )?);
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let key_columns = self.keys.decode(&keys)?;
+        let mut names = vec!["__count".to_string(), "__last_update".to_string()];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(counts)),
+            Arc::new(Int64Array::from(updated)),
+        ];
+        for ((_, name), c) in self.spec.group_exprs.iter().zip(&key_columns) {
+            names.push(name.clone());
+            columns.push(c.clone());
+        }
+        for (a, n) in self.state_lens.iter().enumerate() {
+            for f in 0..*n {
+                names.push(format!("__acc{a}_{f}"));
+            }
+        }
+        let width: usize = self.state_lens.iter().sum();
+        columns.extend(transpose_to_columns(states, width)?);
+        Ok(Some(snapshot_batch(
+            &key_columns,
+            self.info.key_groups,
+            names,
+            columns,
+        )?))
     }
 
     /// An updating batch of `rows` (key, values, kind).
@@ -173,39 +429,11 @@ impl Operator for UpdatingAggregateOperator {
     }
 
     async fn restore(&mut self, state: RestoredState) -> Result<()> {
-        let now = (self.clock)();
-        let key_count = self.spec.group_exprs.len();
         for batch in state.keyed {
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let counts = batch.column(0).as_primitive::<Int64Type>().clone();
-            let updated = batch.column(1).as_primitive::<Int64Type>().clone();
-            let keys = self.keys.encode(&batch.columns()[2..2 + key_count])?;
-            let states = &batch.columns()[2 + key_count..];
-            for row in 0..batch.num_rows() {
-                let key: Box<[u8]> = keys.key(row).into();
-                if !self.groups.contains_key(&key) {
-                    let accs = self.new_accumulators()?;
-                    self.groups.insert(
-                        key.clone(),
-                        Group {
-                            accs,
-                            count: 0,
-                            emitted: None,
-                            last_update: now,
-                        },
-                    );
-                }
-                let g = self.groups.get_mut(&key).expect("inserted above");
-                merge_state_row(&mut g.accs, states, row, &self.state_lens)?;
-                g.count += counts.value(row);
-                g.last_update = updated.value(row).min(now);
-            }
-        }
-        // Everything restored was emitted before the checkpoint.
-        for g in self.groups.values_mut() {
-            g.emitted = Some(evaluate(&mut g.accs)?);
+            let kgs = self.merge_state(&batch)?;
+            // Everything restored was emitted before the checkpoint.
+            self.settle(&kgs)?;
+            self.spill_if_over_budget()?;
         }
         Ok(())
     }
@@ -250,22 +478,24 @@ impl Operator for UpdatingAggregateOperator {
         };
         let group_values = self.spec.evaluate_groups(&batch)?;
         let keys = self.keys.encode(&group_values)?;
+        let kgs = meltwater_state::key_groups(&group_values, rows, self.info.key_groups)?;
+        self.load_spilled(&kgs)?;
         let mut local: HashMap<&[u8], usize> = HashMap::new();
-        let mut touched: Vec<(&[u8], i64)> = Vec::new();
+        let mut touched: Vec<(&[u8], u16, i64)> = Vec::new();
         let mut add_ids = vec![NO_GROUP; rows];
         let mut retract_ids = vec![NO_GROUP; rows];
         for row in 0..rows {
             let key = keys.key(row);
             let id = *local.entry(key).or_insert_with(|| {
-                touched.push((key, 0));
+                touched.push((key, kgs[row], 0));
                 touched.len() - 1
             });
             if retracting[row] {
                 retract_ids[row] = id;
-                touched[id].1 -= 1;
+                touched[id].2 -= 1;
             } else {
                 add_ids[row] = id;
-                touched[id].1 += 1;
+                touched[id].2 += 1;
             }
         }
         let args = self.spec.evaluate_args(&batch)?;
@@ -282,21 +512,12 @@ impl Operator for UpdatingAggregateOperator {
             None
         };
         let now = (self.clock)();
+        let measure = self.spill.is_some();
         let mut emitted = Vec::new();
-        for (id, (key, delta)) in touched.into_iter().enumerate() {
-            if !self.groups.contains_key(key) {
-                let accs = self.new_accumulators()?;
-                self.groups.insert(
-                    key.into(),
-                    Group {
-                        accs,
-                        count: 0,
-                        emitted: None,
-                        last_update: now,
-                    },
-                );
-            }
-            let g = self.groups.get_mut(key).expect("inserted above");
+        for (id, (key, kg, delta)) in touched.into_iter().enumerate() {
+            self.ensure_group(kg, key, now)?;
+            let state = self.groups.get_mut(&kg).expect("inserted above");
+            let g = state.groups.get_mut(key).expect("inserted above");
             adds.update(id, &mut g.accs, false)?;
             if let Some(r) = &retracts {
                 r.update(id, &mut g.accs, true)?;
@@ -304,7 +525,12 @@ impl Operator for UpdatingAggregateOperator {
             g.count += delta;
             g.last_update = now;
             if g.count <= 0 {
-                let g = self.groups.remove(key).expect("present");
+                let g = state.groups.remove(key).expect("present");
+                state.bytes -= g.size;
+                self.memory -= g.size;
+                if state.groups.is_empty() {
+                    self.groups.remove(&kg);
+                }
                 if let Some(old) = g.emitted {
                     emitted.push((Box::<[u8]>::from(key), old, RowKind::Delete));
                 }
@@ -319,11 +545,17 @@ impl Operator for UpdatingAggregateOperator {
                 }
                 Some(_) => {}
             }
+            if measure {
+                let size = group_size(key, g);
+                state.bytes = state.bytes + size - g.size;
+                self.memory = self.memory + size - g.size;
+                g.size = size;
+            }
         }
         if !emitted.is_empty() {
             out.push(self.output(emitted)?);
         }
-        Ok(())
+        self.spill_if_over_budget()
     }
 
     async fn on_watermark(&mut self, watermark: EventTime, _out: &mut Output) -> Result<EventTime> {
@@ -336,57 +568,16 @@ impl Operator for UpdatingAggregateOperator {
         _checkpoint_id: u64,
         _out: &mut Output,
     ) -> Result<OperatorSnapshot> {
-        if self.groups.is_empty() {
-            return Ok(OperatorSnapshot::default());
+        let mut groups = std::mem::take(&mut self.groups);
+        let batch = self.state_batch(groups.values_mut().flat_map(|s| s.groups.iter_mut()));
+        self.groups = groups;
+        let mut keyed: Vec<RecordBatch> = batch?.into_iter().collect();
+        // Spilled key groups are part of the state: their rows as spilled.
+        if let Some(spill) = &self.spill {
+            keyed.extend(spill.snapshot()?);
         }
-        let aggr_exprs = self.spec.aggr_exprs.clone();
-        let sliding = self.updating_input;
-        let make = || -> Result<Accumulators> {
-            aggr_exprs
-                .iter()
-                .map(|a| {
-                    if sliding {
-                        a.create_sliding_accumulator()
-                    } else {
-                        a.create_accumulator()
-                    }
-                })
-                .collect()
-        };
-        let mut keys: Vec<Box<[u8]>> = Vec::with_capacity(self.groups.len());
-        let (mut counts, mut updated) = (Vec::new(), Vec::new());
-        let mut states = Vec::new();
-        for (key, g) in self.groups.iter_mut() {
-            keys.push(key.clone());
-            counts.push(g.count);
-            updated.push(g.last_update);
-            states.push(checkpoint_accumulators(
-                &mut g.accs,
-                &make,
-                &self.state_lens,
-            )?);
-        }
-        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-        let key_columns = self.keys.decode(&refs)?;
-        let mut names = vec!["__count".to_string(), "__last_update".to_string()];
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(counts)),
-            Arc::new(Int64Array::from(updated)),
-        ];
-        for ((_, name), c) in self.spec.group_exprs.iter().zip(&key_columns) {
-            names.push(name.clone());
-            columns.push(c.clone());
-        }
-        for (a, n) in self.state_lens.iter().enumerate() {
-            for f in 0..*n {
-                names.push(format!("__acc{a}_{f}"));
-            }
-        }
-        let width: usize = self.state_lens.iter().sum();
-        columns.extend(transpose_to_columns(states, width)?);
-        let batch = snapshot_batch(&key_columns, self.info.key_groups, names, columns)?;
         Ok(OperatorSnapshot {
-            keyed: vec![batch],
+            keyed,
             state: serde_json::Value::Null,
         })
     }
@@ -394,12 +585,24 @@ impl Operator for UpdatingAggregateOperator {
     async fn finish(&mut self, out: &mut Output) -> Result<()> {
         // A global aggregate has one result row even over no rows, as in batch mode; its
         // single key lives in key group 0, i.e. on subtask 0.
-        if self.spec.group_exprs.is_empty() && self.info.index == 0 && self.groups.is_empty() {
+        let spilled = self.spill.as_ref().is_some_and(|s| !s.is_empty());
+        if self.spec.group_exprs.is_empty()
+            && self.info.index == 0
+            && self.groups.is_empty()
+            && !spilled
+        {
             let mut accs = self.new_accumulators()?;
             let values = evaluate(&mut accs)?;
             out.push(self.output(vec![(Box::from(&[][..]), values, RowKind::Insert)])?);
         }
         Ok(())
+    }
+
+    fn counters(&self) -> OperatorCounters {
+        OperatorCounters {
+            spilled_bytes: self.spill.as_ref().map_or(0, |s| s.spilled_bytes()),
+            ..Default::default()
+        }
     }
 }
 
@@ -506,7 +709,7 @@ mod tests {
         assert_eq!(rows(&out), ["a,2,3,1.5,1", "a,1,2,2.0,2"]);
         let out = feed(&mut op, changes(&[(Some("b"), Some(5))], RowKind::Delete)).await;
         assert_eq!(rows(&out), ["b,1,5,5.0,3"]);
-        assert!(!op.groups.is_empty());
+        assert!(op.group_count() > 0);
         let out = feed(
             &mut op,
             changes(&[(Some("b"), Some(7))], RowKind::UpdateAfter),
@@ -680,11 +883,162 @@ mod tests {
         now.store(150, Ordering::SeqCst);
         watermark(&mut op, 0).await;
         // a (last updated at 0) expired; b (at 60) did not.
-        assert_eq!(op.groups.len(), 1);
+        assert_eq!(op.group_count(), 1);
         assert_eq!(
             rows(&feed(&mut op, plain(&[(Some("a"), Some(1))])).await),
             ["a,1,0"]
         );
         let _ = Schema::new(Vec::<Field>::new());
+    }
+
+    /// Feeds `batches` to a subtask (`index` of `parallelism`, restored from `restore`
+    /// when given) kept within `budget` bytes, then ends the input; returns the changelog
+    /// rows and the bytes spilled.
+    async fn changelog_within(
+        sql: &str,
+        batches: &[RecordBatch],
+        budget: Option<usize>,
+        restore: Option<RestoredState>,
+        (index, parallelism): (usize, usize),
+    ) -> (Vec<String>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_for(source_schema(), sql).await;
+        let spec = if batches
+            .first()
+            .is_some_and(|b| changelog::is_updating(&b.schema()))
+        {
+            spec.with_updating_input()
+        } else {
+            spec
+        };
+        let mut op =
+            UpdatingAggregateOperator::try_new(spec, info(index, parallelism), None).unwrap();
+        if let Some(b) = budget {
+            op = op.with_memory_budget(b, dir.path().join("op"));
+        }
+        if let Some(state) = restore {
+            op.restore(state).await.unwrap();
+        }
+        let mut out = Vec::new();
+        for b in batches {
+            out.extend(rows(&feed(&mut op, b.clone()).await));
+        }
+        let mut end = Output::default();
+        op.finish(&mut end).await.unwrap();
+        out.extend(rows(&end.take()));
+        (out, op.counters().spilled_bytes)
+    }
+
+    /// [`random_batches`] as a changelog: each batch inserted, and from the third on,
+    /// the batch two before deleted again (its groups shrink, some to nothing).
+    fn random_changelog(seed: u64) -> Vec<RecordBatch> {
+        let plain = random_batches(seed, 6, 200, 60);
+        let mut out = Vec::new();
+        for (b, batch) in plain.iter().enumerate() {
+            out.push(with_ops(batch, &vec![RowKind::Insert; batch.num_rows()]).unwrap());
+            if b >= 2 {
+                let old = &plain[b - 2];
+                out.push(with_ops(old, &vec![RowKind::Delete; old.num_rows()]).unwrap());
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn spilling_over_the_budget_gives_the_same_changelog() {
+        let cases = [
+            (
+                "SELECT k, count(*) AS c, sum(v) AS s, max(v) AS m, count(DISTINCT v) AS d, \
+                 approx_distinct(v) AS ad FROM t GROUP BY k",
+                random_batches(3, 8, 300, 120),
+            ),
+            // One global group (key group 0).
+            (
+                "SELECT count(*) AS c, sum(v) AS s, min(v) AS m FROM t",
+                random_batches(4, 5, 100, 10),
+            ),
+            // An updating input: rows inserted, then retracted.
+            (
+                "SELECT k, count(*) AS c, sum(v) AS s, avg(v) AS a FROM t GROUP BY k",
+                random_changelog(5),
+            ),
+        ];
+        for (sql, batches) in cases {
+            let (in_memory, none) = changelog_within(sql, &batches, None, None, (0, 1)).await;
+            assert_eq!(none, 0);
+            assert!(in_memory.len() > batches.len(), "{sql}");
+            // 1 byte: every key group goes to disk after every batch; 4 KiB: some do.
+            for budget in [1, 4 << 10] {
+                let (spilled, bytes) =
+                    changelog_within(sql, &batches, Some(budget), None, (0, 1)).await;
+                assert_eq!(spilled, in_memory, "{sql}, budget {budget}");
+                // (A single global group stays under 4 KiB.)
+                assert!(
+                    bytes > 0 || budget > 1,
+                    "{sql}, budget {budget}: nothing spilled"
+                );
+            }
+        }
+        // What is spilled leaves memory; the budget is kept.
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = operator("SELECT k, count(*) AS c FROM t GROUP BY k", 0, 1)
+            .await
+            .with_memory_budget(8 << 10, dir.path().join("op"));
+        for batch in random_batches(6, 4, 500, 400) {
+            feed(&mut op, batch).await;
+            assert!(op.memory <= 8 << 10, "{} bytes in memory", op.memory);
+            assert!(op.group_count() > 0);
+        }
+        assert!(op.spill.as_ref().is_some_and(|s| !s.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn spilled_groups_are_checkpointed_and_restore_at_another_parallelism() {
+        let sql = "SELECT k, count(*) AS c, sum(v) AS s, count(DISTINCT v) AS d FROM t GROUP BY k";
+        let batches = random_batches(8, 6, 300, 80);
+        let (before, after) = batches.split_at(3);
+        // Without a budget, in one subtask: the changelog after the checkpoint.
+        let (reference, _) = changelog_within(sql, &batches, None, None, (0, 1)).await;
+        let (first_part, _) = changelog_within(sql, before, None, None, (0, 1)).await;
+        let mut expected = reference[first_part.len()..].to_vec();
+        expected.sort();
+
+        // With a 1-byte budget every group is on disk when the checkpoint is taken.
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = operator(sql, 0, 1)
+            .await
+            .with_memory_budget(1, dir.path().join("op"));
+        for b in before {
+            feed(&mut old, b.clone()).await;
+        }
+        assert_eq!(old.group_count(), 0);
+        let snap = snapshot(&mut old).await;
+        let groups: usize = snap.keyed.iter().map(|b| b.num_rows()).sum();
+        assert!(groups > 40, "{groups} groups in the checkpoint");
+
+        // Restored into 2 subtasks (one spilling everything, one within 2 KiB).
+        let mut got = Vec::new();
+        for (i, budget) in [(0, 1), (1, 2 << 10)] {
+            let input: Vec<RecordBatch> = after.iter().map(|b| route(b, 0, i, 2)).collect();
+            let (rows, bytes) = changelog_within(
+                sql,
+                &input,
+                Some(budget),
+                Some(restored(&snap, i, 2)),
+                (i, 2),
+            )
+            .await;
+            assert!(bytes > 0);
+            got.extend(rows);
+        }
+        got.sort();
+        assert_eq!(got, expected);
+
+        // The old subtask carries on after its checkpoint as if nothing happened.
+        let mut rest = Vec::new();
+        for b in after {
+            rest.extend(rows(&feed(&mut old, b.clone()).await));
+        }
+        assert_eq!(rest, reference[first_part.len()..]);
     }
 }

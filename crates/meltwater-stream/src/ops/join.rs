@@ -41,7 +41,10 @@ use datafusion::physical_expr::PhysicalExpr;
 use crate::aggregate::updating::{system_clock, Clock};
 use crate::aggregate::KeyCodec;
 use crate::changelog::{self, RowKind};
-use crate::operator::{Operator, OperatorSnapshot, Output, RestoredState, SubtaskInfo};
+use crate::operator::{
+    Operator, OperatorCounters, OperatorSnapshot, Output, RestoredState, SubtaskInfo,
+};
+use meltwater_state::KeyGroupSpill;
 
 /// What the planner hands the join operator.
 #[derive(Debug, Clone)]
@@ -66,6 +69,9 @@ pub struct JoinSpec {
     /// `table.exec.state.ttl`: a stored row not written for this long (processing
     /// time) is dropped, and later rows of the other side no longer match it.
     pub ttl_ms: Option<u64>,
+    /// `state.memory-budget`: bytes of stored rows per subtask before spilling (the
+    /// runtime applies it with [`JoinOperator::with_memory_budget`]).
+    pub memory_budget: Option<usize>,
 }
 
 impl JoinSpec {
@@ -137,15 +143,30 @@ struct Entry {
 /// position while a batch's candidate pairs are evaluated.
 type KeyRows = IndexMap<Box<[u8]>, Entry>;
 
-/// One input's rows, by key.
+/// Memory of a stored distinct row besides its encoding (entry, map slot, box).
+const ROW_OVERHEAD: usize = std::mem::size_of::<Entry>() + 48;
+
+/// Memory of a join key's map besides its encoding.
+const KEY_OVERHEAD: usize = 96;
+
+/// The rows of one key group, by key, and the memory they take.
+#[derive(Default)]
+struct GroupRows {
+    keys: HashMap<Box<[u8]>, KeyRows>,
+    bytes: usize,
+}
+
+/// One input's rows, by key group and key.
 struct Side {
     schema: SchemaRef,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     key_codec: KeyCodec,
     row_codec: KeyCodec,
     role: Role,
-    table: HashMap<Box<[u8]>, KeyRows>,
+    table: HashMap<u16, GroupRows>,
     rows: usize,
+    /// The memory the stored rows take (encodings plus their entries).
+    bytes: usize,
 }
 
 impl Side {
@@ -167,6 +188,7 @@ impl Side {
             role,
             table: HashMap::new(),
             rows: 0,
+            bytes: 0,
         })
     }
 
@@ -189,9 +211,24 @@ impl Side {
         self.row_codec.decode(rows)
     }
 
+    /// The rows stored under `key` (of key group `kg`).
+    fn get(&self, kg: u16, key: &[u8]) -> Option<&KeyRows> {
+        self.table.get(&kg)?.keys.get(key)
+    }
+
+    fn get_mut(&mut self, kg: u16, key: &[u8]) -> Option<&mut KeyRows> {
+        self.table.get_mut(&kg)?.keys.get_mut(key)
+    }
+
     fn add(&mut self, key: &[u8], row: &[u8], stored: Entry) {
-        let entries = self.table.entry(key.into()).or_default();
+        let group = self.table.entry(stored.key_group).or_default();
         self.rows += stored.copies as usize;
+        let mut added = 0;
+        if !group.keys.contains_key(key) {
+            group.keys.insert(key.into(), KeyRows::default());
+            added += key.len() + KEY_OVERHEAD;
+        }
+        let entries = group.keys.get_mut(key).expect("inserted above");
         match entries.get_mut(row) {
             Some(e) => {
                 e.copies += stored.copies;
@@ -199,43 +236,80 @@ impl Side {
             }
             None => {
                 entries.insert(row.into(), stored);
+                added += row.len() + ROW_OVERHEAD;
             }
         }
+        group.bytes += added;
+        self.bytes += added;
     }
 
     /// Drops rows last written before `cutoff`.
     fn expire(&mut self, cutoff: i64) {
-        let mut dropped = 0usize;
-        self.table.retain(|_, entries| {
-            entries.retain(|_, e| {
-                let keep = e.written >= cutoff;
-                if !keep {
-                    dropped += e.copies as usize;
+        let (mut dropped, mut freed) = (0usize, 0usize);
+        self.table.retain(|_, group| {
+            group.keys.retain(|key, entries| {
+                entries.retain(|row, e| {
+                    let keep = e.written >= cutoff;
+                    if !keep {
+                        dropped += e.copies as usize;
+                        group.bytes -= row.len() + ROW_OVERHEAD;
+                        freed += row.len() + ROW_OVERHEAD;
+                    }
+                    keep
+                });
+                if entries.is_empty() {
+                    group.bytes -= key.len() + KEY_OVERHEAD;
+                    freed += key.len() + KEY_OVERHEAD;
                 }
-                keep
+                !entries.is_empty()
             });
-            !entries.is_empty()
+            !group.keys.is_empty()
         });
         self.rows -= dropped;
+        self.bytes -= freed;
     }
 
     /// Removes one copy of `row`; false when the side does not hold it.
-    fn remove(&mut self, key: &[u8], row: &[u8]) -> bool {
-        let Some(entries) = self.table.get_mut(key) else {
+    fn remove(&mut self, kg: u16, key: &[u8], row: &[u8]) -> bool {
+        let Some(group) = self.table.get_mut(&kg) else {
+            return false;
+        };
+        let Some(entries) = group.keys.get_mut(key) else {
             return false;
         };
         let Some(e) = entries.get_mut(row) else {
             return false;
         };
         e.copies -= 1;
+        let mut freed = 0;
         if e.copies == 0 {
             entries.swap_remove(row);
+            freed += row.len() + ROW_OVERHEAD;
             if entries.is_empty() {
-                self.table.remove(key);
+                group.keys.remove(key);
+                freed += key.len() + KEY_OVERHEAD;
             }
+        }
+        group.bytes -= freed;
+        self.bytes -= freed;
+        if group.keys.is_empty() {
+            self.table.remove(&kg);
         }
         self.rows -= 1;
         true
+    }
+
+    /// Takes key group `kg`'s rows out of the side.
+    fn take_group(&mut self, kg: u16) -> Option<GroupRows> {
+        let group = self.table.remove(&kg)?;
+        self.bytes -= group.bytes;
+        self.rows -= group
+            .keys
+            .values()
+            .flat_map(|entries| entries.values())
+            .map(|e| e.copies as usize)
+            .sum::<usize>();
+        Some(group)
     }
 }
 
@@ -268,12 +342,22 @@ impl Emitted {
 }
 
 /// A regular join; see the module docs.
+///
+/// Both sides' rows are kept by key group. With a memory budget
+/// ([`JoinOperator::with_memory_budget`]) the key groups used least recently (both sides'
+/// rows of them) move to local spill files whenever the rows' memory exceeds it (down to
+/// half of it), in the checkpoint's row format; a batch with rows of a spilled key group
+/// first loads that group back, as a restore would.
 pub struct JoinOperator {
     spec: JoinSpec,
     info: SubtaskInfo,
     sides: [Side; 2],
     clock: Clock,
     next_ttl_check: i64,
+    /// The cutoff of the last TTL check: rows loaded back from spill files written
+    /// before it are dropped, as the rows in memory were.
+    ttl_cutoff: i64,
+    spill: Option<KeyGroupSpill>,
 }
 
 impl std::fmt::Debug for JoinOperator {
@@ -297,7 +381,66 @@ impl JoinOperator {
             sides: [left, right],
             clock: Arc::new(system_clock),
             next_ttl_check: i64::MIN,
+            ttl_cutoff: i64::MIN,
+            spill: None,
         })
+    }
+
+    /// Keeps the stored rows within `budget` bytes by spilling the least recently used
+    /// key groups to files under `dir` (created when needed, removed with the operator).
+    pub fn with_memory_budget(mut self, budget: usize, dir: std::path::PathBuf) -> Self {
+        self.spill = Some(KeyGroupSpill::new(budget, dir));
+        self
+    }
+
+    /// Loads the spilled key groups among `kgs` (a batch's rows') back into both sides,
+    /// and marks `kgs` as just used.
+    fn load_spilled(&mut self, kgs: &[u16]) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        for batch in spill.load_touched(kgs)? {
+            self.merge_state(&batch, self.ttl_cutoff)?;
+        }
+        Ok(())
+    }
+
+    /// Over the budget: moves the least recently used key groups (both sides' rows) to
+    /// a spill file until half the budget is used.
+    fn spill_if_over_budget(&mut self) -> Result<()> {
+        let Some(spill) = self.spill.as_ref() else {
+            return Ok(());
+        };
+        let budget = spill.budget();
+        let memory = |sides: &[Side; 2]| sides[LEFT].bytes + sides[RIGHT].bytes;
+        if memory(&self.sides) <= budget {
+            return Ok(());
+        }
+        let mut resident: Vec<u16> = self.sides[LEFT].table.keys().copied().collect();
+        resident.extend(self.sides[RIGHT].table.keys().copied());
+        resident.sort_unstable();
+        resident.dedup();
+        let mut parts = Vec::new();
+        for kg in spill.coldest_first(resident) {
+            if memory(&self.sides) <= budget / 2 {
+                break;
+            }
+            for s in [LEFT, RIGHT] {
+                let Some(group) = self.sides[s].take_group(kg) else {
+                    continue;
+                };
+                let (rows, entries): (Vec<&[u8]>, Vec<&Entry>) = group
+                    .keys
+                    .values()
+                    .flatten()
+                    .map(|(row, e)| (row.as_ref(), e))
+                    .unzip();
+                if let Some(batch) = self.state_batch(s, &rows, &entries)? {
+                    parts.push((kg, batch));
+                }
+            }
+        }
+        self.spill.as_mut().expect("checked above").write_run(parts)
     }
 
     /// Replaces the processing-time clock (ms since the epoch) used for the state TTL.
@@ -313,8 +456,9 @@ impl JoinOperator {
         if now < self.next_ttl_check {
             return;
         }
+        self.ttl_cutoff = now.saturating_sub(ttl);
         for side in self.sides.iter_mut() {
-            side.expire(now.saturating_sub(ttl));
+            side.expire(self.ttl_cutoff);
         }
         self.next_ttl_check = now.saturating_add((ttl / 2).max(1));
     }
@@ -358,6 +502,7 @@ impl JoinOperator {
         let keys = self.sides[s].key_codec.encode(&key_columns)?;
         let rows = self.sides[s].row_codec.encode(data.columns())?;
         let groups = meltwater_state::key_groups(&key_columns, n, self.info.key_groups)?;
+        self.load_spilled(&groups)?;
         let matchable: Vec<bool> = (0..n)
             .map(|i| self.spec.null_equals_null || key_columns.iter().all(|c| c.is_valid(i)))
             .collect();
@@ -370,14 +515,14 @@ impl JoinOperator {
             if !matchable[i] {
                 continue;
             }
-            if let Some(entries) = self.sides[o].table.get(keys.key(i)) {
+            if let Some(entries) = self.sides[o].get(groups[i], keys.key(i)) {
                 for e in 0..entries.len() {
                     cand_rows.push(i);
                     cand_entries.push(e);
                 }
             }
         }
-        let pass = self.residual(s, &data, &keys, &cand_rows, &cand_entries)?;
+        let pass = self.residual(s, &data, &keys, &groups, &cand_rows, &cand_entries)?;
 
         let mut out = Emitted::default();
         let own_role = self.sides[s].role;
@@ -387,7 +532,7 @@ impl JoinOperator {
             let accumulate = kinds.get(i).is_none_or(|k| k.is_accumulate());
             let key = keys.key(i);
             let row = rows.key(i);
-            if !accumulate && matchable[i] && !self.sides[s].remove(key, row) {
+            if !accumulate && matchable[i] && !self.sides[s].remove(groups[i], key, row) {
                 // A retraction of a row this side does not hold (never seen, or
                 // retracted already): nothing to undo.
                 while c < cand_rows.len() && cand_rows[c] == i {
@@ -398,7 +543,9 @@ impl JoinOperator {
             let mut matches = 0u32;
             while c < cand_rows.len() && cand_rows[c] == i {
                 if pass[c] {
-                    let entries = self.sides[o].table.get_mut(key).expect("candidate key");
+                    let entries = self.sides[o]
+                        .get_mut(groups[i], key)
+                        .expect("candidate key");
                     let (row, e) = entries
                         .get_index_mut(cand_entries[c])
                         .expect("candidate row");
@@ -469,7 +616,9 @@ impl JoinOperator {
                 self.sides[s].add(key, row, stored);
             }
         }
-        Ok(self.build_output(s, &data, out)?.into_iter().collect())
+        let output = self.build_output(s, &data, out)?;
+        self.spill_if_over_budget()?;
+        Ok(output.into_iter().collect())
     }
 
     fn input_updating(&self, s: usize) -> bool {
@@ -486,6 +635,7 @@ impl JoinOperator {
         s: usize,
         data: &RecordBatch,
         keys: &crate::aggregate::EncodedKeys,
+        groups: &[u16],
         cand_rows: &[usize],
         cand_entries: &[usize],
     ) -> Result<Vec<bool>> {
@@ -506,7 +656,9 @@ impl JoinOperator {
             .iter()
             .zip(cand_entries)
             .map(|(i, e)| {
-                self.sides[o].table[keys.key(*i)]
+                self.sides[o]
+                    .get(groups[*i], keys.key(*i))
+                    .expect("candidate key")
                     .get_index(*e)
                     .expect("candidate row")
                     .0
@@ -642,6 +794,108 @@ impl JoinOperator {
         }
         Arc::new(Schema::new(fields))
     }
+
+    /// The checkpoint rows (with the key-group column) of side `s`'s stored `rows` and
+    /// their `entries`; `None` for no row.
+    fn state_batch(
+        &self,
+        s: usize,
+        rows: &[&[u8]],
+        entries: &[&Entry],
+    ) -> Result<Option<RecordBatch>> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let n = entries.len();
+        let own = self.sides[s].decode(rows)?;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt8Array::from(vec![s as u8; n])),
+            Arc::new(UInt32Array::from_iter_values(
+                entries.iter().map(|e| e.copies),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                entries.iter().map(|e| e.matches),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| e.written),
+            )),
+        ];
+        for t in [LEFT, RIGHT] {
+            if t == s {
+                columns.extend(own.iter().cloned());
+            } else {
+                for f in self.sides[t].schema.fields() {
+                    columns.push(new_null_array(f.data_type(), n));
+                }
+            }
+        }
+        let batch = RecordBatch::try_new_with_options(
+            self.snapshot_schema(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        let groups = entries.iter().map(|e| e.key_group).collect();
+        Ok(Some(meltwater_state::with_key_groups(&batch, groups)?))
+    }
+
+    /// Stores checkpoint rows (key-group column removed) in their sides; rows written
+    /// before `written_from` are left out (expired).
+    fn merge_state(&mut self, batch: &RecordBatch, written_from: i64) -> Result<()> {
+        let widths = [
+            self.sides[LEFT].schema.fields().len(),
+            self.sides[RIGHT].schema.fields().len(),
+        ];
+        if batch.num_columns() != META + widths[0] + widths[1] {
+            return plan_err!(
+                "the join's checkpointed state has {} columns, expected {}: the job's join inputs changed",
+                batch.num_columns(),
+                META + widths[0] + widths[1]
+            );
+        }
+        let side_col = batch.column(0).as_primitive::<UInt8Type>().clone();
+        let copies = batch.column(1).as_primitive::<UInt32Type>().clone();
+        let matches = batch.column(2).as_primitive::<UInt32Type>().clone();
+        let written = batch.column(3).as_primitive::<Int64Type>().clone();
+        for s in [LEFT, RIGHT] {
+            let idx = UInt32Array::from_iter_values(
+                (0..batch.num_rows())
+                    .filter(|i| {
+                        side_col.value(*i) as usize == s && written.value(*i) >= written_from
+                    })
+                    .map(|i| i as u32),
+            );
+            if idx.is_empty() {
+                continue;
+            }
+            let offset = META + if s == LEFT { 0 } else { widths[0] };
+            let columns: Vec<ArrayRef> = (offset..offset + widths[s])
+                .map(|c| take(batch.column(c).as_ref(), &idx, None))
+                .collect::<std::result::Result<_, _>>()?;
+            let side = &mut self.sides[s];
+            let data = RecordBatch::try_new_with_options(
+                side.schema.clone(),
+                columns,
+                &datafusion::arrow::array::RecordBatchOptions::new()
+                    .with_row_count(Some(idx.len())),
+            )?;
+            let key_columns = side.key_columns(&data)?;
+            let keys = side.key_codec.encode(&key_columns)?;
+            let rows = side.row_codec.encode(data.columns())?;
+            let groups =
+                meltwater_state::key_groups(&key_columns, data.num_rows(), self.info.key_groups)?;
+            for (j, i) in idx.values().iter().enumerate() {
+                let i = *i as usize;
+                let stored = Entry {
+                    copies: copies.value(i),
+                    matches: matches.value(i),
+                    key_group: groups[j],
+                    written: written.value(i),
+                };
+                side.add(keys.key(j), rows.key(j), stored);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -663,49 +917,20 @@ impl Operator for JoinOperator {
         _checkpoint_id: u64,
         _out: &mut Output,
     ) -> Result<OperatorSnapshot> {
-        let schema = self.snapshot_schema();
         let mut keyed = Vec::new();
         for s in [LEFT, RIGHT] {
-            let side = &self.sides[s];
-            let (rows, entries): (Vec<&[u8]>, Vec<&Entry>) = side
+            let (rows, entries): (Vec<&[u8]>, Vec<&Entry>) = self.sides[s]
                 .table
                 .values()
+                .flat_map(|group| group.keys.values())
                 .flatten()
                 .map(|(row, e)| (row.as_ref(), e))
                 .unzip();
-            if entries.is_empty() {
-                continue;
-            }
-            let n = entries.len();
-            let own = side.decode(&rows)?;
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(UInt8Array::from(vec![s as u8; n])),
-                Arc::new(UInt32Array::from_iter_values(
-                    entries.iter().map(|e| e.copies),
-                )),
-                Arc::new(UInt32Array::from_iter_values(
-                    entries.iter().map(|e| e.matches),
-                )),
-                Arc::new(Int64Array::from_iter_values(
-                    entries.iter().map(|e| e.written),
-                )),
-            ];
-            for t in [LEFT, RIGHT] {
-                if t == s {
-                    columns.extend(own.iter().cloned());
-                } else {
-                    for f in self.sides[t].schema.fields() {
-                        columns.push(new_null_array(f.data_type(), n));
-                    }
-                }
-            }
-            let batch = RecordBatch::try_new_with_options(
-                schema.clone(),
-                columns,
-                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
-            )?;
-            let groups = entries.iter().map(|e| e.key_group).collect();
-            keyed.push(meltwater_state::with_key_groups(&batch, groups)?);
+            keyed.extend(self.state_batch(s, &rows, &entries)?);
+        }
+        // Spilled key groups are part of the state: their rows as spilled.
+        if let Some(spill) = &self.spill {
+            keyed.extend(spill.snapshot()?);
         }
         Ok(OperatorSnapshot {
             keyed,
@@ -714,64 +939,18 @@ impl Operator for JoinOperator {
     }
 
     async fn restore(&mut self, state: RestoredState) -> Result<()> {
-        let widths = [
-            self.sides[LEFT].schema.fields().len(),
-            self.sides[RIGHT].schema.fields().len(),
-        ];
         for batch in state.keyed {
-            if batch.num_columns() != META + widths[0] + widths[1] {
-                return plan_err!(
-                    "the join's checkpointed state has {} columns, expected {}: the job's join inputs changed",
-                    batch.num_columns(),
-                    META + widths[0] + widths[1]
-                );
-            }
-            let side_col = batch.column(0).as_primitive::<UInt8Type>().clone();
-            let copies = batch.column(1).as_primitive::<UInt32Type>().clone();
-            let matches = batch.column(2).as_primitive::<UInt32Type>().clone();
-            let written = batch.column(3).as_primitive::<Int64Type>().clone();
-            for s in [LEFT, RIGHT] {
-                let idx = UInt32Array::from_iter_values(
-                    (0..batch.num_rows())
-                        .filter(|i| side_col.value(*i) as usize == s)
-                        .map(|i| i as u32),
-                );
-                if idx.is_empty() {
-                    continue;
-                }
-                let offset = META + if s == LEFT { 0 } else { widths[0] };
-                let columns: Vec<ArrayRef> = (offset..offset + widths[s])
-                    .map(|c| take(batch.column(c).as_ref(), &idx, None))
-                    .collect::<std::result::Result<_, _>>()?;
-                let side = &mut self.sides[s];
-                let data = RecordBatch::try_new_with_options(
-                    side.schema.clone(),
-                    columns,
-                    &datafusion::arrow::array::RecordBatchOptions::new()
-                        .with_row_count(Some(idx.len())),
-                )?;
-                let key_columns = side.key_columns(&data)?;
-                let keys = side.key_codec.encode(&key_columns)?;
-                let rows = side.row_codec.encode(data.columns())?;
-                let groups = meltwater_state::key_groups(
-                    &key_columns,
-                    data.num_rows(),
-                    self.info.key_groups,
-                )?;
-                for (j, i) in idx.values().iter().enumerate() {
-                    let i = *i as usize;
-                    let row = rows.key(j);
-                    let stored = Entry {
-                        copies: copies.value(i),
-                        matches: matches.value(i),
-                        key_group: groups[j],
-                        written: written.value(i),
-                    };
-                    side.add(keys.key(j), row, stored);
-                }
-            }
+            self.merge_state(&batch, i64::MIN)?;
+            self.spill_if_over_budget()?;
         }
         Ok(())
+    }
+
+    fn counters(&self) -> OperatorCounters {
+        OperatorCounters {
+            spilled_bytes: self.spill.as_ref().map_or(0, |s| s.spilled_bytes()),
+            ..Default::default()
+        }
     }
 }
 
@@ -840,6 +1019,7 @@ mod tests {
             output_schema,
             output_updating: JoinSpec::updating(join_type, left_updating, false),
             ttl_ms: None,
+            memory_budget: None,
         }
     }
 
@@ -1086,5 +1266,164 @@ mod tests {
             vec!["+I|1|new|1|5"]
         );
         assert_eq!(op.state_rows(), (1, 1));
+    }
+
+    /// Alternating left and right batches over 40 ids (and some NULL ids): left rows
+    /// `a` in a few values so rows repeat, right `b` in [0, 30) so the residual `b > 10`
+    /// filters some pairs out. With `retract`, every third left batch deletes the first
+    /// rows of the left batch before it (an updating left input).
+    fn random_inputs(seed: u64, steps: usize, retract: bool) -> Vec<(usize, RecordBatch)> {
+        let mut next = crate::aggregate::test_util::random(seed);
+        let id = |next: &mut dyn FnMut(u64) -> u64| match next(15) {
+            0 => None,
+            _ => Some(next(40) as i64),
+        };
+        let names = ["p", "q", "r"];
+        let mut out = Vec::new();
+        let mut last_left: Option<RecordBatch> = None;
+        for step in 0..steps {
+            if step % 2 == 0 {
+                let rows: Vec<(Option<i64>, &str)> = (0..25)
+                    .map(|_| (id(&mut next), names[next(3) as usize]))
+                    .collect();
+                let batch = left(&rows);
+                let batch = if retract {
+                    changelog::with_ops(&batch, &vec![RowKind::Insert; rows.len()]).unwrap()
+                } else {
+                    batch
+                };
+                out.push((0, batch.clone()));
+                if retract && step % 3 == 0 {
+                    if let Some(prev) = last_left.take() {
+                        let (data, _) = changelog::split_ops(&prev).unwrap();
+                        let gone = data.slice(0, 10);
+                        let kinds = vec![RowKind::Delete; gone.num_rows()];
+                        out.push((0, changelog::with_ops(&gone, &kinds).unwrap()));
+                    }
+                }
+                last_left = Some(batch);
+            } else {
+                let rows: Vec<(Option<i64>, i64)> =
+                    (0..25).map(|_| (id(&mut next), next(30) as i64)).collect();
+                out.push((1, right(&rows)));
+            }
+        }
+        out
+    }
+
+    /// Feeds `inputs` to a join subtask (`index` of `parallelism`, restored from
+    /// `restore` when given) kept within `budget` bytes; returns its output lines and the
+    /// bytes spilled.
+    async fn joined_within(
+        spec: &JoinSpec,
+        inputs: &[(usize, RecordBatch)],
+        budget: Option<usize>,
+        restore: Option<RestoredState>,
+        (index, parallelism): (usize, usize),
+    ) -> (Vec<String>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = JoinOperator::try_new(spec.clone(), info(index, parallelism)).unwrap();
+        if let Some(b) = budget {
+            op = op.with_memory_budget(b, dir.path().join("op"));
+        }
+        if let Some(state) = restore {
+            op.restore(state).await.unwrap();
+        }
+        let mut out = Vec::new();
+        for (input, batch) in inputs {
+            out.extend(feed(&mut op, *input, batch.clone()).await);
+        }
+        (out, op.counters().spilled_bytes)
+    }
+
+    #[tokio::test]
+    async fn spilling_over_the_budget_gives_the_same_rows() {
+        let cases = [
+            (
+                spec(JoinType::Full, true, false),
+                random_inputs(1, 12, false),
+            ),
+            (
+                spec(JoinType::Left, false, true),
+                random_inputs(2, 12, true),
+            ),
+            (
+                spec(JoinType::LeftAnti, true, true),
+                random_inputs(3, 12, true),
+            ),
+            (
+                spec(JoinType::Inner, false, false),
+                random_inputs(4, 12, false),
+            ),
+        ];
+        for (spec, inputs) in cases {
+            let what = format!("{:?} join", spec.join_type);
+            let (in_memory, none) = joined_within(&spec, &inputs, None, None, (0, 1)).await;
+            assert_eq!(none, 0);
+            assert!(in_memory.len() > 50, "{what}: {} rows", in_memory.len());
+            // 1 byte: every key group goes to disk after every batch; 2 KiB: some do.
+            for budget in [1, 2 << 10] {
+                let (spilled, bytes) =
+                    joined_within(&spec, &inputs, Some(budget), None, (0, 1)).await;
+                assert_eq!(spilled, in_memory, "{what}, budget {budget}");
+                assert!(bytes > 0, "{what}, budget {budget}: nothing spilled");
+            }
+        }
+        // What is spilled leaves memory; the budget is kept.
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = JoinOperator::try_new(spec(JoinType::Inner, false, false), info(0, 1))
+            .unwrap()
+            .with_memory_budget(2 << 10, dir.path().join("op"));
+        for (input, batch) in random_inputs(5, 10, false) {
+            feed(&mut op, input, batch).await;
+            let memory = op.sides[LEFT].bytes + op.sides[RIGHT].bytes;
+            assert!(memory <= 2 << 10, "{memory} bytes in memory");
+        }
+        assert!(op.spill.as_ref().is_some_and(|s| !s.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn spilled_rows_are_checkpointed_and_restore_at_another_parallelism() {
+        let spec = spec(JoinType::Left, true, true);
+        let inputs = random_inputs(6, 16, true);
+        let (before, after) = inputs.split_at(inputs.len() / 2);
+        let (reference, _) = joined_within(&spec, &inputs, None, None, (0, 1)).await;
+        let (first_part, _) = joined_within(&spec, before, None, None, (0, 1)).await;
+        let mut expected = reference[first_part.len()..].to_vec();
+        expected.sort();
+
+        // With a 1-byte budget every stored row is on disk when the checkpoint is taken.
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = JoinOperator::try_new(spec.clone(), info(0, 1))
+            .unwrap()
+            .with_memory_budget(1, dir.path().join("op"));
+        for (input, batch) in before {
+            feed(&mut old, *input, batch.clone()).await;
+        }
+        assert_eq!(old.state_rows(), (0, 0));
+        let snap = old.snapshot(1, &mut Output::default()).await.unwrap();
+        let stored: usize = snap.keyed.iter().map(|b| b.num_rows()).sum();
+        assert!(stored > 40, "{stored} rows in the checkpoint");
+
+        // Restored into 3 subtasks, each within a budget of its own.
+        let mut got = Vec::new();
+        for (i, budget) in [(0, 1), (1, 1 << 10), (2, 1 << 20)] {
+            let state = crate::aggregate::test_util::restored(&snap, i, 3);
+            let input: Vec<(usize, RecordBatch)> = after
+                .iter()
+                .map(|(s, b)| (*s, crate::aggregate::test_util::route(b, 0, i, 3)))
+                .collect();
+            let (rows, _) = joined_within(&spec, &input, Some(budget), Some(state), (i, 3)).await;
+            got.extend(rows);
+        }
+        got.sort();
+        assert_eq!(got, expected);
+
+        // The old subtask carries on after its checkpoint as if nothing happened.
+        let mut rest = Vec::new();
+        for (input, batch) in after {
+            rest.extend(feed(&mut old, *input, batch.clone()).await);
+        }
+        assert_eq!(rest, reference[first_part.len()..]);
     }
 }
