@@ -267,7 +267,7 @@ impl ColumnarWindows {
     }
 
     /// A spill file's key columns and flattened state columns.
-    fn read_spill(&self, path: &PathBuf) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, usize)> {
+    fn read_spill(&self, path: &std::path::Path) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, usize)> {
         let batches = read_ipc_file(path, None)?;
         let Some(first) = batches.first() else {
             return internal_err!("window aggregate: spill file {} is empty", path.display());

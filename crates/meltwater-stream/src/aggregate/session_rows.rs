@@ -297,30 +297,22 @@ impl SessionRowsOperator {
         meltwater_state::key_groups(&key_columns, batch.num_rows(), self.info.key_groups)
     }
 
-    /// Loads key group `kg`'s spilled rows back into their sessions.
-    fn load(&mut self, kg: u16) -> Result<()> {
-        let Some(spill) = self.spill.as_mut() else {
-            return Ok(());
-        };
-        self.spilled_ends.remove(&kg);
-        for batch in spill.load(kg)? {
-            // Their sessions were open: none of the rows is late.
-            self.ingest(batch, false)?;
-        }
-        Ok(())
-    }
-
-    /// Loads the spilled key groups among `kgs` back, marking `kgs` as just used.
+    /// Loads the spilled key groups among `kgs` back into their sessions, marking `kgs`
+    /// as just used.
     fn load_spilled(&mut self, kgs: &[u16]) -> Result<()> {
         let Some(spill) = self.spill.as_mut() else {
             return Ok(());
         };
-        for batch in spill.load_touched(kgs)? {
-            // Their sessions were open: none of the rows is late.
-            self.ingest(batch, false)?;
+        let loaded = spill.load_touched(kgs)?;
+        if !self.spilled_ends.is_empty() {
+            for kg in kgs {
+                self.spilled_ends.remove(kg);
+            }
         }
-        for kg in kgs {
-            self.spilled_ends.remove(kg);
+        for batch in loaded {
+            // Their sessions were open: none of the rows is late. (Their key groups are
+            // no longer spilled, so this loads nothing more.)
+            self.ingest(batch, false)?;
         }
         Ok(())
     }
@@ -396,7 +388,9 @@ impl SessionRowsOperator {
     }
 
     /// Buffers the rows of `batch` in their sessions, merging sessions as needed; late
-    /// rows (only when `check_late`) and rows with a NULL time are dropped.
+    /// rows (only when `check_late`) and rows with a NULL time are dropped. With a
+    /// budget, the spilled key groups of the rows are loaded back first: a key's
+    /// sessions are only ever merged whole.
     fn ingest(&mut self, batch: RecordBatch, check_late: bool) -> Result<()> {
         let rows = batch.num_rows();
         if rows == 0 {
@@ -404,6 +398,14 @@ impl SessionRowsOperator {
         }
         // Every stored batch has the same schema (the one restored batches get too).
         let batch = RecordBatch::try_new(self.input_schema.clone(), batch.columns().to_vec())?;
+        let row_groups = match self.spill {
+            Some(_) => {
+                let groups = self.row_key_groups(&batch)?;
+                self.load_spilled(&groups)?;
+                groups
+            }
+            None => vec![],
+        };
         let times = timestamps_to_ms(batch.column(self.time_index))?;
         let key_columns: Vec<ArrayRef> = self
             .key_indices
@@ -411,10 +413,6 @@ impl SessionRowsOperator {
             .map(|&i| batch.column(i).clone())
             .collect();
         let keys = self.keys.encode(&key_columns)?;
-        let row_groups = match self.spill {
-            Some(_) => self.row_key_groups(&batch)?,
-            None => vec![],
-        };
         let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
         for (row, t) in times.iter().enumerate() {
             if t.is_some() {
@@ -598,10 +596,6 @@ impl Operator for SessionRowsOperator {
         batch: RecordBatch,
         _out: &mut Output,
     ) -> Result<()> {
-        if self.spill.is_some() {
-            let kgs = self.row_key_groups(&batch)?;
-            self.load_spilled(&kgs)?;
-        }
         self.ingest(batch, true)?;
         self.spill_if_over_budget()
     }
@@ -619,9 +613,7 @@ impl Operator for SessionRowsOperator {
             .map(|(kg, _)| *kg)
             .collect();
         due.sort_unstable();
-        for kg in due {
-            self.load(kg)?;
-        }
+        self.load_spilled(&due)?;
         let fired = take_fired(&mut self.windows, watermark);
         if !fired.is_empty() {
             self.emit(fired, out)?;
