@@ -18,6 +18,14 @@ comparing the native values (numbers numerically, timestamps chronologically).
 --snapshots prints the table's snapshots (pyiceberg, metadata order) instead of rows:
     {"snapshot_id", "parent_snapshot_id", "sequence_number", "timestamp_ms", "operation",
      "summary", "current"}
+--files prints the live files of the current snapshot (pyiceberg's files table), sorted by
+content then path:
+    {"content": "data"|"position_deletes"|"equality_deletes", "file_path", "record_count",
+     "partition"}
+  and for a position-delete file, read with pyarrow:
+    "field_ids": the Parquet field ids of its columns, "sorted": whether its rows are
+    ordered by (file_path, pos), "data_files": the data files it names, "deleted_rows": the rows of the referenced data files at
+    the deleted positions (normalised, sorted).
 
 Readers:
   pyiceberg: SqlCatalog(name, uri=sqlite:///db, warehouse=file://dir).load_table().scan().to_arrow()
@@ -277,6 +285,50 @@ def print_snapshots(args, out) -> None:
         out.write("\n")
 
 
+CONTENT = {0: "data", 1: "position_deletes", 2: "equality_deletes"}
+
+
+def _position_delete_details(path: str) -> dict:
+    import pyarrow.parquet as pq
+
+    deletes = pq.read_table(location_to_path(path))
+    field_ids = [int((f.metadata or {}).get(b"PARQUET:field_id", b"-1")) for f in deletes.schema]
+    pairs = list(zip(deletes.column("file_path").to_pylist(), deletes.column("pos").to_pylist()))
+    by_file: dict[str, list[int]] = {}
+    for data_file, pos in pairs:
+        by_file.setdefault(data_file, []).append(pos)
+    rows = []
+    for data_file, positions in by_file.items():
+        data = pq.read_table(location_to_path(data_file))
+        rows.extend(data.take(positions).to_pylist())
+    columns = list(rows[0].keys()) if rows else []
+    return {
+        "field_ids": field_ids,
+        "sorted": pairs == sorted(pairs),
+        "data_files": sorted(by_file),
+        "deleted_rows": [{c: normalise(r[c]) for c in columns} for r in sort_rows(rows, columns, [])],
+    }
+
+
+def print_files(args, out) -> None:
+    table = open_pyiceberg_table(args)
+    files = table.inspect.files().to_pylist()
+    entries = []
+    for f in files:
+        entry = {
+            "content": CONTENT[f["content"]],
+            "file_path": f["file_path"],
+            "record_count": f["record_count"],
+            "partition": normalise(f.get("partition") or {}),
+        }
+        if f["content"] == 1:
+            entry.update(_position_delete_details(f["file_path"]))
+        entries.append(entry)
+    for e in sorted(entries, key=lambda e: (e["content"], e["file_path"])):
+        out.write(json.dumps(e, ensure_ascii=False, separators=(",", ":")))
+        out.write("\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalog-db", required=True, help="SQLite catalog file")
@@ -287,6 +339,7 @@ def main(argv=None) -> int:
     ap.add_argument("--columns", help="comma-separated columns to print (default: all)")
     ap.add_argument("--order-by", help="comma-separated sort columns (default: all columns)")
     ap.add_argument("--snapshots", action="store_true", help="print snapshots (via pyiceberg) instead of rows")
+    ap.add_argument("--files", action="store_true", help="print the current snapshot's live files instead of rows")
     args = ap.parse_args(argv)
 
     split = lambda s: [c.strip() for c in s.split(",") if c.strip()] if s else []
@@ -299,6 +352,9 @@ def main(argv=None) -> int:
         split_identifier(args.table)
         if args.snapshots:
             print_snapshots(args, out)
+            return 0
+        if args.files:
+            print_files(args, out)
             return 0
         rows, columns = (read_pyiceberg if args.reader == "pyiceberg" else read_duckdb)(args, columns_arg)
         bad = [c for c in order_by if c not in columns]

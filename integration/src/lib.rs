@@ -229,21 +229,35 @@ pub fn read_iceberg(python: &Path, dir: &Path, table: &str, reader: &str) -> Vec
 /// The snapshots of `namespace.table` in the catalog `lake` under `<dir>/meltwater-data`
 /// as pyiceberg lists them (`read_iceberg.py --snapshots`), oldest first.
 pub fn iceberg_snapshots(python: &Path, dir: &Path, table: &str) -> Vec<serde_json::Value> {
+    let mut snapshots = read_iceberg_json(python, dir, table, "--snapshots");
+    snapshots.sort_by_key(|s| s["sequence_number"].as_i64());
+    snapshots
+}
+
+/// The live files of the current snapshot of `namespace.table` in the catalog `lake` under
+/// `<dir>/meltwater-data` (`read_iceberg.py --files`): content, path, record count,
+/// partition, and for position-delete files their field ids, whether they are sorted and
+/// the data rows they delete.
+pub fn iceberg_files(python: &Path, dir: &Path, table: &str) -> Vec<serde_json::Value> {
+    read_iceberg_json(python, dir, table, "--files")
+}
+
+/// The JSON lines `read_iceberg.py MODE` prints for `namespace.table` (`--snapshots`,
+/// `--files`).
+fn read_iceberg_json(python: &Path, dir: &Path, table: &str, mode: &str) -> Vec<serde_json::Value> {
     let out = read_iceberg_command(python, dir, table)
-        .arg("--snapshots")
+        .arg(mode)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     assert!(
         out.status.success(),
-        "read_iceberg.py --snapshots --table {table} failed: {}",
+        "read_iceberg.py {mode} --table {table} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut snapshots: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON snapshot"))
-        .collect();
-    snapshots.sort_by_key(|s| s["sequence_number"].as_i64());
-    snapshots
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 /// Copies the directory tree `from` to `to` (created if needed).

@@ -2,7 +2,8 @@
 //! files holding matching rows are rewritten, one snapshot per job; DuckDB and pyiceberg
 //! read the result back row for row. Also: an upsert table (equality deletes in its
 //! history) rewritten correctly, two statements rewriting one file refused, stream
-//! mode refusing both statements, and `write.delete.mode = merge-on-read` refused.
+//! mode refusing both statements, and a `write.delete.mode` that names no mode refused
+//! (merge-on-read: `iceberg_merge_on_read.rs`).
 
 use meltwater_integration::{iceberg_snapshots, interop_python, meltwater, read_iceberg};
 
@@ -127,13 +128,13 @@ fn delete_is_refused_where_it_cannot_run() {
     write(
         d,
         "mor.sql",
-        "CREATE TABLE IF NOT EXISTS lake.db.mor (k STRING) WITH ('write.delete.mode' = 'merge-on-read');\n\
+        "CREATE TABLE IF NOT EXISTS lake.db.mor (k STRING) WITH ('write.delete.mode' = 'merge-on-write');\n\
          DELETE FROM lake.db.mor WHERE k = 'a';\n",
     );
     let (ok, _, err) = run(d, "mor.sql", "batch");
     assert!(!ok);
     assert!(
-        err.contains("'write.delete.mode' = 'merge-on-read' is not supported yet"),
+        err.contains("'write.delete.mode' = 'merge-on-write' is not a write mode; use 'copy-on-write' or 'merge-on-read'"),
         "{err}"
     );
 }

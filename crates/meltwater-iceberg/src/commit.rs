@@ -117,6 +117,7 @@ impl JobCommits {
         entry.files.deletes.extend(files.deletes);
         entry.files.replace_partitions |= files.replace_partitions;
         entry.files.removed.extend(files.removed);
+        entry.files.referenced.extend(files.referenced);
         entry.files.read_snapshot = entry.files.read_snapshot.or(files.read_snapshot);
     }
 
@@ -314,9 +315,14 @@ pub(crate) async fn commit_files(
         already_committed: false,
     };
     let mut seen = std::collections::HashSet::new();
-    if let Some(twice) = files.removed.iter().find(|p| !seen.insert(p.as_str())) {
-        // Every statement of a run reads the same snapshot, so two rewrites of one file
-        // would each keep rows the other changed.
+    if let Some(twice) = files
+        .removed
+        .iter()
+        .chain(&files.referenced)
+        .find(|p| !seen.insert(p.as_str()))
+    {
+        // Every statement of a run reads the same snapshot, so two statements changing
+        // rows of one file would each keep (or bring back) rows the other changed.
         return Err(IcebergError::Table {
             table: name.to_string(),
             message: format!(

@@ -20,7 +20,7 @@ use datafusion::error::{DataFusionError, Result};
 use iceberg::io::FileIO;
 use iceberg::scan::{FileScanTask, FileScanTaskDeleteFile};
 use iceberg::spec::{DataContentType, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use tokio::sync::OnceCell;
 
 /// The keys of one equality-delete file.
@@ -171,6 +171,26 @@ impl DeleteCache {
     }
 }
 
+/// A reader of the Parquet delete file `path` (errors name the `kind` of deletes).
+pub(crate) async fn open_delete_file(
+    file_io: &FileIO,
+    path: &str,
+    kind: &str,
+) -> Result<ParquetRecordBatchReader> {
+    let context =
+        |e: String| DataFusionError::Execution(format!("reading the {kind} deletes {path}: {e}"));
+    let bytes = file_io
+        .new_input(path)
+        .map_err(|e| context(e.to_string()))?
+        .read()
+        .await
+        .map_err(|e| context(e.to_string()))?;
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| context(e.to_string()))?
+        .build()
+        .map_err(|e| context(e.to_string()))
+}
+
 async fn load_key_set(
     file_io: &FileIO,
     path: &str,
@@ -179,16 +199,7 @@ async fn load_key_set(
 ) -> Result<Arc<KeySet>> {
     let context =
         |e: String| DataFusionError::Execution(format!("reading the equality deletes {path}: {e}"));
-    let bytes = file_io
-        .new_input(path)
-        .map_err(|e| context(e.to_string()))?
-        .read()
-        .await
-        .map_err(|e| context(e.to_string()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| context(e.to_string()))?
-        .build()
-        .map_err(|e| context(e.to_string()))?;
+    let reader = open_delete_file(file_io, path, "equality").await?;
     let int_key = types.len() == 1 && matches!(types[0], DataType::Int64 | DataType::Int32);
     let mut ints: Vec<i64> = Vec::new();
     let mut rows: HashSet<Box<[u8]>, ahash::RandomState> = HashSet::default();

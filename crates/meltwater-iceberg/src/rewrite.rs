@@ -1,21 +1,33 @@
 //! `DELETE FROM t WHERE ...` and `UPDATE t SET ... WHERE ...` on Iceberg tables, by
-//! copy-on-write (Iceberg's default `write.delete.mode` / `write.update.mode`).
+//! copy-on-write (Iceberg's default `write.delete.mode` / `write.update.mode`) or by
+//! merge-on-read.
 //!
 //! The files that may hold matching rows are found by pruning the snapshot the job read
 //! with the filter (partitions, column bounds). Each one is read in full with its
-//! deletes applied; when some rows match, the file is rewritten (without them, or with
+//! deletes applied.
+//!
+//! Copy-on-write: when some rows match, the file is rewritten (without them, or with
 //! their new values) and the commit removes the old file and adds the new ones in one
-//! snapshot. Files without a match stay untouched. The commit checks that every file it
-//! removes is still live, so a concurrent rewrite of the same file fails it instead of
-//! resurrecting or losing rows (snapshot isolation: rows appended concurrently are not
-//! looked at).
+//! snapshot. The commit checks that every file it removes is still live, so a
+//! concurrent rewrite of the same file fails it instead of resurrecting or losing rows
+//! (snapshot isolation: rows appended concurrently are not looked at).
+//!
+//! Merge-on-read: the file stays; the positions of the matching rows are written as a
+//! position-delete file ([`crate::position_delete`]) and, for `UPDATE`, their new values
+//! as new data files, committed together as a row delta. The commit checks that every
+//! file its deletes reference is still live (a concurrent compaction or rewrite of it
+//! fails the commit), and an `UPDATE` also that no delete file committed since the job
+//! read the table may apply to those files (else a row deleted concurrently would come
+//! back with its new values).
+//!
+//! Files without a match stay untouched in both modes.
 //!
 //! Output: one row per task with the number of rows deleted or updated (`count`).
 
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -35,6 +47,7 @@ use iceberg::table::Table;
 use crate::commit::JobCommits;
 use crate::committer::LakeCatalog;
 use crate::deletes::DeleteCache;
+use crate::position_delete::{read_with_positions, write_position_deletes, PositionDeleteCache};
 use crate::scan::{conform, read_tasks};
 use crate::snapshot::AddedFiles;
 use crate::write::{count_batch, count_schema, TaskFileWriter};
@@ -49,7 +62,29 @@ pub enum RowChange {
     Update(Vec<Arc<dyn PhysicalExpr>>),
 }
 
-/// Rewrites the files of one table that hold rows matching `predicate`.
+/// How a row-level change is written (Iceberg's `write.delete.mode`,
+/// `write.update.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLevelMode {
+    /// Rewrite the files holding changed rows.
+    CopyOnWrite,
+    /// Keep the files; delete the changed rows by position.
+    MergeOnRead,
+}
+
+impl RowLevelMode {
+    /// The mode a table property value names (`None`: the property is not set, Iceberg's
+    /// default copy-on-write).
+    pub fn from_property(value: Option<&str>) -> Option<Self> {
+        match value {
+            None | Some("copy-on-write") => Some(Self::CopyOnWrite),
+            Some("merge-on-read") => Some(Self::MergeOnRead),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Changes the rows matching `predicate` in the files of one table that hold them.
 pub struct IcebergRewriteExec {
     table_name: String,
     table: Table,
@@ -60,10 +95,13 @@ pub struct IcebergRewriteExec {
     schema: SchemaRef,
     predicate: Arc<dyn PhysicalExpr>,
     change: RowChange,
+    mode: RowLevelMode,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
     /// Equality-delete files loaded by any task of this rewrite.
     deletes: Arc<DeleteCache>,
+    /// Position-delete files loaded by any merge-on-read task of this rewrite.
+    positional: Arc<PositionDeleteCache>,
 }
 
 impl fmt::Debug for IcebergRewriteExec {
@@ -89,6 +127,7 @@ impl IcebergRewriteExec {
         schema: SchemaRef,
         predicate: Arc<dyn PhysicalExpr>,
         change: RowChange,
+        mode: RowLevelMode,
     ) -> Self {
         let mut seen = std::collections::HashSet::new();
         let tasks: Vec<FileScanTask> = tasks
@@ -114,9 +153,11 @@ impl IcebergRewriteExec {
             schema,
             predicate,
             change,
+            mode,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
             deletes: Arc::new(DeleteCache::default()),
+            positional: Arc::new(PositionDeleteCache::default()),
         }
     }
 }
@@ -127,9 +168,13 @@ impl DisplayAs for IcebergRewriteExec {
             RowChange::Delete => "delete",
             RowChange::Update(_) => "update",
         };
+        let mode = match self.mode {
+            RowLevelMode::CopyOnWrite => "copy-on-write",
+            RowLevelMode::MergeOnRead => "merge-on-read",
+        };
         write!(
             f,
-            "IcebergRewriteExec: table={}, {what} where {}, candidate_files={}",
+            "IcebergRewriteExec: table={}, {what} where {}, {mode}, candidate_files={}",
             self.table_name,
             self.predicate,
             self.tasks.len()
@@ -168,9 +213,14 @@ impl ExecutionPlan for IcebergRewriteExec {
             batch_size: context.session_config().batch_size(),
             partition,
             deletes: self.deletes.clone(),
+            positional: self.positional.clone(),
         };
+        let mode = self.mode;
         let out = stream::once(async move {
-            let changed = job.run(task).await?;
+            let changed = match mode {
+                RowLevelMode::CopyOnWrite => job.run(task).await?,
+                RowLevelMode::MergeOnRead => job.run_merge_on_read(task).await?,
+            };
             changed_rows.add(changed as usize);
             if changed > 0 {
                 rewritten.add(1);
@@ -192,9 +242,116 @@ struct RewriteTask {
     batch_size: usize,
     partition: usize,
     deletes: Arc<DeleteCache>,
+    positional: Arc<PositionDeleteCache>,
+}
+
+/// The rows of `batch` the WHERE condition `predicate` matches (NULL: no match).
+fn matching(predicate: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+    let mask = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
+    let mask = mask
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .ok_or_else(|| DataFusionError::Plan("the WHERE condition is not a boolean".into()))?;
+    Ok(if mask.null_count() > 0 {
+        prep_null_mask_filter(mask)
+    } else {
+        mask.clone()
+    })
+}
+
+/// The new value of every column of `batch` (`values`: one expression per column), of
+/// the column's type.
+fn new_values(values: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    values
+        .iter()
+        .zip(batch.columns())
+        .map(|(value, old)| {
+            let new = value.evaluate(batch)?.into_array(batch.num_rows())?;
+            Ok(if new.data_type() == old.data_type() {
+                new
+            } else {
+                datafusion::arrow::compute::cast(&new, old.data_type())?
+            })
+        })
+        .collect()
 }
 
 impl RewriteTask {
+    /// A unique file name prefix for what this task writes.
+    fn file_prefix(&self, what: &str) -> String {
+        format!(
+            "{}-{what}{:05}-{}",
+            self.commits.identity().run_id,
+            self.partition,
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    /// Deletes the positions of the matching rows of one file (and, for `UPDATE`,
+    /// writes their new values); returns the rows deleted or updated.
+    async fn run_merge_on_read(&self, task: FileScanTask) -> Result<u64> {
+        let name = &self.table_name;
+        let mut batches = read_with_positions(
+            self.table.file_io().clone(),
+            task.clone(),
+            self.batch_size,
+            name,
+            self.deletes.clone(),
+            self.positional.clone(),
+        )?;
+        let prefix = self.file_prefix("mor");
+        let mut writer = match &self.change {
+            RowChange::Delete => None,
+            RowChange::Update(_) => {
+                Some(TaskFileWriter::try_new(name, &self.table, prefix.clone())?)
+            }
+        };
+        let mut positions: Vec<i64> = Vec::new();
+        while let Some(next) = batches.next().await {
+            let (batch, pos) = next?;
+            let batch = conform(&batch, &self.schema, &self.schema)?;
+            let mask = matching(&self.predicate, &batch)?;
+            if mask.true_count() == 0 {
+                continue;
+            }
+            let matched = filter_record_batch(&batch, &mask)?;
+            let pos = datafusion::arrow::compute::filter(&pos, &mask)?;
+            let pos = pos
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .expect("positions are Int64");
+            positions.extend(pos.values().iter().copied());
+            if let (Some(writer), RowChange::Update(values)) = (writer.as_mut(), &self.change) {
+                let columns = new_values(values, &matched)?;
+                writer
+                    .write(&RecordBatch::try_new(matched.schema(), columns)?)
+                    .await?;
+            }
+        }
+        let data = match writer {
+            Some(w) => w.close().await?,
+            None => Vec::new(),
+        };
+        let changed = positions.len() as u64;
+        if changed == 0 {
+            return Ok(0);
+        }
+        let deletes = write_position_deletes(name, &self.table, &task, positions, prefix).await?;
+        self.commits.add_files(
+            name,
+            self.catalog.clone(),
+            self.table.identifier().clone(),
+            AddedFiles {
+                data,
+                deletes,
+                referenced: vec![task.data_file_path.clone()],
+                read_snapshot: self.table.metadata().current_snapshot_id(),
+                ..Default::default()
+            },
+        );
+        Ok(changed)
+    }
+
     /// Rewrites one file; returns the rows deleted or updated (0: the file stays).
     async fn run(&self, task: FileScanTask) -> Result<u64> {
         let name = &self.table_name;
@@ -206,46 +363,21 @@ impl RewriteTask {
             name,
             self.deletes.clone(),
         )?;
-        let prefix = format!(
-            "{}-rw{:05}-{}",
-            self.commits.identity().run_id,
-            self.partition,
-            uuid::Uuid::new_v4().simple()
-        );
+        let prefix = self.file_prefix("rw");
         let mut writer = TaskFileWriter::try_new(name, &self.table, prefix)?;
         let mut changed = 0u64;
         while let Some(batch) = batches.next().await {
             let batch = conform(&batch?, &self.schema, &self.schema)?;
-            let mask = self
-                .predicate
-                .evaluate(&batch)?
-                .into_array(batch.num_rows())?;
-            let mask = mask
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .ok_or_else(|| {
-                    DataFusionError::Plan("the WHERE condition is not a boolean".into())
-                })?;
-            // Rows where the condition is NULL do not match.
-            let mask = if mask.null_count() > 0 {
-                prep_null_mask_filter(mask)
-            } else {
-                mask.clone()
-            };
+            let mask = matching(&self.predicate, &batch)?;
             changed += mask.true_count() as u64;
             let out = match &self.change {
                 RowChange::Delete => filter_record_batch(&batch, &not(&mask)?)?,
                 RowChange::Update(values) => {
-                    let mut columns = Vec::with_capacity(values.len());
-                    for (value, old) in values.iter().zip(batch.columns()) {
-                        let new = value.evaluate(&batch)?.into_array(batch.num_rows())?;
-                        let new = if new.data_type() == old.data_type() {
-                            new
-                        } else {
-                            datafusion::arrow::compute::cast(&new, old.data_type())?
-                        };
-                        columns.push(zip(&mask, &new, old)?);
-                    }
+                    let columns = new_values(values, &batch)?
+                        .iter()
+                        .zip(batch.columns())
+                        .map(|(new, old)| zip(&mask, new, old))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
                     RecordBatch::try_new(batch.schema(), columns)?
                 }
             };

@@ -171,19 +171,7 @@ pub(crate) fn read_tasks(
             async move {
                 let (equality, added) = take_equality_deletes(&mut task)?;
                 let deletes = cache.load(&file_io, &task, &equality).await?;
-                let reader = ArrowReaderBuilder::new(file_io, runtime)
-                    .with_batch_size(batch_size)
-                    .build();
-                let path = task.data_file_path.clone();
-                let batches = reader
-                    .read(stream::iter([Ok(task)]).boxed())
-                    .map_err(|e| {
-                        DataFusionError::External(
-                            format!("reading {path} of iceberg table {table}: {e}").into(),
-                        )
-                    })?
-                    .stream()
-                    .map_err(|e| DataFusionError::External(Box::new(e)));
+                let batches = read_task(file_io, runtime, task, batch_size, &table)?;
                 Ok::<_, DataFusionError>(batches.map(move |b| {
                     let mut b = b?;
                     if !deletes.is_empty() {
@@ -199,6 +187,31 @@ pub(crate) fn read_tasks(
             }
         })
         .try_flatten()
+        .boxed())
+}
+
+/// The rows of one task as the crate's reader yields them (the deletes left in the task
+/// applied).
+pub(crate) fn read_task(
+    file_io: FileIO,
+    runtime: iceberg::Runtime,
+    task: FileScanTask,
+    batch_size: usize,
+    table: &str,
+) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+    let reader = ArrowReaderBuilder::new(file_io, runtime)
+        .with_batch_size(batch_size)
+        .build();
+    let path = task.data_file_path.clone();
+    Ok(reader
+        .read(stream::iter([Ok(task)]).boxed())
+        .map_err(|e| {
+            DataFusionError::External(
+                format!("reading {path} of iceberg table {table}: {e}").into(),
+            )
+        })?
+        .stream()
+        .map_err(|e| DataFusionError::External(Box::new(e)))
         .boxed())
 }
 

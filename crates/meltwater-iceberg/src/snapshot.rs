@@ -11,9 +11,9 @@
 use std::collections::{HashMap, HashSet};
 
 use iceberg::spec::{
-    DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestFile,
+    DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestEntry, ManifestFile,
     ManifestListWriter, ManifestStatus, ManifestWriter, ManifestWriterBuilder, Operation, Snapshot,
-    SnapshotSummaryCollector, Struct, Summary, TableMetadata,
+    SnapshotRef, SnapshotSummaryCollector, Struct, Summary, TableMetadata,
 };
 use iceberg::table::Table;
 
@@ -32,6 +32,11 @@ pub struct AddedFiles {
     /// replaced by `data`). Each must still be live at commit time, else the commit
     /// fails.
     pub removed: Vec<String>,
+    /// Data files the position deletes of `deletes` reference (merge-on-read `DELETE`
+    /// and `UPDATE`). Each must still be live at commit time, else the commit fails;
+    /// when the commit also adds data (an `UPDATE`'s new rows), no delete file that may
+    /// apply to them may have been committed after `read_snapshot`.
+    pub referenced: Vec<String>,
     /// Compaction: `data` holds the same rows as the removed files (operation
     /// `replace`), with this data sequence number (that of the snapshot the rows were
     /// read from, so equality deletes committed since still apply to them).
@@ -204,6 +209,9 @@ pub(crate) async fn produce(
             let what = "to a partition this overwrite replaces";
             validate_no_new_files(name, table, files.read_snapshot, &scope, what).await?;
         }
+        if !files.referenced.is_empty() {
+            validate_referenced(name, table, files, spec.is_unpartitioned()).await?;
+        }
         let removed_paths: HashSet<&str> = files.removed.iter().map(String::as_str).collect();
         let mut found: HashSet<String> = HashSet::new();
         let in_scope = |f: &DataFile| {
@@ -360,41 +368,109 @@ async fn validate_no_new_files(
     scope: &(dyn Fn(&DataFile) -> bool + Sync),
     what: &str,
 ) -> Result<()> {
+    let found = find_since(name, table, read, false, &|e: &ManifestEntry| {
+        e.status == ManifestStatus::Added && scope(&e.data_file)
+    })
+    .await?;
+    match found {
+        Some((snapshot, path)) => Err(IcebergError::Table {
+            table: name.to_string(),
+            message: format!(
+                "conflict: snapshot {} ({}) added {path} {what} after the job read the table; nothing was committed — run the job again",
+                snapshot.snapshot_id(),
+                snapshot.summary().operation.as_str(),
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Merge-on-read checks: every data file the position deletes of `files` reference is
+/// still live (no snapshot since the job read the table removed it: a compaction or a
+/// rewrite would leave the deletes pointing at nothing and the rows alive in its
+/// replacement); and when the commit adds rows (an `UPDATE`'s new values), no delete
+/// file committed since may apply to the referenced files (a row deleted concurrently
+/// would come back with its new values).
+async fn validate_referenced(
+    name: &str,
+    table: &Table,
+    files: &AddedFiles,
+    unpartitioned: bool,
+) -> Result<()> {
+    let referenced: HashSet<&str> = files.referenced.iter().map(String::as_str).collect();
+    let removed = find_since(
+        name,
+        table,
+        files.read_snapshot,
+        true,
+        &|e: &ManifestEntry| {
+            e.status == ManifestStatus::Deleted && referenced.contains(e.data_file.file_path())
+        },
+    )
+    .await?;
+    if let Some((snapshot, path)) = removed {
+        return Err(IcebergError::Table {
+            table: name.to_string(),
+            message: format!(
+                "conflict: snapshot {} ({}) removed {path}, whose rows this commit deletes by position, after the job read the table; nothing was committed — run the job again",
+                snapshot.snapshot_id(),
+                snapshot.summary().operation.as_str(),
+            ),
+        });
+    }
+    if files.data.is_empty() {
+        return Ok(());
+    }
+    // The position deletes sit in the partitions of the files they reference.
+    let partitions: HashSet<&Struct> = files.deletes.iter().map(|f| f.partition()).collect();
+    let scope = |f: &DataFile| match f.content_type() {
+        DataContentType::Data => false,
+        DataContentType::PositionDeletes => match f.referenced_data_file() {
+            Some(p) => referenced.contains(p.as_str()),
+            None => unpartitioned || partitions.contains(f.partition()),
+        },
+        DataContentType::EqualityDeletes => unpartitioned || partitions.contains(f.partition()),
+    };
+    let what = "that may delete rows this update changes";
+    validate_no_new_files(name, table, files.read_snapshot, &scope, what).await
+}
+
+/// The first manifest entry `hit` finds among those written by the snapshots committed
+/// after `read` along the current branch (newest first), with its snapshot; `replace`
+/// snapshots (compactions) are looked at only when `with_replace`. Fails when `read` is
+/// no longer in the branch's history.
+async fn find_since(
+    name: &str,
+    table: &Table,
+    read: Option<i64>,
+    with_replace: bool,
+    hit: &(dyn Fn(&ManifestEntry) -> bool + Sync),
+) -> Result<Option<(SnapshotRef, String)>> {
     let metadata = table.metadata();
     let mut current = metadata.current_snapshot().cloned();
+    let context = || format!("committing to {name} (reading snapshot history)");
     while let Some(snapshot) = current {
         if Some(snapshot.snapshot_id()) == read {
-            return Ok(());
+            return Ok(None);
         }
-        if snapshot.summary().operation != Operation::Replace {
+        if with_replace || snapshot.summary().operation != Operation::Replace {
             let list = table
                 .manifest_list_reader(&snapshot)
                 .load()
                 .await
-                .context(|| format!("committing to {name} (reading snapshot history)"))?;
-            for m in list
-                .entries()
-                .iter()
-                .filter(|m| m.added_snapshot_id == snapshot.snapshot_id() && m.has_added_files())
-            {
-                let manifest = m
-                    .load_manifest(table.file_io())
-                    .await
-                    .context(|| format!("committing to {name} (reading snapshot history)"))?;
-                if let Some(e) = manifest.entries().iter().find(|e| {
-                    e.status == ManifestStatus::Added
-                        && e.snapshot_id == Some(snapshot.snapshot_id())
-                        && scope(&e.data_file)
-                }) {
-                    return Err(IcebergError::Table {
-                        table: name.to_string(),
-                        message: format!(
-                            "conflict: snapshot {} ({}) added {} {what} after the job read the table; nothing was committed — run the job again",
-                            snapshot.snapshot_id(),
-                            snapshot.summary().operation.as_str(),
-                            e.data_file.file_path()
-                        ),
-                    });
+                .context(context)?;
+            for m in list.entries().iter().filter(|m| {
+                m.added_snapshot_id == snapshot.snapshot_id()
+                    && (m.has_added_files() || m.has_deleted_files())
+            }) {
+                let manifest = m.load_manifest(table.file_io()).await.context(context)?;
+                if let Some(e) = manifest
+                    .entries()
+                    .iter()
+                    .find(|e| e.snapshot_id == Some(snapshot.snapshot_id()) && hit(e))
+                {
+                    let path = e.data_file.file_path().to_string();
+                    return Ok(Some((snapshot.clone(), path)));
                 }
             }
         }
@@ -409,7 +485,7 @@ async fn validate_no_new_files(
                 "the snapshot the job read ({id}) is no longer in the table's history (expired or rolled back); nothing was committed — run the job again"
             ),
         }),
-        None => Ok(()),
+        None => Ok(None),
     }
 }
 

@@ -20,7 +20,7 @@ use iceberg::table::Table;
 use crate::commit::JobCommits;
 use crate::committer::LakeCatalog;
 use crate::predicate::to_iceberg_predicate;
-use crate::rewrite::{IcebergRewriteExec, RowChange};
+use crate::rewrite::{IcebergRewriteExec, RowChange, RowLevelMode};
 use crate::scan::IcebergScanExec;
 use crate::schema::arrow_schema;
 use crate::source::IcebergSource;
@@ -181,8 +181,10 @@ impl IcebergTable {
         &self.catalog
     }
 
-    /// `DELETE` (`assignments` = `None`) or `UPDATE` of the rows matching `filters`, by
-    /// copy-on-write of the files that hold them ([`IcebergRewriteExec`]).
+    /// `DELETE` (`assignments` = `None`) or `UPDATE` of the rows matching `filters`
+    /// ([`IcebergRewriteExec`]): copy-on-write of the files that hold them, or position
+    /// deletes (and new data files) with `write.delete.mode` / `write.update.mode` =
+    /// `merge-on-read`.
     async fn rewrite(
         &self,
         state: &dyn Session,
@@ -194,15 +196,14 @@ impl IcebergTable {
             Some(_) => ("UPDATE", "write.update.mode"),
         };
         self.refuse_writes(statement)?;
-        let properties = self.table.metadata().properties();
-        if let Some(mode) = properties.get(property) {
-            if mode != "copy-on-write" {
-                return Err(DataFusionError::NotImplemented(format!(
-                    "{statement} on {}: '{property}' = '{mode}' is not supported yet; Meltwater rewrites the affected files ('copy-on-write')",
-                    self.name
-                )));
-            }
-        }
+        let value = self.table.metadata().properties().get(property);
+        let Some(mode) = RowLevelMode::from_property(value.map(String::as_str)) else {
+            return Err(DataFusionError::Plan(format!(
+                "{statement} on {}: '{property}' = '{}' is not a write mode; use 'copy-on-write' or 'merge-on-read'",
+                self.name,
+                value.map(String::as_str).unwrap_or_default()
+            )));
+        };
         let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
         let predicate = conjunction(filters.clone()).unwrap_or(lit(true));
         let predicate = state.create_physical_expr(predicate, &df_schema)?;
@@ -248,6 +249,7 @@ impl IcebergTable {
             self.schema.clone(),
             predicate,
             change,
+            mode,
         )))
     }
 }
@@ -390,7 +392,7 @@ impl TableProvider for IcebergTable {
             if let Some(mode) = properties.get("write.merge.mode") {
                 if mode != "copy-on-write" {
                     return Err(DataFusionError::NotImplemented(format!(
-                        "MERGE INTO {}: 'write.merge.mode' = '{mode}' is not supported yet; Meltwater rewrites the table ('copy-on-write')",
+                        "MERGE INTO {}: 'write.merge.mode' = '{mode}' is not supported yet (DELETE and UPDATE support 'merge-on-read'); MERGE rewrites the table ('copy-on-write')",
                         self.name
                     )));
                 }
