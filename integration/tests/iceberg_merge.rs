@@ -3,7 +3,7 @@
 //! the first `WHEN NOT MATCHED` clause that applies, in an unpartitioned and a partitioned
 //! table; DuckDB and pyiceberg read the result back. A target row matching two source rows
 //! fails the statement and commits nothing; stream mode refuses the statement, and so does
-//! a table set to merge-on-read.
+//! a table with an unknown `write.merge.mode`.
 
 use meltwater_integration::{
     iceberg_snapshots, interop_python, meltwater, meltwater_ok, printed_rows, read_iceberg,
@@ -136,10 +136,11 @@ fn merge_updates_deletes_and_inserts_by_the_first_clause_that_applies() {
     with_z.push(r#"{"sku":"z","qty":26,"note":null}"#);
     assert_eq!(read_iceberg(&python, d, "m.stock", "duckdb"), with_z);
 
-    // Merge-on-read is not built: a table asking for it is refused, not rewritten.
+    // An unknown write mode is refused, not guessed (merge-on-read MERGE is tested in
+    // iceberg_merge_on_read.rs).
     std::fs::write(
         d.join("mor.sql"),
-        "CREATE TABLE IF NOT EXISTS lake.m.mor (k BIGINT, v STRING) WITH ('write.merge.mode' = 'merge-on-read');
+        "CREATE TABLE IF NOT EXISTS lake.m.mor (k BIGINT, v STRING) WITH ('write.merge.mode' = 'merge-on-write');
          MERGE INTO lake.m.mor t USING (SELECT 1 AS k, 'x' AS v) AS s ON t.k = s.k
          WHEN NOT MATCHED THEN INSERT VALUES (s.k, s.v);
 ",
@@ -149,7 +150,7 @@ fn merge_updates_deletes_and_inserts_by_the_first_clause_that_applies() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("'write.merge.mode' = 'merge-on-read' is not supported yet"),
+        stderr.contains("MERGE INTO lake.m.mor: 'write.merge.mode' = 'merge-on-write' is not a write mode; use 'copy-on-write' or 'merge-on-read'"),
         "{stderr}"
     );
 }

@@ -18,6 +18,7 @@ pub mod config;
 mod deletes;
 pub mod error;
 pub mod maintain;
+pub mod merge;
 pub mod position_delete;
 pub mod predicate;
 pub mod rewrite;

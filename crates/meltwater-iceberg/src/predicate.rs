@@ -6,9 +6,25 @@
 //! while an unconvertible part of an `OR` or `NOT` drops the whole expression.
 
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::Datum;
+
+/// How a table scanned by Iceberg file pruning takes `filters`: `Inexact` where the
+/// filter converts to an Iceberg predicate (partitions and file statistics prune files,
+/// so rows still need the filter), else `Unsupported`.
+pub fn filter_pushdown(filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
+    filters
+        .iter()
+        .map(|f| {
+            if to_iceberg_predicate(&[(*f).clone()]).is_some() {
+                TableProviderFilterPushDown::Inexact
+            } else {
+                TableProviderFilterPushDown::Unsupported
+            }
+        })
+        .collect()
+}
 
 /// The Iceberg predicate for `filters` (a conjunction), if any part converts.
 pub fn to_iceberg_predicate(filters: &[Expr]) -> Option<Predicate> {

@@ -19,7 +19,8 @@ use iceberg::table::Table;
 
 use crate::commit::JobCommits;
 use crate::committer::LakeCatalog;
-use crate::predicate::to_iceberg_predicate;
+use crate::merge::MergeTarget;
+use crate::predicate::{filter_pushdown, to_iceberg_predicate};
 use crate::rewrite::{IcebergRewriteExec, RowChange, RowLevelMode};
 use crate::scan::IcebergScanExec;
 use crate::schema::arrow_schema;
@@ -181,6 +182,36 @@ impl IcebergTable {
         &self.catalog
     }
 
+    /// How `MERGE INTO` writes the table (`write.merge.mode`); an error names an unknown
+    /// mode.
+    pub fn merge_mode(&self) -> Result<RowLevelMode> {
+        self.row_level_mode("MERGE INTO", "write.merge.mode")
+    }
+
+    /// The target of a merge-on-read `MERGE INTO` ([`MergeTarget`]).
+    pub fn merge_on_read_target(&self) -> Result<MergeTarget> {
+        self.refuse_writes("MERGE INTO")?;
+        Ok(MergeTarget::new(
+            self.name.clone(),
+            self.table.clone(),
+            self.catalog.clone(),
+            self.commits.clone(),
+            self.schema.clone(),
+        ))
+    }
+
+    /// The write mode table property `property` names for `statement`.
+    fn row_level_mode(&self, statement: &str, property: &str) -> Result<RowLevelMode> {
+        let value = self.table.metadata().properties().get(property);
+        RowLevelMode::from_property(value.map(String::as_str)).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "{statement} {}: '{property}' = '{}' is not a write mode; use 'copy-on-write' or 'merge-on-read'",
+                self.name,
+                value.map(String::as_str).unwrap_or_default()
+            ))
+        })
+    }
+
     /// `DELETE` (`assignments` = `None`) or `UPDATE` of the rows matching `filters`
     /// ([`IcebergRewriteExec`]): copy-on-write of the files that hold them, or position
     /// deletes (and new data files) with `write.delete.mode` / `write.update.mode` =
@@ -196,14 +227,7 @@ impl IcebergTable {
             Some(_) => ("UPDATE", "write.update.mode"),
         };
         self.refuse_writes(statement)?;
-        let value = self.table.metadata().properties().get(property);
-        let Some(mode) = RowLevelMode::from_property(value.map(String::as_str)) else {
-            return Err(DataFusionError::Plan(format!(
-                "{statement} on {}: '{property}' = '{}' is not a write mode; use 'copy-on-write' or 'merge-on-read'",
-                self.name,
-                value.map(String::as_str).unwrap_or_default()
-            )));
-        };
+        let mode = self.row_level_mode(&format!("{statement} on"), property)?;
         let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
         let predicate = conjunction(filters.clone()).unwrap_or(lit(true));
         let predicate = state.create_physical_expr(predicate, &df_schema)?;
@@ -301,17 +325,7 @@ impl TableProvider for IcebergTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Pruning is by partition and file statistics: rows still need the filter.
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if to_iceberg_predicate(&[(*f).clone()]).is_some() {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(filter_pushdown(filters))
     }
 
     async fn scan(
@@ -386,17 +400,9 @@ impl TableProvider for IcebergTable {
             return Ok(Arc::new(write.with_overwrite()));
         }
         if insert_op == InsertOp::Replace {
-            // MERGE: the input is the table's new contents; every live data and delete
-            // file of the snapshot read is replaced (copy-on-write of the whole table).
-            let properties = self.table.metadata().properties();
-            if let Some(mode) = properties.get("write.merge.mode") {
-                if mode != "copy-on-write" {
-                    return Err(DataFusionError::NotImplemented(format!(
-                        "MERGE INTO {}: 'write.merge.mode' = '{mode}' is not supported yet (DELETE and UPDATE support 'merge-on-read'); MERGE rewrites the table ('copy-on-write')",
-                        self.name
-                    )));
-                }
-            }
+            // MERGE in copy-on-write mode: the input is the table's new contents; every
+            // live data and delete file of the snapshot read is replaced. (Merge-on-read
+            // MERGE writes through [`MergeTarget`] instead.)
             return Ok(Arc::new(write.replacing(self.live_files().await?)));
         }
         if crate::upsert::upsert_enabled(self.table.metadata()) {

@@ -475,18 +475,52 @@ impl StatementPlanner<'_> {
             .table_provider(table_reference(name))
             .await
             .map_err(|_| format!("MERGE INTO {name}: no such table"))?;
-        if !provider.as_any().is::<meltwater_iceberg::IcebergTable>() {
+        let Some(table) = provider
+            .as_any()
+            .downcast_ref::<meltwater_iceberg::IcebergTable>()
+        else {
             return Err(format!(
                 "MERGE INTO {name}: only Iceberg tables can be merged into"
             ));
+        };
+        let parse = |sql: &str| {
+            datafusion::sql::sqlparser::parser::Parser::new(
+                &datafusion::sql::sqlparser::dialect::GenericDialect {},
+            )
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_query())
+            .map_err(|e| format!("MERGE INTO {name}: {e}"))
+        };
+        let mode = table.merge_mode().map_err(|e| clean_error(&e))?;
+        if mode == meltwater_iceberg::rewrite::RowLevelMode::MergeOnRead {
+            // The target read with row addresses, under a name only this query uses.
+            let target = Arc::new(table.merge_on_read_target().map_err(|e| clean_error(&e))?);
+            let scan_name = format!("__mw_merge_target_{}", job.inserts.len());
+            job.session
+                .register_table(scan_name.as_str(), target.clone())
+                .map_err(|e| e.to_string())?;
+            let sql = merge::merge_on_read_query(
+                merge,
+                &name.to_string(),
+                &provider.schema(),
+                &scan_name,
+            );
+            let planned = match sql.and_then(|sql| parse(&sql)) {
+                Ok(query) => self.plan_query(&query, job).await,
+                Err(e) => Err(e),
+            };
+            let _ = job.session.deregister_table(scan_name.as_str());
+            return LogicalPlanBuilder::insert_into(
+                planned?,
+                table_reference(name),
+                provider_as_source(target),
+                InsertOp::Replace,
+            )
+            .and_then(|b| b.build())
+            .map_err(|e| e.to_string());
         }
         let sql = merge::merge_query(merge, &name.to_string(), &provider.schema())?;
-        let query = datafusion::sql::sqlparser::parser::Parser::new(
-            &datafusion::sql::sqlparser::dialect::GenericDialect {},
-        )
-        .try_with_sql(&sql)
-        .and_then(|mut p| p.parse_query())
-        .map_err(|e| format!("MERGE INTO {name}: {e}"))?;
+        let query = parse(&sql)?;
         let insert = Insert {
             table: name.clone(),
             columns: Vec::new(),

@@ -1,15 +1,23 @@
 //! `MERGE INTO target USING source ON ... WHEN MATCHED ... WHEN NOT MATCHED ...` in batch
-//! mode, by copy-on-write of the whole target: the statement becomes one query computing
-//! the target's new rows, written as a replacement of every file of the snapshot read
-//! (the commit fails if another writer changed those files meanwhile).
+//! mode, planned as one query.
 //!
-//! The query is the union of
+//! Copy-on-write (`write.merge.mode` unset or `copy-on-write`, [`merge_query`]): the
+//! query computes the target's new rows, written as a replacement of every file of the
+//! snapshot read (the commit fails if another writer changed those files meanwhile). It
+//! is the union of
 //! - the target's rows, joined (left) with the source: for each, the first `WHEN
 //!   MATCHED` clause that applies updates it or deletes it; rows no clause applies to stay;
 //! - the source's rows without a match (anti join): the first `WHEN NOT MATCHED` clause
 //!   that applies inserts it;
 //! - with `WHEN MATCHED` clauses, a check that no target row matches two source rows
 //!   (`meltwater_merge_check` fails the statement; it yields no row).
+//!
+//! Merge-on-read (`merge-on-read`, [`merge_on_read_query`]): the query joins the source
+//! with the target read with each row's data file and position
+//! ([`meltwater_iceberg::merge::MergeTarget`]) and yields only the rows that change:
+//! matched target rows with the action of the first clause that applies (rows no clause
+//! applies to come along for the cardinality check, which the writer makes), and source
+//! rows without a match that a `WHEN NOT MATCHED` clause inserts.
 
 use std::any::Any;
 
@@ -28,9 +36,23 @@ const MATCHED: &str = "__mw_matched";
 /// Numbers the target's rows for the cardinality check.
 const ROW_ID: &str = "__mw_rid";
 
-/// The query computing the target's rows after `merge`; `schema` is the target's.
-/// Errors name what the statement cannot do.
-pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<String, String> {
+/// The parts of a `MERGE` statement the queries are built from.
+struct Statement {
+    /// How the target and the source are referred to in the statement.
+    t_alias: String,
+    s_alias: String,
+    /// The target's name, and the source's (a table name or a parenthesized subquery).
+    t_base: String,
+    s_base: String,
+    on: String,
+    /// `WHEN MATCHED` clauses: condition, and assignments (`None`: delete).
+    matched: Vec<(String, Option<Assignments>)>,
+    /// `WHEN NOT MATCHED` clauses: condition and inserted values.
+    not_matched: Vec<(String, Assignments)>,
+}
+
+/// The statement's parts; errors name what it cannot do.
+fn parse(merge: &Merge, target_name: &str, schema: &Schema) -> Result<Statement, String> {
     let (t_alias, t_base) = match &merge.table {
         TableFactor::Table { name, alias, .. } => (qualifier(name, alias), name.to_string()),
         other => return Err(format!("MERGE INTO {other}: the target must be a table")),
@@ -51,12 +73,15 @@ pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<
             ))
         }
     };
-    let on = merge.on.to_string();
-    let column = |f: &datafusion::arrow::datatypes::Field| format!("\"{}\"", f.name());
-    let sql_type = |t: &DataType| crate::sql_type_name(t);
-
-    let mut matched: Vec<(String, Option<Assignments>)> = Vec::new();
-    let mut not_matched: Vec<(String, Assignments)> = Vec::new();
+    let mut statement = Statement {
+        t_alias,
+        s_alias,
+        t_base,
+        s_base,
+        on: merge.on.to_string(),
+        matched: Vec::new(),
+        not_matched: Vec::new(),
+    };
     for clause in &merge.clauses {
         let predicate = clause
             .predicate
@@ -85,10 +110,10 @@ pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<
                     }
                     sets.push((name, a.value.to_string()));
                 }
-                matched.push((predicate, Some(sets)));
+                statement.matched.push((predicate, Some(sets)));
             }
             (MergeClauseKind::Matched, MergeAction::Delete { .. }) => {
-                matched.push((predicate, None))
+                statement.matched.push((predicate, None))
             }
             (
                 MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget,
@@ -125,7 +150,7 @@ pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<
                     }
                     values.push((c, v.to_string()));
                 }
-                not_matched.push((predicate, values));
+                statement.not_matched.push((predicate, values));
             }
             (MergeClauseKind::NotMatchedBySource, _) => {
                 return Err("MERGE: WHEN NOT MATCHED BY SOURCE is not supported yet".into())
@@ -133,10 +158,26 @@ pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<
             (kind, action) => return Err(format!("MERGE: WHEN {kind} THEN {action} is not valid")),
         }
     }
-    if matched.is_empty() && not_matched.is_empty() {
+    if statement.matched.is_empty() && statement.not_matched.is_empty() {
         return Err("MERGE needs at least one WHEN clause".into());
     }
+    Ok(statement)
+}
 
+/// The query computing the target's rows after `merge` (copy-on-write); `schema` is the
+/// target's. Errors name what the statement cannot do.
+pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<String, String> {
+    let Statement {
+        t_alias,
+        s_alias,
+        t_base,
+        s_base,
+        on,
+        matched,
+        not_matched,
+    } = parse(merge, target_name, schema)?;
+    let column = |f: &datafusion::arrow::datatypes::Field| format!("\"{}\"", f.name());
+    let sql_type = |t: &DataType| crate::sql_type_name(t);
     let is_match = format!("{s_alias}.{MATCHED} IS NOT NULL");
     let mut branches = Vec::new();
     // The target's rows.
@@ -224,6 +265,91 @@ pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<
         ));
     }
     Ok(branches.join("\nUNION ALL\n"))
+}
+
+/// The rows a merge-on-read `MERGE` changes (module doc); `target_scan` names the target
+/// read with row addresses ([`meltwater_iceberg::merge::MergeTarget`]), `schema` is the
+/// target's. Errors name what the statement cannot do.
+pub fn merge_on_read_query(
+    merge: &Merge,
+    target_name: &str,
+    schema: &Schema,
+    target_scan: &str,
+) -> Result<String, String> {
+    use meltwater_iceberg::merge::{
+        ACTION_COLUMN, DELETE, FILE_COLUMN, INSERT, POS_COLUMN, ROUTE_COLUMN, UPDATE,
+    };
+    let statement = parse(merge, target_name, schema)?;
+    let (t_alias, s_alias) = (&statement.t_alias, &statement.s_alias);
+    let (matched, not_matched) = (&statement.matched, &statement.not_matched);
+    let is_match = format!("{t_alias}.{FILE_COLUMN} IS NOT NULL");
+    let no_match = format!("{t_alias}.{FILE_COLUMN} IS NULL");
+    let mut cols = vec![
+        format!("{t_alias}.{FILE_COLUMN} AS {FILE_COLUMN}"),
+        format!("{t_alias}.{POS_COLUMN} AS {POS_COLUMN}"),
+    ];
+    // The first clause that applies decides; NULL when none does.
+    let mut action = String::from("CASE");
+    for (cond, sets) in matched {
+        let what = if sets.is_some() { UPDATE } else { DELETE };
+        action.push_str(&format!(" WHEN {is_match} AND {cond} THEN '{what}'"));
+    }
+    for (cond, _) in not_matched {
+        action.push_str(&format!(" WHEN {no_match} AND {cond} THEN '{INSERT}'"));
+    }
+    cols.push(format!("{action} END AS {ACTION_COLUMN}"));
+    // A matched row goes to the task of its data file; inserts anywhere.
+    cols.push(format!(
+        "COALESCE({t_alias}.{FILE_COLUMN}, CAST(random() AS VARCHAR)) AS {ROUTE_COLUMN}"
+    ));
+    for f in schema.fields() {
+        let column = format!("\"{}\"", f.name());
+        let sql_type = crate::sql_type_name(f.data_type());
+        let mut case = String::from("CASE");
+        for (cond, sets) in matched {
+            let value = sets
+                .as_ref()
+                .and_then(|sets| sets.iter().find(|(c, _)| c == f.name()))
+                .map(|(_, v)| format!("CAST(({v}) AS {sql_type})"))
+                .unwrap_or_else(|| format!("{t_alias}.{column}"));
+            case.push_str(&format!(" WHEN {is_match} AND {cond} THEN {value}"));
+        }
+        for (cond, values) in not_matched {
+            let value = values
+                .iter()
+                .find(|(c, _)| c == f.name())
+                .map(|(_, v)| format!("CAST(({v}) AS {sql_type})"))
+                .unwrap_or_else(|| format!("CAST(NULL AS {sql_type})"));
+            case.push_str(&format!(" WHEN {no_match} AND {cond} THEN {value}"));
+        }
+        cols.push(format!("{case} ELSE {t_alias}.{column} END AS {column}"));
+    }
+    // Matched rows all come (the writer checks that none is matched twice); unmatched
+    // ones only when an insert clause applies.
+    let mut keep = Vec::new();
+    if !matched.is_empty() {
+        keep.push(is_match);
+    }
+    if !not_matched.is_empty() {
+        let any = not_matched
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        keep.push(format!("({no_match} AND ({any}))"));
+    }
+    let join = if not_matched.is_empty() {
+        "JOIN"
+    } else {
+        "LEFT JOIN"
+    };
+    Ok(format!(
+        "SELECT {} FROM {} AS {s_alias} {join} {target_scan} AS {t_alias} ON {} WHERE {}",
+        cols.join(", "),
+        statement.s_base,
+        statement.on,
+        keep.join(" OR ")
+    ))
 }
 
 /// `(column, SQL value)` pairs of an `UPDATE SET` or an `INSERT`; a `WHEN MATCHED`
