@@ -323,7 +323,7 @@ pub async fn run_query(
 }
 
 /// What a write statement does to its table, for reports.
-fn operation_of(plan: &datafusion::logical_expr::LogicalPlan) -> &'static str {
+pub fn operation_of(plan: &datafusion::logical_expr::LogicalPlan) -> &'static str {
     use datafusion::logical_expr::dml::InsertOp;
     use datafusion::logical_expr::{LogicalPlan, WriteOp};
     match plan {
@@ -337,6 +337,24 @@ fn operation_of(plan: &datafusion::logical_expr::LogicalPlan) -> &'static str {
         },
         _ => "insert",
     }
+}
+
+/// The report of a write statement that wrote (or deleted, or updated) `rows`.
+pub fn insert_report(s: &PlannedStatement, rows: u64, elapsed: Duration) -> InsertReport {
+    InsertReport {
+        operation: operation_of(&s.plan),
+        target: s.target.clone().unwrap_or_default(),
+        rows,
+        elapsed,
+    }
+}
+
+/// Commits what the run's statements wrote: one snapshot per table.
+pub async fn commit_run(job: &PlannedJob) -> Result<Vec<CommitSummary>, BatchError> {
+    job.commits
+        .commit_all()
+        .await
+        .map_err(|e| BatchError::Commit(e.to_string()))
 }
 
 /// Runs every `INSERT` of the job, then commits what they wrote.
@@ -373,19 +391,9 @@ async fn run_job_inner(job: &PlannedJob, options: &BatchOptions) -> Result<RunRe
                 return Err(e);
             }
         };
-        let rows = stage::final_rows(&batches);
-        inserts.push(InsertReport {
-            operation: operation_of(&s.plan),
-            target: s.target.clone().unwrap_or_default(),
-            rows,
-            elapsed: t.elapsed(),
-        });
+        inserts.push(insert_report(s, stage::final_rows(&batches), t.elapsed()));
     }
-    let commits = job
-        .commits
-        .commit_all()
-        .await
-        .map_err(|e| BatchError::Commit(e.to_string()))?;
+    let commits = commit_run(job).await?;
     if options.executor == Executor::Staged {
         spilled_bytes += options
             .progress

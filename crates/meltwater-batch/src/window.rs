@@ -76,6 +76,16 @@ impl WindowAssignExec {
     }
 }
 
+impl WindowAssignExec {
+    pub fn kind(&self) -> &WindowKind {
+        &self.kind
+    }
+    /// The input column holding the event time.
+    pub fn time_index(&self) -> usize {
+        self.time_index
+    }
+}
+
 impl DisplayAs for WindowAssignExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "WindowAssignExec: {}", self.kind)
@@ -133,6 +143,19 @@ pub struct SessionWindowExec {
 }
 
 impl SessionWindowExec {
+    /// The session gap in milliseconds.
+    pub fn gap(&self) -> i64 {
+        self.gap
+    }
+    /// The input column holding the event time.
+    pub fn time_index(&self) -> usize {
+        self.time_index
+    }
+    /// The input columns sessions are formed per.
+    pub fn key_indices(&self) -> &[usize] {
+        &self.key_indices
+    }
+
     pub fn new(
         input: Arc<dyn ExecutionPlan>,
         gap: i64,

@@ -2,6 +2,7 @@
 //! and look into the Iceberg catalogs it writes.
 
 mod catalog_cmd;
+mod cluster_cmd;
 mod maintain_cmd;
 mod report;
 mod stream_cmd;
@@ -106,6 +107,10 @@ struct BatchArgs {
     /// Run the plan pipelined in memory instead of stage by stage.
     #[arg(long)]
     pipelined: bool,
+    /// Run on a Ballista cluster (`meltwater cluster scheduler` and `executor`) at
+    /// `df://HOST:PORT` instead of in this process; commits still happen here.
+    #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "pipelined")]
+    cluster: Option<String>,
 }
 
 impl BatchArgs {
@@ -125,7 +130,7 @@ enum CompressionArg {
 }
 
 /// Parses `2GiB`, `512MiB`, `1.5g`, `1000000` (bytes).
-fn parse_size(s: &str) -> std::result::Result<usize, String> {
+pub(crate) fn parse_size(s: &str) -> std::result::Result<usize, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -200,6 +205,11 @@ enum Command {
     Maintain {
         #[command(subcommand)]
         command: maintain_cmd::MaintainCommand,
+    },
+    /// Run a scheduler or an executor of a cluster for batch jobs.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster_cmd::ClusterCommand,
     },
 }
 
@@ -349,6 +359,22 @@ async fn run(cli: Cli) -> Result<()> {
             let spill_root = batch.spill_root();
             let planned = plan_to_run(catalog, &job, mode, Some((&batch, &spill_root))).await?;
             let parallelism = planned.session.state().config().target_partitions();
+            if let Some(cluster) = &batch.cluster {
+                println!(
+                    "running {} (job {}, run {}) in batch mode on the cluster {cluster}, parallelism {parallelism}",
+                    planned.file, planned.identity.job_id, planned.identity.run_id,
+                );
+                let run_report = meltwater_cluster::run_job(&planned, cluster).await?;
+                // The executors read the sources: their counters stay there.
+                let read: Vec<String> = planned
+                    .sources()
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.connector))
+                    .collect();
+                println!("read on the cluster: {}", read.join(", "));
+                report::print_run(&[], &run_report);
+                return Ok(());
+            }
             let options = BatchOptions {
                 executor: if batch.pipelined {
                     Executor::Pipelined
@@ -490,6 +516,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Catalog { command } => catalog_cmd::run(catalog, command).await,
         Command::Maintain { command } => maintain_cmd::run(catalog, command).await,
+        Command::Cluster { command } => cluster_cmd::run(command).await,
         Command::Checkpoints {
             job,
             checkpoint_dir,

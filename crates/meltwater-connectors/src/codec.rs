@@ -570,8 +570,9 @@ struct PrintSpec {
     standard_error: bool,
 }
 
-/// An Arrow schema as the hex text of its IPC flatbuffer encoding.
-mod ipc_schema {
+/// An Arrow schema as the hex text of its IPC flatbuffer encoding (field metadata, such
+/// as Iceberg field ids, included); for `#[serde(with = "...")]` on `SchemaRef` fields.
+pub mod ipc_schema {
     use std::fmt::Write as _;
 
     use super::*;

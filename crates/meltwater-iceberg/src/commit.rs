@@ -38,6 +38,9 @@ struct PendingTable {
 pub struct JobCommits {
     identity: JobIdentity,
     pending: Mutex<BTreeMap<String, PendingTable>>,
+    /// A cluster executor's copy: writers return their files in their output for the
+    /// job's client to register, instead of registering them here.
+    detached: bool,
 }
 
 impl std::fmt::Debug for JobCommits {
@@ -70,7 +73,23 @@ impl JobCommits {
         Self {
             identity,
             pending: Mutex::new(BTreeMap::new()),
+            detached: false,
         }
+    }
+
+    /// The registry of a process that writes files for a job committed elsewhere (a
+    /// cluster's scheduler or executor): writers output their files as rows
+    /// ([`crate::codec::written_files_schema`]) and nothing is registered here.
+    pub fn detached(identity: JobIdentity) -> Self {
+        Self {
+            detached: true,
+            ..Self::new(identity)
+        }
+    }
+
+    /// Whether writers hand their files back in their output (see [`Self::detached`]).
+    pub fn is_detached(&self) -> bool {
+        self.detached
     }
 
     pub fn identity(&self) -> &JobIdentity {

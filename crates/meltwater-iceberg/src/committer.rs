@@ -40,7 +40,8 @@ pub enum CommitOutcome {
 /// A job's handle on one Iceberg catalog.
 pub struct LakeCatalog {
     name: String,
-    inner: Arc<dyn Catalog>,
+    /// `None` in a cluster executor's copy, which writes files but never commits.
+    inner: Option<Arc<dyn Catalog>>,
     committer: Option<SqliteCommitter>,
 }
 
@@ -63,9 +64,32 @@ impl LakeCatalog {
     pub fn read_only(name: &str, inner: Arc<dyn Catalog>) -> Self {
         Self {
             name: name.to_string(),
-            inner,
+            inner: Some(inner),
             committer: None,
         }
+    }
+
+    /// The catalog as seen by a process that only writes data files for a job whose
+    /// client commits them (a cluster's scheduler and executors): every catalog call
+    /// fails, saying so.
+    pub fn detached(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            inner: None,
+            committer: None,
+        }
+    }
+
+    fn inner(&self) -> IcebergResult<&Arc<dyn Catalog>> {
+        self.inner.as_ref().ok_or_else(|| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                format!(
+                    "catalog {} is not reachable from this process: cluster executors write data files, the job's client commits them",
+                    self.name
+                ),
+            )
+        })
     }
 
     /// The embedded catalog stored in the SQLite file `path`, under `catalog_name`.
@@ -86,7 +110,7 @@ impl LakeCatalog {
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         Ok(Self {
             name: name.to_string(),
-            inner,
+            inner: Some(inner),
             committer: Some(SqliteCommitter {
                 pool,
                 catalog_name: catalog_name.to_string(),
@@ -191,64 +215,64 @@ impl Catalog for LakeCatalog {
         &self,
         parent: Option<&NamespaceIdent>,
     ) -> IcebergResult<Vec<NamespaceIdent>> {
-        self.inner.list_namespaces(parent).await
+        self.inner()?.list_namespaces(parent).await
     }
     async fn create_namespace(
         &self,
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> IcebergResult<Namespace> {
-        self.inner.create_namespace(namespace, properties).await
+        self.inner()?.create_namespace(namespace, properties).await
     }
     async fn get_namespace(&self, namespace: &NamespaceIdent) -> IcebergResult<Namespace> {
-        self.inner.get_namespace(namespace).await
+        self.inner()?.get_namespace(namespace).await
     }
     async fn namespace_exists(&self, namespace: &NamespaceIdent) -> IcebergResult<bool> {
-        self.inner.namespace_exists(namespace).await
+        self.inner()?.namespace_exists(namespace).await
     }
     async fn update_namespace(
         &self,
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> IcebergResult<()> {
-        self.inner.update_namespace(namespace, properties).await
+        self.inner()?.update_namespace(namespace, properties).await
     }
     async fn drop_namespace(&self, namespace: &NamespaceIdent) -> IcebergResult<()> {
-        self.inner.drop_namespace(namespace).await
+        self.inner()?.drop_namespace(namespace).await
     }
     async fn list_tables(&self, namespace: &NamespaceIdent) -> IcebergResult<Vec<TableIdent>> {
-        self.inner.list_tables(namespace).await
+        self.inner()?.list_tables(namespace).await
     }
     async fn create_table(
         &self,
         namespace: &NamespaceIdent,
         creation: TableCreation,
     ) -> IcebergResult<Table> {
-        self.inner.create_table(namespace, creation).await
+        self.inner()?.create_table(namespace, creation).await
     }
     async fn load_table(&self, table: &TableIdent) -> IcebergResult<Table> {
-        self.inner.load_table(table).await
+        self.inner()?.load_table(table).await
     }
     async fn drop_table(&self, table: &TableIdent) -> IcebergResult<()> {
-        self.inner.drop_table(table).await
+        self.inner()?.drop_table(table).await
     }
     async fn purge_table(&self, table: &TableIdent) -> IcebergResult<()> {
-        self.inner.purge_table(table).await
+        self.inner()?.purge_table(table).await
     }
     async fn table_exists(&self, table: &TableIdent) -> IcebergResult<bool> {
-        self.inner.table_exists(table).await
+        self.inner()?.table_exists(table).await
     }
     async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> IcebergResult<()> {
-        self.inner.rename_table(src, dest).await
+        self.inner()?.rename_table(src, dest).await
     }
     async fn register_table(
         &self,
         table: &TableIdent,
         metadata_location: String,
     ) -> IcebergResult<Table> {
-        self.inner.register_table(table, metadata_location).await
+        self.inner()?.register_table(table, metadata_location).await
     }
     async fn update_table(&self, commit: TableCommit) -> IcebergResult<Table> {
-        self.inner.update_table(commit).await
+        self.inner()?.update_table(commit).await
     }
 }

@@ -12,6 +12,7 @@
 //! once the checkpoint is complete, idempotently per job and checkpoint id).
 
 pub mod catalog;
+pub mod codec;
 pub mod commit;
 pub mod committer;
 pub mod config;

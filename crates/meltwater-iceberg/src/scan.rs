@@ -31,13 +31,13 @@ use crate::deletes::{take_equality_deletes, DeleteCache};
 /// Scans groups of Iceberg file tasks, one group per output partition.
 #[derive(Debug)]
 pub struct IcebergScanExec {
-    table: String,
-    file_io: FileIO,
-    groups: Vec<Vec<FileScanTask>>,
+    pub(crate) table: String,
+    pub(crate) file_io: FileIO,
+    pub(crate) groups: Vec<Vec<FileScanTask>>,
     /// The schema of the batches the reader yields (the projected table columns).
-    read_schema: SchemaRef,
+    pub(crate) read_schema: SchemaRef,
     /// The output schema: `read_schema`, or no columns when the query needs only counts.
-    schema: SchemaRef,
+    pub(crate) schema: SchemaRef,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
     /// Equality-delete files loaded by any partition of this scan.
@@ -54,6 +54,17 @@ impl IcebergScanExec {
         schema: SchemaRef,
     ) -> Self {
         let groups = pack(tasks, partitions.max(1));
+        Self::from_groups(table, file_io, groups, read_schema, schema)
+    }
+
+    /// A scan of `groups` of tasks, one partition each (a scan planned elsewhere).
+    pub(crate) fn from_groups(
+        table: String,
+        file_io: FileIO,
+        groups: Vec<Vec<FileScanTask>>,
+        read_schema: SchemaRef,
+        schema: SchemaRef,
+    ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(groups.len().max(1)),

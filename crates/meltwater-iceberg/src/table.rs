@@ -182,6 +182,11 @@ impl IcebergTable {
         &self.catalog
     }
 
+    /// The job's registry of files to commit (detached in a cluster's processes).
+    pub fn commits(&self) -> &Arc<JobCommits> {
+        &self.commits
+    }
+
     /// How `MERGE INTO` writes the table (`write.merge.mode`); an error names an unknown
     /// mode.
     pub fn merge_mode(&self) -> Result<RowLevelMode> {

@@ -48,16 +48,16 @@ use crate::upsert::{upsert_enabled, UpsertWriter};
 /// Writes its input into data files of one table and registers them for commit.
 pub struct IcebergWriteExec {
     input: Arc<dyn ExecutionPlan>,
-    table_name: String,
-    table: Table,
+    pub(crate) table_name: String,
+    pub(crate) table: Table,
     /// The primary key when the write upserts (`'write.upsert' = 'true'`).
     upsert_key: Option<Vec<String>>,
     /// `INSERT OVERWRITE`: the commit replaces the partitions the new files fall in.
-    overwrite: bool,
+    pub(crate) overwrite: bool,
     /// `MERGE`: the files the new ones replace (all those of the snapshot read).
-    replacing: Option<Arc<Vec<String>>>,
-    catalog: Arc<LakeCatalog>,
-    commits: Arc<JobCommits>,
+    pub(crate) replacing: Option<Arc<Vec<String>>>,
+    pub(crate) catalog: Arc<LakeCatalog>,
+    pub(crate) commits: Arc<JobCommits>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -94,8 +94,13 @@ impl IcebergWriteExec {
         commits: Arc<JobCommits>,
     ) -> Self {
         let partitions = input.properties().output_partitioning().partition_count();
+        let output = if commits.is_detached() {
+            crate::codec::written_files_schema()
+        } else {
+            count_schema()
+        };
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(count_schema()),
+            EquivalenceProperties::new(output),
             Partitioning::UnknownPartitioning(partitions),
             EmissionType::Final,
             Boundedness::Bounded,
@@ -292,6 +297,14 @@ impl ExecutionPlan for IcebergWriteExec {
             rows_written.add(rows as usize);
             bytes_written.add(all().map(|f| f.file_size_in_bytes() as usize).sum());
             files_written.add(all().count());
+            if task.commits.is_detached() {
+                return crate::codec::written_files_batch(
+                    &task.table_name,
+                    &task.table,
+                    rows,
+                    files,
+                );
+            }
             task.commits.add_files(
                 &task.table_name,
                 task.catalog.clone(),
@@ -300,7 +313,7 @@ impl ExecutionPlan for IcebergWriteExec {
             );
             count_batch(rows)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(count_schema(), out)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), out)))
     }
 }
 

@@ -1,0 +1,300 @@
+//! Batch jobs on a Ballista cluster: one `meltwater cluster scheduler` and two
+//! `meltwater cluster executor`s on 127.0.0.1, each started in a directory of its own,
+//! run a job whose statements shuffle (a grouped aggregate, a join), assign windows
+//! and overwrite partitions of Iceberg tables. The tables it leaves equal those the
+//! embedded run of the same job leaves, row for row; both executors ran tasks; a
+//! statement the cluster cannot run fails the job before anything is committed; and an
+//! unreachable scheduler is named in the error.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meltwater_integration::{meltwater, meltwater_bin, meltwater_ok, printed_rows};
+
+const TABLES: &str = r#"
+CREATE TABLE orders (id BIGINT, customer BIGINT, amount DOUBLE, day STRING, ts TIMESTAMP(3)) WITH (
+  'connector' = 'filesystem', 'path' = 'orders.csv', 'format' = 'csv', 'csv.header' = 'true'
+);
+CREATE TABLE customers (customer BIGINT, region STRING) WITH (
+  'connector' = 'filesystem', 'path' = 'customers.csv', 'format' = 'csv', 'csv.header' = 'true'
+);
+CREATE TABLE IF NOT EXISTS lake.db.by_customer (customer BIGINT, n BIGINT, total DOUBLE);
+CREATE TABLE IF NOT EXISTS lake.db.by_region (region STRING, n BIGINT, top DOUBLE);
+CREATE TABLE IF NOT EXISTS lake.db.hourly (window_start TIMESTAMP(3), n BIGINT, total DOUBLE);
+CREATE TABLE IF NOT EXISTS lake.db.daily (day STRING, customer BIGINT, n BIGINT)
+  PARTITIONED BY (day);
+CREATE TABLE IF NOT EXISTS lake.db.latest (customer BIGINT, last_id BIGINT, day STRING,
+  PRIMARY KEY (customer) NOT ENFORCED) WITH ('write.upsert' = 'true');
+CREATE TABLE IF NOT EXISTS lake.db.day_totals (day STRING, customers BIGINT, n BIGINT);
+"#;
+
+const JOB: &str = r#"
+INSERT INTO lake.db.by_customer
+SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer;
+INSERT INTO lake.db.by_region
+SELECT c.region, count(*), max(o.amount)
+FROM orders o JOIN customers c ON o.customer = c.customer GROUP BY c.region;
+INSERT INTO lake.db.hourly
+SELECT window_start, count(*), sum(amount)
+FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '1' HOUR))
+GROUP BY window_start, window_end;
+INSERT OVERWRITE lake.db.daily
+SELECT day, customer, count(*) FROM orders WHERE day >= '${from}' GROUP BY day, customer;
+INSERT INTO lake.db.latest
+SELECT customer, max(id), max(day) FROM orders WHERE day >= '${from}' GROUP BY customer;
+-- Reads the partitioned table as the job found it (the previous run's partitions).
+MERGE INTO lake.db.day_totals t
+USING (SELECT day, count(*) AS customers, sum(n) AS n FROM lake.db.daily GROUP BY day) s
+ON t.day = s.day
+WHEN MATCHED AND s.day < '${from}' THEN DELETE
+WHEN MATCHED THEN UPDATE SET customers = s.customers, n = t.n + s.n
+WHEN NOT MATCHED THEN INSERT VALUES (s.day, s.customers, s.n);
+"#;
+
+/// Reads every table back through the embedded runtime, printing its rows.
+const READ: &str = r#"
+CREATE TABLE p1 (customer BIGINT, n BIGINT, total DOUBLE) WITH ('connector' = 'print');
+CREATE TABLE p2 (region STRING, n BIGINT, top DOUBLE) WITH ('connector' = 'print');
+CREATE TABLE p3 (window_start TIMESTAMP(3), n BIGINT, total DOUBLE) WITH ('connector' = 'print');
+CREATE TABLE p4 (day STRING, customer BIGINT, n BIGINT) WITH ('connector' = 'print');
+CREATE TABLE p5 (customer BIGINT, last_id BIGINT, day STRING) WITH ('connector' = 'print');
+CREATE TABLE p6 (day STRING, customers BIGINT, n BIGINT) WITH ('connector' = 'print');
+INSERT INTO p1 SELECT * FROM lake.db.by_customer;
+INSERT INTO p2 SELECT * FROM lake.db.by_region;
+INSERT INTO p3 SELECT * FROM lake.db.hourly;
+INSERT INTO p4 SELECT * FROM lake.db.daily;
+INSERT INTO p5 SELECT * FROM lake.db.latest;
+INSERT INTO p6 SELECT * FROM lake.db.day_totals;
+"#;
+
+const ORDERS: u64 = 20_000;
+
+fn write_inputs(dir: &Path) {
+    let mut csv = String::from("id,customer,amount,day,ts\n");
+    for id in 0..ORDERS {
+        let customer = (id * 7919) % 500;
+        let day = 1 + (id % 28);
+        let hour = (id / 7) % 24;
+        let _ = writeln!(
+            csv,
+            "{id},{customer},{}.{:02},2026-02-{day:02},2026-02-{day:02} {hour:02}:{:02}:00",
+            (id * 31) % 1000,
+            id % 100,
+            id % 60
+        );
+    }
+    std::fs::write(dir.join("orders.csv"), csv).unwrap();
+    let mut customers = String::from("customer,region\n");
+    for c in 0..500 {
+        let _ = writeln!(customers, "{c},region-{}", c % 9);
+    }
+    std::fs::write(dir.join("customers.csv"), customers).unwrap();
+    std::fs::write(dir.join("job.sql"), format!("{TABLES}{JOB}")).unwrap();
+    std::fs::write(dir.join("read.sql"), format!("{TABLES}{READ}")).unwrap();
+    let totals = READ
+        .lines()
+        .filter(|l| l.contains("p6"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("read_totals.sql"), format!("{TABLES}{totals}\n")).unwrap();
+}
+
+/// A port nothing listens on now (and, for executors, the one after it too).
+fn free_port(pair: bool) -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !pair || port == u16::MAX {
+            return port;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The cluster's processes, killed when the test ends.
+struct Cluster(Vec<Child>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(dir: &Path, args: &[&str]) -> Child {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new(meltwater_bin())
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The rows of every table, read back by the embedded runtime in `dir`.
+fn tables(dir: &Path) -> Vec<String> {
+    read(dir, "read.sql")
+}
+
+fn read(dir: &Path, job: &str) -> Vec<String> {
+    let (out, _) = meltwater_ok(dir, &["run", job, "--mode", "batch", "--pipelined"]);
+    printed_rows(&out)
+}
+
+/// Job directories an executor's work directory holds (Ballista keeps each job's
+/// shuffle files under `<work dir>/<job id>`).
+fn job_dirs(work: &Path) -> usize {
+    std::fs::read_dir(work)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn cluster_run_equals_embedded_run() {
+    let root = tempfile::tempdir().unwrap();
+    let client = root.path().join("client");
+    let embedded = root.path().join("embedded");
+    for d in [&client, &embedded] {
+        std::fs::create_dir_all(d).unwrap();
+        write_inputs(d);
+    }
+
+    let scheduler_port = free_port(false);
+    let scheduler = format!("127.0.0.1:{scheduler_port}");
+    let mut cluster = Cluster(Vec::new());
+    cluster.0.push(spawn(
+        &root.path().join("scheduler"),
+        &["cluster", "scheduler", "--bind", &scheduler],
+    ));
+    wait_listening(scheduler_port);
+    let mut works = Vec::new();
+    for i in 0..2 {
+        let port = free_port(true);
+        let dir = root.path().join(format!("executor-{i}"));
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        cluster.0.push(spawn(
+            &dir,
+            &[
+                "cluster",
+                "executor",
+                "--scheduler",
+                &scheduler,
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--concurrent-tasks",
+                "1",
+                "--work-dir",
+                work.to_str().unwrap(),
+            ],
+        ));
+        wait_listening(port);
+        works.push(work);
+    }
+
+    let url = format!("df://{scheduler}");
+    let run = |dir: &Path, extra: &[&str], from: &str| {
+        let param = format!("from={from}");
+        let mut args = vec![
+            "run",
+            "job.sql",
+            "--mode",
+            "batch",
+            "--parallelism",
+            "4",
+            "--param",
+            &param,
+        ];
+        args.extend_from_slice(extra);
+        meltwater_ok(dir, &args).0
+    };
+
+    let out = run(&client, &["--cluster", &url], "2026-02-01");
+    assert!(out.contains("on the cluster df://"), "{out}");
+    assert!(out.contains("lake.db.by_customer"), "{out}");
+    run(&embedded, &[], "2026-02-01");
+    let on_cluster = tables(&client);
+    assert_eq!(on_cluster, tables(&embedded));
+    // 500 customers, 9 regions, 24 hours on 28 days, 500 customers' days.
+    assert!(on_cluster.len() > 500 + 9 + 24 * 28, "{}", on_cluster.len());
+    for work in &works {
+        assert!(
+            job_dirs(work) > 0,
+            "executor work directory {} holds no job: the executor ran no task",
+            work.display()
+        );
+    }
+
+    // A backfill of the second half of the month on the cluster replaces only those
+    // partitions, upserts the latest orders and merges the first run's daily partitions
+    // (an Iceberg scan with partition values), as the embedded run does.
+    run(&client, &["--cluster", &url], "2026-02-15");
+    run(&embedded, &[], "2026-02-15");
+    let on_cluster = tables(&client);
+    assert_eq!(on_cluster, tables(&embedded));
+    // The MERGE inserted one total per day of the first run's partitions.
+    let totals = read(&client, "read_totals.sql");
+    assert_eq!(totals.len(), 28, "{totals:?}");
+    assert_eq!(totals, read(&embedded, "read_totals.sql"));
+
+    // DELETE is not run on a cluster: the job fails naming why, nothing is committed.
+    std::fs::write(
+        client.join("delete.sql"),
+        format!("{TABLES}INSERT INTO lake.db.by_customer SELECT 9999, 1, 1.0;\nDELETE FROM lake.db.by_customer WHERE customer < 10;\n"),
+    )
+    .unwrap();
+    let before = tables(&client);
+    let out = meltwater(
+        &client,
+        &["run", "delete.sql", "--mode", "batch", "--cluster", &url],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("delete.sql:"), "{stderr}");
+    assert!(stderr.contains("embedded runtime only"), "{stderr}");
+    assert_eq!(tables(&client), before);
+}
+
+#[test]
+fn unreachable_scheduler_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_inputs(dir.path());
+    let port = free_port(false);
+    let url = format!("df://127.0.0.1:{port}");
+    let out = meltwater(
+        dir.path(),
+        &[
+            "run",
+            "job.sql",
+            "--mode",
+            "batch",
+            "--param",
+            "from=2026-02-01",
+            "--cluster",
+            &url,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
