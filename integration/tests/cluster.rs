@@ -4,14 +4,16 @@
 //! and overwrite partitions of Iceberg tables. The tables it leaves equal those the
 //! embedded run of the same job leaves, row for row; both executors ran tasks; a
 //! statement the cluster cannot run fails the job before anything is committed; and an
-//! unreachable scheduler is named in the error.
+//! unreachable scheduler is named in the error. Kafka scans and sinks run on the
+//! executors too, with the same rows and records as the embedded run.
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meltwater_integration::kafka::KafkaBroker;
 use meltwater_integration::{meltwater, meltwater_bin, meltwater_ok, printed_rows};
 
 const TABLES: &str = r#"
@@ -169,28 +171,21 @@ fn job_dirs(work: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn cluster_run_equals_embedded_run() {
-    let root = tempfile::tempdir().unwrap();
-    let client = root.path().join("client");
-    let embedded = root.path().join("embedded");
-    for d in [&client, &embedded] {
-        std::fs::create_dir_all(d).unwrap();
-        write_inputs(d);
-    }
-
+/// One scheduler and two executors (one task at a time each) under `root`; returns the
+/// processes, the scheduler's `df://` URL and the executors' work directories.
+fn start_cluster(root: &Path) -> (Cluster, String, Vec<PathBuf>) {
     let scheduler_port = free_port(false);
     let scheduler = format!("127.0.0.1:{scheduler_port}");
     let mut cluster = Cluster(Vec::new());
     cluster.0.push(spawn(
-        &root.path().join("scheduler"),
+        &root.join("scheduler"),
         &["cluster", "scheduler", "--bind", &scheduler],
     ));
     wait_listening(scheduler_port);
     let mut works = Vec::new();
     for i in 0..2 {
         let port = free_port(true);
-        let dir = root.path().join(format!("executor-{i}"));
+        let dir = root.join(format!("executor-{i}"));
         let work = dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
         cluster.0.push(spawn(
@@ -211,8 +206,20 @@ fn cluster_run_equals_embedded_run() {
         wait_listening(port);
         works.push(work);
     }
+    (cluster, format!("df://{scheduler}"), works)
+}
 
-    let url = format!("df://{scheduler}");
+#[test]
+fn cluster_run_equals_embedded_run() {
+    let root = tempfile::tempdir().unwrap();
+    let client = root.path().join("client");
+    let embedded = root.path().join("embedded");
+    for d in [&client, &embedded] {
+        std::fs::create_dir_all(d).unwrap();
+        write_inputs(d);
+    }
+
+    let (_cluster, url, works) = start_cluster(root.path());
     let run = |dir: &Path, extra: &[&str], from: &str| {
         let param = format!("from={from}");
         let mut args = vec![
@@ -297,4 +304,120 @@ fn unreachable_scheduler_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+const KAFKA_JOB: &str = r#"
+CREATE TABLE events (id BIGINT, user_id BIGINT, kind STRING) WITH (
+  'connector' = 'kafka', 'topic' = 'events',
+  'properties.bootstrap.servers' = '${bootstrap}', 'format' = 'json',
+  'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
+  'error.policy' = 'skip'
+);
+CREATE TABLE counts_out (kind STRING, n BIGINT, users BIGINT) WITH (
+  'connector' = 'kafka', 'topic' = '${out}',
+  'properties.bootstrap.servers' = '${bootstrap}', 'format' = 'json'
+);
+CREATE TABLE IF NOT EXISTS lake.k.per_user (user_id BIGINT, n BIGINT, kinds BIGINT);
+INSERT INTO lake.k.per_user
+SELECT user_id, count(*), count(DISTINCT kind) FROM events GROUP BY user_id;
+INSERT INTO counts_out SELECT kind, count(*), count(DISTINCT user_id) FROM events GROUP BY kind;
+"#;
+
+const KAFKA_READ: &str = r#"
+CREATE TABLE p (user_id BIGINT, n BIGINT, kinds BIGINT) WITH ('connector' = 'print');
+INSERT INTO p SELECT * FROM lake.k.per_user;
+"#;
+
+/// Kafka on a cluster: executors read the offset ranges the scheduler resolved (three
+/// partitions, malformed records skipped) and produce to a topic; the Iceberg table and
+/// the records produced equal the embedded run's.
+#[test]
+fn kafka_source_and_sink_on_a_cluster() {
+    let Some(broker) = KafkaBroker::start("Kafka on a cluster") else {
+        return;
+    };
+    broker.create_topic("events", 3);
+    let mut values = Vec::new();
+    for id in 0..3_000i64 {
+        let kind = ["view", "click", "buy", "share"][(id % 4) as usize];
+        values.push(format!(
+            r#"{{"id": {id}, "user_id": {}, "kind": "{kind}"}}"#,
+            id * 13 % 97
+        ));
+    }
+    values[1_234] = "{not json".to_string();
+    let records: Vec<(i32, Option<&str>, &str)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i % 3) as i32, None, v.as_str()))
+        .collect();
+    broker.produce("events", &records);
+
+    let root = tempfile::tempdir().unwrap();
+    let (_cluster, url, _) = start_cluster(root.path());
+    let bootstrap = format!("bootstrap={}", broker.bootstrap);
+    let mut results = Vec::new();
+    for (name, cluster) in [("cluster", Some(url.as_str())), ("embedded", None)] {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("job.sql"), KAFKA_JOB).unwrap();
+        std::fs::write(
+            dir.join("read.sql"),
+            format!("{}{KAFKA_READ}", KAFKA_JOB.split("INSERT").next().unwrap()),
+        )
+        .unwrap();
+        let out = format!("out={name}_counts");
+        let mut args = vec![
+            "run",
+            "job.sql",
+            "--mode",
+            "batch",
+            "--parallelism",
+            "3",
+            "--param",
+            &bootstrap,
+            "--param",
+            &out,
+        ];
+        if let Some(url) = cluster {
+            args.extend(["--cluster", url]);
+        }
+        meltwater_ok(&dir, &args);
+        let (printed, _) = meltwater_ok(
+            &dir,
+            &[
+                "run",
+                "read.sql",
+                "--mode",
+                "batch",
+                "--pipelined",
+                "--param",
+                &bootstrap,
+                "--param",
+                &out,
+            ],
+        );
+        let mut produced: Vec<String> = broker
+            .read_all(&format!("{name}_counts"), false)
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect();
+        produced.sort();
+        results.push((printed_rows(&printed), produced));
+    }
+    let (cluster, embedded) = (&results[0], &results[1]);
+    assert_eq!(cluster.0.len(), 97, "{:?}", cluster.0);
+    assert_eq!(cluster.0, embedded.0);
+    assert_eq!(cluster.1.len(), 4, "{:?}", cluster.1);
+    assert_eq!(cluster.1, embedded.1);
+    // 2,999 well-formed records, 750 of each kind but the one the malformed record was.
+    let total: u64 = cluster
+        .1
+        .iter()
+        .map(|v| {
+            let v: serde_json::Value = serde_json::from_str(v).unwrap();
+            v["n"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(total, 2_999);
 }
