@@ -130,11 +130,12 @@ impl Drop for Cluster {
     }
 }
 
-fn spawn(dir: &Path, args: &[&str]) -> Child {
+fn spawn(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Child {
     std::fs::create_dir_all(dir).unwrap();
     Command::new(meltwater_bin())
         .current_dir(dir)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -173,13 +174,14 @@ fn job_dirs(work: &Path) -> usize {
 
 /// One scheduler and two executors (one task at a time each) under `root`; returns the
 /// processes, the scheduler's `df://` URL and the executors' work directories.
-fn start_cluster(root: &Path) -> (Cluster, String, Vec<PathBuf>) {
+fn start_cluster(root: &Path, executor_env: &[(&str, &Path)]) -> (Cluster, String, Vec<PathBuf>) {
     let scheduler_port = free_port(false);
     let scheduler = format!("127.0.0.1:{scheduler_port}");
     let mut cluster = Cluster(Vec::new());
     cluster.0.push(spawn(
         &root.join("scheduler"),
         &["cluster", "scheduler", "--bind", &scheduler],
+        &[],
     ));
     wait_listening(scheduler_port);
     let mut works = Vec::new();
@@ -202,6 +204,7 @@ fn start_cluster(root: &Path) -> (Cluster, String, Vec<PathBuf>) {
                 "--work-dir",
                 work.to_str().unwrap(),
             ],
+            executor_env,
         ));
         wait_listening(port);
         works.push(work);
@@ -219,7 +222,7 @@ fn cluster_run_equals_embedded_run() {
         write_inputs(d);
     }
 
-    let (_cluster, url, works) = start_cluster(root.path());
+    let (_cluster, url, works) = start_cluster(root.path(), &[]);
     let run = |dir: &Path, extra: &[&str], from: &str| {
         let param = format!("from={from}");
         let mut args = vec![
@@ -280,6 +283,72 @@ fn cluster_run_equals_embedded_run() {
     assert!(stderr.contains("delete.sql:"), "{stderr}");
     assert!(stderr.contains("embedded runtime only"), "{stderr}");
     assert_eq!(tables(&client), before);
+}
+
+/// A write task of the job's last statement that fails on an executor after writing its
+/// files fails the job (Ballista retries lost executors and shuffle fetches, not task
+/// errors), and the job commits nothing, not even the statements before; the rerun commits tables equal to the embedded run's, without the failed
+/// task's files, which stay on disk unreferenced.
+#[test]
+fn a_failed_write_task_fails_the_job_and_commits_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let markers = root.path().join("failed-attempts");
+    std::fs::create_dir_all(&markers).unwrap();
+    // The last statement's first write task fails, after the other three statements
+    // wrote their files.
+    let fail = PathBuf::from(format!("{}:lake.db.daily", markers.display()));
+    let (_cluster, url, _) = start_cluster(root.path(), &[("MELTWATER_FAIL_CLUSTER_WRITE", &fail)]);
+    let (client, embedded) = (root.path().join("client"), root.path().join("embedded"));
+    let args = |cluster: Option<&'static str>| {
+        let mut args = vec![
+            "run",
+            "job.sql",
+            "--mode",
+            "batch",
+            "--parallelism",
+            "4",
+            "--param",
+            "from=2026-02-01",
+        ];
+        args.extend(cluster.map(|_| "--cluster"));
+        args
+    };
+    for dir in [&client, &embedded] {
+        std::fs::create_dir_all(dir).unwrap();
+        write_inputs(dir);
+    }
+    let mut failing = args(Some(""));
+    failing.push(&url);
+    let out = meltwater(&client, &failing);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("injected failure of the write"), "{stderr}");
+    assert!(tables(&client).is_empty(), "a failed job committed rows");
+    meltwater_ok(&client, &failing);
+    meltwater_ok(&embedded, &args(None));
+    assert_eq!(tables(&client), tables(&embedded));
+    // The failed task's data files are in the warehouse but in no snapshot.
+    let parquet = |dir: &Path| {
+        let mut n = 0;
+        let mut stack = vec![dir.join("meltwater-data/warehouse")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()) {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let (on_disk, committed) = (parquet(&client), parquet(&embedded));
+    // The failed run's files of all four statements stayed behind.
+    assert!(
+        on_disk > committed,
+        "{on_disk} files on disk, {committed} embedded"
+    );
 }
 
 #[test]
@@ -354,7 +423,7 @@ fn kafka_source_and_sink_on_a_cluster() {
     broker.produce("events", &records);
 
     let root = tempfile::tempdir().unwrap();
-    let (_cluster, url, _) = start_cluster(root.path());
+    let (_cluster, url, _) = start_cluster(root.path(), &[]);
     let bootstrap = format!("bootstrap={}", broker.bootstrap);
     let mut results = Vec::new();
     for (name, cluster) in [("cluster", Some(url.as_str())), ("embedded", None)] {

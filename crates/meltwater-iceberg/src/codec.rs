@@ -356,6 +356,33 @@ pub fn decode_exec(
     }
 }
 
+/// Fault injection for tests: with `MELTWATER_FAIL_CLUSTER_WRITE=DIR:TABLE`, the first
+/// detached write task into `TABLE` to finish in any process of the cluster (they share
+/// `DIR`, where it leaves a marker) fails after writing its files; every later one
+/// succeeds.
+pub(crate) fn injected_write_failure(table: &str, partition: usize) -> Result<()> {
+    let Ok(spec) = std::env::var("MELTWATER_FAIL_CLUSTER_WRITE") else {
+        return Ok(());
+    };
+    let Some((dir, target)) = spec.rsplit_once(':') else {
+        return Ok(());
+    };
+    if target != table {
+        return Ok(());
+    }
+    let marker = std::path::Path::new(&dir).join("failed-write");
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+    {
+        Ok(_) => Err(DataFusionError::Execution(format!(
+            "injected failure of the write of partition {partition} of {table}"
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
 /// The output of a detached write task: the rows it wrote (`count`), the table and the
 /// files (`files`, JSON), one row per task.
 pub fn written_files_schema() -> SchemaRef {

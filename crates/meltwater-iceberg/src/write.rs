@@ -298,6 +298,7 @@ impl ExecutionPlan for IcebergWriteExec {
             bytes_written.add(all().map(|f| f.file_size_in_bytes() as usize).sum());
             files_written.add(all().count());
             if task.commits.is_detached() {
+                crate::codec::injected_write_failure(&task.table_name, task.partition)?;
                 return crate::codec::written_files_batch(
                     &task.table_name,
                     &task.table,
