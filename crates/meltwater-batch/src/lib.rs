@@ -66,7 +66,7 @@ impl Default for BatchOptions {
             executor: Executor::Staged,
             shuffle_dir: None,
             keep_shuffle: false,
-            shuffle_compression: Some(shuffle::CompressionType::LZ4_FRAME),
+            shuffle_compression: None,
             max_attempts: 3,
             fail_task: None,
             progress: Arc::default(),

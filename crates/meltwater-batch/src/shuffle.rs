@@ -1,7 +1,12 @@
 //! Shuffles between stages (DESIGN.md §6): a stage's task writes its output, split by
-//! the exchange's partitioning, to local Arrow IPC files (LZ4-compressed by default); the next
-//! stage's [`ShuffleReadExec`] reads back the files of one output partition.
-//! (`--shuffle-compression` picks ZSTD or no compression instead.)
+//! the exchange's partitioning, to local Arrow IPC files (uncompressed by default); the
+//! next stage's [`ShuffleReadExec`] reads back the files of one output partition.
+//! (`--shuffle-compression` picks LZ4 or ZSTD instead.)
+//!
+//! A hash shuffle into a join can carry a [`KeyFilter`]: the stage writing the join's
+//! build side records the hashes of its keys, and the stage writing the other side,
+//! which runs after it, drops the rows whose key hash the build side never had (rows
+//! that cannot find a match), before they are written.
 //!
 //! Files are named `stage-<s>/t<task>-a<attempt>-p<partition>.arrow`, so a retried task
 //! never reads or overwrites the files of a failed attempt; only the files of a task's
@@ -11,18 +16,21 @@ use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::{FileWriter, IpcWriteOptions};
 pub use datafusion::arrow::ipc::CompressionType;
+use datafusion::common::hash_utils::create_hashes;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::repartition::BatchPartitioner;
+use datafusion::physical_plan::repartition::{BatchPartitioner, REPARTITION_RANDOM_STATE};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -67,6 +75,78 @@ impl fmt::Display for Exchange {
     }
 }
 
+/// A Bloom filter of the key hashes of a join's build side (the hashes DataFusion's hash
+/// repartition computes, so equal keys on both sides of the join have equal hashes).
+/// Blocked: a key sets three bits of one 512-bit block, so a lookup touches one cache
+/// line. A false positive only keeps a row that finds no match.
+#[derive(Debug)]
+pub struct KeyFilter {
+    words: Vec<AtomicU64>,
+    /// Rows the other side's writers dropped, for the stage table.
+    dropped: AtomicU64,
+}
+
+/// 2^15 blocks of 512 bits: 2 MiB, under 1 % false positives up to a million keys.
+const FILTER_BLOCK_BITS: u32 = 15;
+
+impl Default for KeyFilter {
+    fn default() -> Self {
+        Self {
+            words: (0..(8usize << FILTER_BLOCK_BITS))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The word of the filter's block and the three bits a hash sets (as masks per word).
+#[inline]
+fn filter_bits(hash: u64) -> (usize, [(usize, u64); 3]) {
+    // Re-mix: the partition already took `hash % partitions`.
+    let x = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let block = (x >> (64 - FILTER_BLOCK_BITS)) as usize * 8;
+    let bit = |i: u32| {
+        let b = ((x >> (9 * i)) & 511) as usize;
+        (b / 64, 1u64 << (b % 64))
+    };
+    (block, [bit(0), bit(1), bit(2)])
+}
+
+impl KeyFilter {
+    /// Whether a key of this hash may be on the build side.
+    #[inline]
+    pub fn may_contain(&self, hash: u64) -> bool {
+        let (block, bits) = filter_bits(hash);
+        bits.iter()
+            .all(|(w, m)| self.words[block + w].load(Ordering::Relaxed) & m != 0)
+    }
+
+    /// Adds the bits a task collected.
+    fn merge(&self, local: &[u64]) {
+        for (w, bits) in self.words.iter().zip(local) {
+            if *bits != 0 {
+                w.fetch_or(*bits, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Rows dropped so far by the writers of the probing side.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// What a shuffle does with a join's [`KeyFilter`].
+#[derive(Debug, Clone)]
+pub enum FilterRole {
+    /// The stage writes the join's build side: it records its key hashes.
+    Build(Arc<KeyFilter>),
+    /// The stage writes the join's other side, after the build side is complete: it
+    /// drops the rows whose key hash the filter does not contain.
+    Probe(Arc<KeyFilter>),
+}
+
 /// A stage's shuffle output: where its files go and, once its tasks have succeeded,
 /// which files make up each output partition.
 #[derive(Debug)]
@@ -80,6 +160,8 @@ pub struct ShuffleOutput {
     compression: Option<CompressionType>,
     /// Per output partition, the files of the tasks that completed.
     files: Mutex<Vec<Vec<PathBuf>>>,
+    /// Set when the output is one side of a join whose other side is filtered.
+    filter: OnceLock<FilterRole>,
 }
 
 impl ShuffleOutput {
@@ -97,12 +179,13 @@ impl ShuffleOutput {
             tasks,
             dir,
             schema,
-            compression: Some(CompressionType::LZ4_FRAME),
+            compression: None,
             files: Mutex::new(vec![Vec::new(); partitions]),
+            filter: OnceLock::new(),
         }
     }
 
-    /// Compresses the files with `compression` (LZ4 by default; `None`: uncompressed).
+    /// Compresses the files with `compression` (`None`, the default: uncompressed).
     pub fn with_compression(mut self, compression: Option<CompressionType>) -> Self {
         self.compression = compression;
         self
@@ -110,6 +193,17 @@ impl ShuffleOutput {
 
     pub fn partitions(&self) -> usize {
         self.exchange.partitions(self.tasks)
+    }
+
+    /// Makes the output build or probe a join's key filter (once; a hash exchange only).
+    pub fn set_filter(&self, role: FilterRole) {
+        if matches!(self.exchange, Exchange::Repartition(Partitioning::Hash(..))) {
+            let _ = self.filter.set(role);
+        }
+    }
+
+    pub fn filter(&self) -> Option<&FilterRole> {
+        self.filter.get()
     }
 
     fn files_of(&self, partition: usize) -> Vec<PathBuf> {
@@ -178,6 +272,47 @@ fn io_context(path: &Path, e: impl fmt::Display) -> DataFusionError {
     )))
 }
 
+/// How a writer routes rows to output partitions.
+enum Route {
+    /// DataFusion's hash: the same function, seed and modulus as its `RepartitionExec`,
+    /// so the partitions line up with other hash-partitioned inputs.
+    Hash {
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        partitions: usize,
+        hashes: Vec<u64>,
+        indices: Vec<Vec<u32>>,
+    },
+    /// Other partitionings, through DataFusion's partitioner.
+    Partitioner(BatchPartitioner),
+    /// Everything to the task's own partition.
+    Passthrough,
+}
+
+/// A probing writer's use of a key filter: it stops filtering once the first rows have
+/// shown that nearly all of them pass.
+struct Probe {
+    filter: Arc<KeyFilter>,
+    seen: u64,
+    kept: u64,
+    active: bool,
+}
+
+impl Probe {
+    /// Rows after which the pass rate is judged.
+    const SAMPLE: u64 = 1 << 16;
+
+    fn record(&mut self, seen: usize, kept: usize) {
+        self.seen += seen as u64;
+        self.kept += kept as u64;
+        self.filter
+            .dropped
+            .fetch_add((seen - kept) as u64, Ordering::Relaxed);
+        if self.seen >= Self::SAMPLE && self.kept * 10 > self.seen * 9 {
+            self.active = false;
+        }
+    }
+}
+
 /// Writes the rows of one task to its shuffle files, one per output partition that
 /// receives rows.
 pub struct ShuffleWriter<'a> {
@@ -185,7 +320,10 @@ pub struct ShuffleWriter<'a> {
     task: usize,
     attempt: u32,
     batch_size: usize,
-    partitioner: Option<BatchPartitioner>,
+    route: Route,
+    /// The bits of the build side's keys this task wrote (merged when it finishes).
+    build: Option<(Arc<KeyFilter>, Vec<u64>)>,
+    probe: Option<Probe>,
     parts: Vec<Option<PartWriter>>,
 }
 
@@ -196,14 +334,33 @@ impl<'a> ShuffleWriter<'a> {
         attempt: u32,
         batch_size: usize,
     ) -> Result<Self> {
-        let partitioner = match &output.exchange {
-            Exchange::Repartition(p) => Some(BatchPartitioner::try_new(
+        let route = match &output.exchange {
+            Exchange::Repartition(Partitioning::Hash(exprs, n)) => Route::Hash {
+                exprs: exprs.clone(),
+                partitions: *n,
+                hashes: Vec::new(),
+                indices: vec![Vec::new(); *n],
+            },
+            Exchange::Repartition(p) => Route::Partitioner(BatchPartitioner::try_new(
                 p.clone(),
                 Default::default(),
                 task,
                 output.tasks,
             )?),
-            Exchange::Passthrough => None,
+            Exchange::Passthrough => Route::Passthrough,
+        };
+        let (build, probe) = match output.filter() {
+            Some(FilterRole::Build(f)) => (Some((f.clone(), vec![0; f.words.len()])), None),
+            Some(FilterRole::Probe(f)) => (
+                None,
+                Some(Probe {
+                    filter: f.clone(),
+                    seen: 0,
+                    kept: 0,
+                    active: true,
+                }),
+            ),
+            None => (None, None),
         };
         let dir = output.dir.join(format!("stage-{}", output.stage));
         std::fs::create_dir_all(&dir).map_err(|e| io_context(&dir, e))?;
@@ -212,7 +369,9 @@ impl<'a> ShuffleWriter<'a> {
             task,
             attempt,
             batch_size,
-            partitioner,
+            route,
+            build,
+            probe,
             parts: (0..output.partitions()).map(|_| None).collect(),
         })
     }
@@ -242,31 +401,104 @@ impl<'a> ShuffleWriter<'a> {
         Ok(self.parts[partition].as_mut().expect("created above"))
     }
 
+    fn push(&mut self, partition: usize, batch: RecordBatch) -> Result<()> {
+        let w = self.part(partition)?;
+        w.coalescer.push_batch(batch)?;
+        w.drain()
+    }
+
     pub fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        match self.partitioner.take() {
-            Some(mut partitioner) => {
-                let r = partitioner.partition(batch, |p, b| {
-                    let w = self.part(p)?;
-                    w.coalescer.push_batch(b)?;
-                    w.drain()
-                });
-                self.partitioner = Some(partitioner);
+        match std::mem::replace(&mut self.route, Route::Passthrough) {
+            Route::Hash {
+                exprs,
+                partitions,
+                mut hashes,
+                mut indices,
+            } => {
+                let r = self.write_hashed(&batch, &exprs, partitions, &mut hashes, &mut indices);
+                self.route = Route::Hash {
+                    exprs,
+                    partitions,
+                    hashes,
+                    indices,
+                };
                 r
             }
-            None => {
-                let task = self.task;
-                let w = self.part(task)?;
-                w.coalescer.push_batch(batch)?;
-                w.drain()
+            Route::Partitioner(mut partitioner) => {
+                let r = partitioner.partition(batch, |p, b| self.push(p, b));
+                self.route = Route::Partitioner(partitioner);
+                r
+            }
+            Route::Passthrough => self.push(self.task, batch),
+        }
+    }
+
+    fn write_hashed(
+        &mut self,
+        batch: &RecordBatch,
+        exprs: &[Arc<dyn PhysicalExpr>],
+        partitions: usize,
+        hashes: &mut Vec<u64>,
+        indices: &mut [Vec<u32>],
+    ) -> Result<()> {
+        let rows = batch.num_rows();
+        let arrays = exprs
+            .iter()
+            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(rows)))
+            .collect::<Result<Vec<_>>>()?;
+        hashes.clear();
+        hashes.resize(rows, 0);
+        create_hashes(&arrays, REPARTITION_RANDOM_STATE.random_state(), hashes)?;
+        if let Some((_, bits)) = &mut self.build {
+            for h in hashes.iter() {
+                let (block, set) = filter_bits(*h);
+                for (w, m) in set {
+                    bits[block + w] |= m;
+                }
             }
         }
+        let modulus = partitions as u64;
+        match self.probe.as_mut().filter(|p| p.active) {
+            Some(probe) => {
+                let mut kept = 0;
+                for (i, h) in hashes.iter().enumerate() {
+                    if probe.filter.may_contain(*h) {
+                        indices[(*h % modulus) as usize].push(i as u32);
+                        kept += 1;
+                    }
+                }
+                probe.record(rows, kept);
+            }
+            None => {
+                for (i, h) in hashes.iter().enumerate() {
+                    indices[(*h % modulus) as usize].push(i as u32);
+                }
+            }
+        }
+        for (p, idx) in indices.iter_mut().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let part = if idx.len() == rows {
+                batch.clone()
+            } else {
+                let taken = UInt32Array::from(std::mem::take(idx));
+                datafusion::arrow::compute::take_record_batch(batch, &taken)?
+            };
+            idx.clear();
+            self.push(p, part)?;
+        }
+        Ok(())
     }
 
     /// Flushes and closes the files.
     pub fn finish(mut self) -> Result<TaskOutput> {
+        if let Some((filter, bits)) = &self.build {
+            filter.merge(bits);
+        }
         let mut out = TaskOutput::default();
         for (partition, part) in self.parts.iter_mut().enumerate() {
             let Some(w) = part else { continue };
@@ -355,6 +587,10 @@ impl ShuffleReadExec {
 
     pub fn stage(&self) -> usize {
         self.output.stage
+    }
+
+    pub fn output(&self) -> &Arc<ShuffleOutput> {
+        &self.output
     }
 }
 

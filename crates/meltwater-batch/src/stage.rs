@@ -9,6 +9,11 @@
 //! `CollectLeft` hash join, so every task of the reading stage reads all of it. Within a
 //! stage, tasks (one per partition) are independent, so a failed task is re-run alone
 //! from its stage's inputs, on a fresh copy of the stage's plan.
+//!
+//! A join whose two inputs are hash shuffles gets a runtime key filter (as Spark's
+//! injected runtime filters): the stage writing its left input, which runs first,
+//! records the hashes of its keys, and the stage writing the right input drops the rows
+//! that cannot match, when the join type discards unmatched right rows.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -18,11 +23,17 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::JoinType;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{
+    MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExprRef};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode, SortMergeJoinExec};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
@@ -30,7 +41,8 @@ use datafusion::physical_plan::{displayable, ExecutionPlan, Partitioning, PlanPr
 use futures::StreamExt;
 
 use crate::shuffle::{
-    write_task, CompressionType, Exchange, ShuffleOutput, ShuffleReadExec, TaskOutput,
+    write_task, CompressionType, Exchange, FilterRole, KeyFilter, ShuffleOutput, ShuffleReadExec,
+    TaskOutput,
 };
 
 /// One stage: a plan whose leaves are sources or readers of earlier stages.
@@ -62,9 +74,9 @@ pub struct StagedPlan {
 }
 
 impl StagedPlan {
-    /// Cuts `plan` at its exchanges; shuffle files go under `dir`, LZ4-compressed.
+    /// Cuts `plan` at its exchanges; shuffle files go under `dir`, uncompressed.
     pub fn cut(plan: Arc<dyn ExecutionPlan>, dir: PathBuf) -> Result<Self> {
-        Self::cut_with(plan, dir, Some(CompressionType::LZ4_FRAME))
+        Self::cut_with(plan, dir, None)
     }
 
     /// Cuts `plan` at its exchanges; shuffle files go under `dir`, compressed with
@@ -219,6 +231,7 @@ impl Cutter {
             new_children.push(n);
             reads.extend(r);
         }
+        link_join_filter(&plan, &new_children);
         let plan = if changed {
             plan.with_new_children(new_children)?
         } else {
@@ -226,6 +239,175 @@ impl Cutter {
         };
         Ok((plan, reads))
     }
+}
+
+/// The shuffle a join input reads (through the sort a sort-merge join puts on it).
+fn shuffle_of(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<ShuffleOutput>> {
+    if let Some(r) = plan.as_any().downcast_ref::<ShuffleReadExec>() {
+        return Some(r.output().clone());
+    }
+    let sort = plan.as_any().downcast_ref::<SortExec>()?;
+    if sort.fetch().is_some() {
+        return None;
+    }
+    shuffle_of(sort.input())
+}
+
+/// Whether `output` is a hash shuffle on exactly `keys`.
+fn hashed_on(output: &ShuffleOutput, keys: &[PhysicalExprRef]) -> bool {
+    match &output.exchange {
+        Exchange::Repartition(Partitioning::Hash(exprs, _)) => exprs.as_slice() == keys,
+        _ => false,
+    }
+}
+
+/// Gives a join over two hash shuffles a key filter: its left input's stage (cut, so
+/// run, before its right input's) builds it, and the right input's stage drops the rows
+/// whose keys the left never had, when such rows make no output row: inner, left outer,
+/// left semi and right semi joins. (Anti and mark joins may depend on unmatched rows,
+/// NULL keys included.)
+fn link_join_filter(plan: &Arc<dyn ExecutionPlan>, children: &[Arc<dyn ExecutionPlan>]) {
+    let (join_type, on) = if let Some(j) = plan.as_any().downcast_ref::<HashJoinExec>() {
+        if *j.partition_mode() != PartitionMode::Partitioned {
+            return;
+        }
+        (*j.join_type(), j.on())
+    } else if let Some(j) = plan.as_any().downcast_ref::<SortMergeJoinExec>() {
+        (j.join_type(), j.on())
+    } else {
+        return;
+    };
+    if !matches!(
+        join_type,
+        JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::RightSemi
+    ) || children.len() != 2
+    {
+        return;
+    }
+    let (Some(left), Some(right)) = (shuffle_of(&children[0]), shuffle_of(&children[1])) else {
+        return;
+    };
+    let left_keys: Vec<PhysicalExprRef> = on.iter().map(|(l, _)| l.clone()).collect();
+    let right_keys: Vec<PhysicalExprRef> = on.iter().map(|(_, r)| r.clone()).collect();
+    if left.stage >= right.stage
+        || left.filter().is_some()
+        || right.filter().is_some()
+        || !hashed_on(&left, &left_keys)
+        || !hashed_on(&right, &right_keys)
+        || left.partitions() != right.partitions()
+    {
+        return;
+    }
+    let filter = Arc::new(KeyFilter::default());
+    left.set_filter(FilterRole::Build(filter.clone()));
+    right.set_filter(FilterRole::Probe(filter));
+}
+
+/// The memory pool of a run under a memory limit: the session's, except for what a sort
+/// reserves to merge its spill files. DataFusion reserves, per spill file, twice the
+/// largest batch it spilled as measured in memory, where a sorted chunk still counts the
+/// whole buffer it was sliced from: an estimate many times the batch it reads back. A
+/// merge of two files could then take the whole limit and starve the other sorts of its
+/// task (both inputs of a sort-merge join merge at once). Here a sort's merge is charged
+/// at most a share of the limit, and granted up to eight shares of estimates.
+#[derive(Debug)]
+struct MergeSharePool {
+    inner: Arc<dyn MemoryPool>,
+    share: usize,
+    /// Per merging consumer, the bytes granted to it.
+    granted: Mutex<std::collections::HashMap<usize, usize>>,
+}
+
+impl MergeSharePool {
+    fn is_merge(reservation: &MemoryReservation) -> bool {
+        let c = reservation.consumer();
+        !c.can_spill() && c.name().starts_with("ExternalSorterMerge")
+    }
+}
+
+impl MemoryPool for MergeSharePool {
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        if Self::is_merge(reservation) {
+            let mut granted = self.granted.lock().expect("merge grants");
+            let g = granted.entry(reservation.consumer().id()).or_default();
+            let charge = (*g + additional).min(self.share) - (*g).min(self.share);
+            *g += additional;
+            self.inner.grow(reservation, charge);
+        } else {
+            self.inner.grow(reservation, additional)
+        }
+    }
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        if Self::is_merge(reservation) {
+            let mut granted = self.granted.lock().expect("merge grants");
+            let g = granted.entry(reservation.consumer().id()).or_default();
+            let after = g.saturating_sub(shrink);
+            let refund = (*g).min(self.share) - after.min(self.share);
+            *g = after;
+            self.inner.shrink(reservation, refund);
+        } else {
+            self.inner.shrink(reservation, shrink)
+        }
+    }
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        if !Self::is_merge(reservation) {
+            return self.inner.try_grow(reservation, additional);
+        }
+        let mut granted = self.granted.lock().expect("merge grants");
+        let g = granted.entry(reservation.consumer().id()).or_default();
+        if *g + additional > 8 * self.share && *g > 0 {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{} holds its share of the memory limit for merging ({} bytes)",
+                reservation.consumer().name(),
+                self.share
+            )));
+        }
+        let charge = (*g + additional).min(self.share) - (*g).min(self.share);
+        self.inner.try_grow(reservation, charge)?;
+        *g += additional;
+        Ok(())
+    }
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
+}
+
+/// `ctx` with its memory pool wrapped in a [`MergeSharePool`] when it has a limit: each
+/// of the `concurrency` tasks' merges may hold half of its part of the limit.
+fn with_merge_share(ctx: Arc<TaskContext>, concurrency: usize) -> Arc<TaskContext> {
+    let MemoryLimit::Finite(limit) = ctx.memory_pool().memory_limit() else {
+        return ctx;
+    };
+    let runtime = ctx.runtime_env();
+    let pool = Arc::new(MergeSharePool {
+        inner: runtime.memory_pool.clone(),
+        share: limit / (2 * concurrency.max(1)),
+        granted: Mutex::default(),
+    });
+    let Ok(runtime) = RuntimeEnvBuilder::from_runtime_env(&runtime)
+        .with_memory_pool(pool)
+        .build_arc()
+    else {
+        return ctx;
+    };
+    Arc::new(TaskContext::new(
+        ctx.task_id(),
+        ctx.session_id(),
+        ctx.session_config().clone(),
+        ctx.scalar_functions().clone(),
+        ctx.aggregate_functions().clone(),
+        ctx.window_functions().clone(),
+        runtime,
+    ))
 }
 
 /// Fault injection for tests: fail the first `times` attempts of a task.
@@ -409,6 +591,7 @@ pub async fn run_stages(
     progress: &JobProgress,
 ) -> std::result::Result<Vec<RecordBatch>, StageFailure> {
     let n = staged.stages.len();
+    let ctx = with_merge_share(ctx, options.concurrency);
     let mut result = Vec::new();
     for stage in &staged.stages {
         let p = Arc::new(StageProgress {

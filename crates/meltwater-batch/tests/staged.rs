@@ -367,3 +367,93 @@ async fn every_shuffle_compression_gives_the_same_rows() {
     // Compressed files are smaller than uncompressed ones.
     assert!(sizes[1] < sizes[0] && sizes[2] < sizes[0], "{sizes:?}");
 }
+
+#[tokio::test]
+async fn joins_over_two_shuffles_filter_the_right_side_by_the_left_keys() {
+    // Partitioned joins (never broadcast), hash and sort-merge, between 60,000 facts
+    // and a few keys (one NULL): the facts that cannot match are dropped before their
+    // shuffle where the join type allows it, and every join type gives DataFusion's rows.
+    for sort_merge in [false, true] {
+        let ctx = context(None);
+        let state = ctx.state_ref();
+        {
+            let mut state = state.write();
+            let o = &mut state.config_mut().options_mut().optimizer;
+            o.hash_join_single_partition_threshold = 0;
+            o.hash_join_single_partition_threshold_rows = 0;
+            o.prefer_hash_join = !sort_merge;
+        }
+        ctx.sql(
+            "CREATE TABLE few AS SELECT CAST(column1 AS BIGINT) AS key, column2 AS tag \
+             FROM (VALUES (1, 'a'), (13, 'b'), (NULL, 'n'), (59999, 'z'), (70000, 'x'))",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+        let queries = [
+            (
+                "SELECT f.id, w.tag FROM few w JOIN facts f ON f.id = w.key",
+                true,
+            ),
+            (
+                "SELECT f.id, w.tag FROM few w LEFT JOIN facts f ON f.id = w.key",
+                true,
+            ),
+            (
+                "SELECT f.id, w.tag FROM few w RIGHT JOIN facts f ON f.id = w.key",
+                false,
+            ),
+            (
+                "SELECT f.id, w.tag FROM few w FULL JOIN facts f ON f.id = w.key",
+                false,
+            ),
+            // A sort-merge semi join keeps the facts on its left: they are not filtered.
+            (
+                "SELECT id FROM facts WHERE id IN (SELECT key FROM few)",
+                !sort_merge,
+            ),
+            (
+                "SELECT key FROM few WHERE key NOT IN (SELECT id FROM facts)",
+                false,
+            ),
+            (
+                "SELECT key FROM few w WHERE NOT EXISTS (SELECT 1 FROM facts f WHERE f.id = w.key)",
+                false,
+            ),
+            (
+                "SELECT key FROM few w WHERE EXISTS (SELECT 1 FROM facts f WHERE f.id = w.key)",
+                false,
+            ),
+        ];
+        for (sql, selective) in queries {
+            let expected = collect(plan(&ctx, sql).await, ctx.task_ctx())
+                .await
+                .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let (got, staged_plan, progress) =
+                staged(&ctx, sql, dir.path(), &options(None, 1)).await;
+            let got = got.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(
+                lines(&got, false),
+                lines(&expected, false),
+                "{sql} (sort-merge: {sort_merge})\n{}",
+                staged_plan.display()
+            );
+            let most = progress
+                .stages()
+                .iter()
+                .map(|p| StageProgress::get(&p.rows))
+                .max()
+                .unwrap_or(0);
+            if selective {
+                assert!(
+                    most < 100,
+                    "{sql} (sort-merge: {sort_merge}): a stage wrote {most} rows\n{}",
+                    staged_plan.display()
+                );
+            }
+        }
+    }
+}

@@ -98,8 +98,9 @@ struct BatchArgs {
     /// Keep the run's shuffle files.
     #[arg(long)]
     keep_shuffle: bool,
-    /// Compression of the shuffle files.
-    #[arg(long, value_enum, default_value = "lz4")]
+    /// Compression of the shuffle files (uncompressed by default: while the shuffle fits
+    /// in the page cache, compressing costs more time than the writes it saves).
+    #[arg(long, value_enum, default_value = "none")]
     shuffle_compression: CompressionArg,
     /// Attempts per task (I/O errors, panics, memory exhaustion) before the job fails.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
@@ -123,9 +124,9 @@ impl BatchArgs {
 
 #[derive(Clone, Copy, Default, ValueEnum)]
 enum CompressionArg {
-    #[default]
     Lz4,
     Zstd,
+    #[default]
     None,
 }
 
