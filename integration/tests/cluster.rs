@@ -2,9 +2,10 @@
 //! `meltwater cluster executor`s on 127.0.0.1, each started in a directory of its own,
 //! run a job whose statements shuffle (a grouped aggregate, a join), assign windows
 //! and overwrite partitions of Iceberg tables. The tables it leaves equal those the
-//! embedded run of the same job leaves, row for row; both executors ran tasks; a
-//! statement the cluster cannot run fails the job before anything is committed; and an
-//! unreachable scheduler is named in the error. Kafka scans and sinks run on the
+//! embedded run of the same job leaves, row for row (also after DELETE and UPDATE,
+//! merge-on-read and copy-on-write); both executors ran tasks; a failed write task
+//! fails the job, which commits nothing; and an unreachable scheduler is named in the
+//! error. Kafka scans and sinks run on the
 //! executors too, with the same rows and records as the embedded run.
 
 use std::fmt::Write as _;
@@ -23,8 +24,10 @@ CREATE TABLE orders (id BIGINT, customer BIGINT, amount DOUBLE, day STRING, ts T
 CREATE TABLE customers (customer BIGINT, region STRING) WITH (
   'connector' = 'filesystem', 'path' = 'customers.csv', 'format' = 'csv', 'csv.header' = 'true'
 );
-CREATE TABLE IF NOT EXISTS lake.db.by_customer (customer BIGINT, n BIGINT, total DOUBLE);
-CREATE TABLE IF NOT EXISTS lake.db.by_region (region STRING, n BIGINT, top DOUBLE);
+CREATE TABLE IF NOT EXISTS lake.db.by_customer (customer BIGINT, n BIGINT, total DOUBLE)
+  WITH ('write.delete.mode' = 'merge-on-read');
+CREATE TABLE IF NOT EXISTS lake.db.by_region (region STRING, n BIGINT, top DOUBLE)
+  WITH ('write.update.mode' = 'merge-on-read');
 CREATE TABLE IF NOT EXISTS lake.db.hourly (window_start TIMESTAMP(3), n BIGINT, total DOUBLE);
 CREATE TABLE IF NOT EXISTS lake.db.daily (day STRING, customer BIGINT, n BIGINT)
   PARTITIONED BY (day);
@@ -267,22 +270,31 @@ fn cluster_run_equals_embedded_run() {
     assert_eq!(totals.len(), 28, "{totals:?}");
     assert_eq!(totals, read(&embedded, "read_totals.sql"));
 
-    // DELETE is not run on a cluster: the job fails naming why, nothing is committed.
-    std::fs::write(
-        client.join("delete.sql"),
-        format!("{TABLES}INSERT INTO lake.db.by_customer SELECT 9999, 1, 1.0;\nDELETE FROM lake.db.by_customer WHERE customer < 10;\n"),
-    )
-    .unwrap();
-    let before = tables(&client);
-    let out = meltwater(
-        &client,
-        &["run", "delete.sql", "--mode", "batch", "--cluster", &url],
+    // DELETE and UPDATE run on the executors too: a merge-on-read DELETE and UPDATE
+    // (position deletes) and a copy-on-write DELETE (rewritten files).
+    let changes = format!(
+        "{TABLES}DELETE FROM lake.db.by_customer WHERE customer < 10;\n\
+         UPDATE lake.db.by_region SET top = top * 2 WHERE region IN ('region-3', 'region-5');\n\
+         DELETE FROM lake.db.daily WHERE customer % 3 = 0 AND day < '2026-02-04';\n"
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("delete.sql:"), "{stderr}");
-    assert!(stderr.contains("embedded runtime only"), "{stderr}");
-    assert_eq!(tables(&client), before);
+    for dir in [&client, &embedded] {
+        std::fs::write(dir.join("changes.sql"), &changes).unwrap();
+    }
+    let before = tables(&client);
+    meltwater_ok(
+        &client,
+        &["run", "changes.sql", "--mode", "batch", "--cluster", &url],
+    );
+    meltwater_ok(&embedded, &["run", "changes.sql", "--mode", "batch"]);
+    let after = tables(&client);
+    assert_eq!(after, tables(&embedded));
+    assert_ne!(after, before);
+    assert!(
+        after.len() < before.len(),
+        "{} rows, {} before",
+        after.len(),
+        before.len()
+    );
 }
 
 /// A write task of the job's last statement that fails on an executor after writing its

@@ -296,7 +296,7 @@ impl PhysicalExtensionCodec for MeltwaterPhysicalCodec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let (tag, body) = split(buf)?;
         match tag {
-            TAG_ICEBERG => iceberg_codec::decode_exec(body, inputs),
+            TAG_ICEBERG => iceberg_codec::decode_exec(body, inputs, ctx),
             TAG_CONNECTOR => meltwater_connectors::codec::decode_exec(body, inputs, ctx),
             TAG_WINDOW => decode_window_exec(body, inputs),
             _ => self.ballista.try_decode(body, inputs, ctx),

@@ -35,15 +35,14 @@ use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::{FunctionRegistry, SessionState, TaskContext};
-use datafusion::logical_expr::{LogicalPlan, WriteOp};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::collect;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use meltwater_batch::{
-    commit_run, error_message, insert_report, operation_of, BatchError, BatchQueryPlanner,
-    RunReport,
+    commit_run, error_message, insert_report, BatchError, BatchQueryPlanner, RunReport,
 };
 use meltwater_iceberg::IcebergTable;
 use meltwater_plan::{mode_rejection, Mode, PlannedJob, PlannedStatement};
@@ -279,19 +278,6 @@ async fn execute(
 ) -> Result<Vec<RecordBatch>, BatchError> {
     if let Some(reason) = mode_rejection(&statement.plan, Mode::Batch) {
         return Err(statement_error(job, statement, reason));
-    }
-    if let LogicalPlan::Dml(dml) = &statement.plan {
-        if matches!(dml.op, WriteOp::Delete | WriteOp::Update) {
-            return Err(statement_error(
-                job,
-                statement,
-                format!(
-                    "{} of {}: DELETE and UPDATE run in the embedded runtime only; run this job without --cluster",
-                    operation_of(&statement.plan).to_uppercase(),
-                    dml.table_name
-                ),
-            ));
-        }
     }
     let exec = DistributedQueryExec::<LogicalPlanNode>::with_extension(
         url.to_string(),

@@ -10,7 +10,10 @@
 //!   (the crate's own serde form, plus each task's partition value, partition spec and
 //!   name mapping, which that form leaves out), and the read and output schemas (Arrow
 //!   IPC schemas);
-//! - **write**: the table, `INSERT OVERWRITE` and the files a `MERGE` replaces.
+//! - **write**: the table, `INSERT OVERWRITE` and the files a `MERGE` replaces;
+//! - **rewrite** (`DELETE`, `UPDATE`): the table, the candidate files' tasks, the WHERE
+//!   condition and the new values (DataFusion physical expressions in their protobuf
+//!   form), copy-on-write or merge-on-read.
 //!
 //! Files are read and written through the local file system, so every process of the
 //! cluster must see the warehouse at the same path (one machine, or a shared mount).
@@ -29,16 +32,24 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec;
+use datafusion_proto::protobuf::PhysicalExprNode;
 use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{Literal, NameMapping, PartitionSpec, Struct, TableMetadata, Type};
 use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::commit::{JobCommits, JobIdentity};
 use crate::committer::LakeCatalog;
+use crate::rewrite::{IcebergRewriteExec, RowChange, RowLevelMode};
 use crate::scan::IcebergScanExec;
 use crate::snapshot::AddedFiles;
 use crate::stream::PendingDataFile;
@@ -52,6 +63,7 @@ enum Wire {
     Table(TableWire),
     Scan(ScanWire),
     Write(WriteWire),
+    Rewrite(RewriteWire),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,6 +100,19 @@ struct TaskWire {
     partition: Option<serde_json::Value>,
     spec: Option<PartitionSpec>,
     name_mapping: Option<NameMapping>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RewriteWire {
+    table: TableWire,
+    tasks: Vec<TaskWire>,
+    #[serde(with = "meltwater_connectors::codec::ipc_schema")]
+    schema: SchemaRef,
+    /// The WHERE condition, a DataFusion physical expression in its protobuf form.
+    predicate: Vec<u8>,
+    /// `UPDATE`: the new value of every column (same form); `DELETE`: none.
+    update: Option<Vec<Vec<u8>>>,
+    merge_on_read: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -261,9 +286,6 @@ fn task_from_wire(table: &str, wire: TaskWire) -> Result<FileScanTask> {
 }
 
 /// This crate's plan nodes as bytes, without their children; `None` for other nodes.
-///
-/// `IcebergRewriteExec` (copy-on-write `DELETE` / `UPDATE`) is refused: its commit
-/// needs the files it removes, which a detached rewrite cannot hand back yet.
 pub fn encode_exec(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Vec<u8>>> {
     let any = node.as_any();
     let wire = if let Some(scan) = any.downcast_ref::<IcebergScanExec>() {
@@ -289,10 +311,33 @@ pub fn encode_exec(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Vec<u8>>> {
             overwrite: write.overwrite,
             replacing: write.replacing.as_deref().cloned(),
         })
-    } else if any.is::<crate::rewrite::IcebergRewriteExec>() {
-        return Err(DataFusionError::NotImplemented(
-            "DELETE and UPDATE of Iceberg tables run in the embedded runtime only; run this job without --cluster".into(),
-        ));
+    } else if let Some(rewrite) = any.downcast_ref::<IcebergRewriteExec>() {
+        let update = match &rewrite.change {
+            RowChange::Delete => None,
+            RowChange::Update(values) => Some(
+                values
+                    .iter()
+                    .map(expr_to_bytes)
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        Wire::Rewrite(RewriteWire {
+            table: table_wire(
+                &rewrite.table_name,
+                &rewrite.table,
+                None,
+                rewrite.commits.identity(),
+            )?,
+            tasks: rewrite
+                .tasks
+                .iter()
+                .map(|t| task_to_wire(&rewrite.table_name, t))
+                .collect::<Result<_>>()?,
+            schema: rewrite.schema.clone(),
+            predicate: expr_to_bytes(&rewrite.predicate)?,
+            update,
+            merge_on_read: rewrite.mode == RowLevelMode::MergeOnRead,
+        })
     } else {
         return Ok(None);
     };
@@ -301,12 +346,64 @@ pub fn encode_exec(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Vec<u8>>> {
         .map_err(|e| codec_error("plan node", e))
 }
 
-/// The node [`encode_exec`] encoded, over `inputs`.
+/// A physical expression in DataFusion's protobuf form (built-in functions only).
+fn expr_to_bytes(expr: &Arc<dyn PhysicalExpr>) -> Result<Vec<u8>> {
+    let node = serialize_physical_expr(expr, &DefaultPhysicalExtensionCodec {})?;
+    Ok(node.encode_to_vec())
+}
+
+fn expr_from_bytes(
+    bytes: &[u8],
+    ctx: &TaskContext,
+    schema: &Schema,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    let node = PhysicalExprNode::decode(bytes).map_err(|e| codec_error("expression", e))?;
+    parse_physical_expr(&node, ctx, schema, &DefaultPhysicalExtensionCodec {})
+}
+
+/// The node [`encode_exec`] encoded, over `inputs`; `ctx` resolves the functions its
+/// expressions call.
 pub fn decode_exec(
     buf: &[u8],
     inputs: &[Arc<dyn ExecutionPlan>],
+    ctx: &TaskContext,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     match decode(buf)? {
+        Wire::Rewrite(rewrite) => {
+            let name = rewrite.table.name.clone();
+            let tasks = rewrite
+                .tasks
+                .into_iter()
+                .map(|t| task_from_wire(&name, t))
+                .collect::<Result<Vec<_>>>()?;
+            let predicate = expr_from_bytes(&rewrite.predicate, ctx, &rewrite.schema)?;
+            let change = match rewrite.update {
+                None => RowChange::Delete,
+                Some(values) => RowChange::Update(
+                    values
+                        .iter()
+                        .map(|v| expr_from_bytes(v, ctx, &rewrite.schema))
+                        .collect::<Result<_>>()?,
+                ),
+            };
+            let mode = if rewrite.merge_on_read {
+                RowLevelMode::MergeOnRead
+            } else {
+                RowLevelMode::CopyOnWrite
+            };
+            let (table, catalog, commits) = table_from_wire(rewrite.table)?;
+            Ok(Arc::new(IcebergRewriteExec::new(
+                name,
+                table,
+                catalog,
+                commits,
+                tasks,
+                rewrite.schema,
+                predicate,
+                change,
+                mode,
+            )))
+        }
         Wire::Table(_) => Err(codec_error(
             "plan node",
             "the bytes hold a table, not a plan node",
@@ -384,12 +481,12 @@ pub(crate) fn injected_write_failure(table: &str, partition: usize) -> Result<()
 }
 
 /// The output of a detached write task: the rows it wrote (`count`), the table and the
-/// files (`files`, JSON), one row per task.
+/// files (`files`, JSON; null when there is nothing to commit), one row per task.
 pub fn written_files_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("count", DataType::UInt64, false),
         Field::new("table", DataType::Utf8, false),
-        Field::new("files", DataType::Utf8, false),
+        Field::new("files", DataType::Utf8, true),
     ]))
 }
 
@@ -398,8 +495,17 @@ pub(crate) fn written_files_batch(
     name: &str,
     table: &Table,
     rows: u64,
-    files: AddedFiles,
+    files: Option<AddedFiles>,
 ) -> Result<RecordBatch> {
+    let Some(files) = files else {
+        // Nothing to commit (a rewrite whose candidate file held no matching row).
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(vec![rows])),
+            Arc::new(StringArray::from(vec![name.to_string()])),
+            Arc::new(StringArray::from(vec![None::<String>])),
+        ];
+        return Ok(RecordBatch::try_new(written_files_schema(), columns)?);
+    };
     let metadata = table.metadata();
     let pending = |files: Vec<iceberg::spec::DataFile>| {
         files

@@ -86,16 +86,16 @@ impl RowLevelMode {
 
 /// Changes the rows matching `predicate` in the files of one table that hold them.
 pub struct IcebergRewriteExec {
-    table_name: String,
-    table: Table,
+    pub(crate) table_name: String,
+    pub(crate) table: Table,
     catalog: Arc<LakeCatalog>,
-    commits: Arc<JobCommits>,
+    pub(crate) commits: Arc<JobCommits>,
     /// One candidate file per partition.
-    tasks: Vec<FileScanTask>,
-    schema: SchemaRef,
-    predicate: Arc<dyn PhysicalExpr>,
-    change: RowChange,
-    mode: RowLevelMode,
+    pub(crate) tasks: Vec<FileScanTask>,
+    pub(crate) schema: SchemaRef,
+    pub(crate) predicate: Arc<dyn PhysicalExpr>,
+    pub(crate) change: RowChange,
+    pub(crate) mode: RowLevelMode,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
     /// Equality-delete files loaded by any task of this rewrite.
@@ -138,8 +138,13 @@ impl IcebergRewriteExec {
                 t
             })
             .collect();
+        let output = if commits.is_detached() {
+            crate::codec::written_files_schema()
+        } else {
+            count_schema()
+        };
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(count_schema()),
+            EquivalenceProperties::new(output),
             Partitioning::UnknownPartitioning(tasks.len().max(1)),
             EmissionType::Final,
             Boundedness::Bounded,
@@ -193,12 +198,18 @@ impl ExecutionPlan for IcebergRewriteExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let schema = self.schema();
         let Some(task) = self.tasks.get(partition).cloned() else {
-            let empty = stream::once(async { count_batch(0) });
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(
-                count_schema(),
-                empty,
-            )));
+            let (name, table) = (self.table_name.clone(), self.table.clone());
+            let detached = self.commits.is_detached();
+            let empty = stream::once(async move {
+                if detached {
+                    crate::codec::written_files_batch(&name, &table, 0, None)
+                } else {
+                    count_batch(0)
+                }
+            });
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, empty)));
         };
         let changed_rows = MetricBuilder::new(&self.metrics).counter("rows_changed", partition);
         let rewritten = MetricBuilder::new(&self.metrics).counter("files_rewritten", partition);
@@ -217,7 +228,7 @@ impl ExecutionPlan for IcebergRewriteExec {
         };
         let mode = self.mode;
         let out = stream::once(async move {
-            let changed = match mode {
+            let (changed, files) = match mode {
                 RowLevelMode::CopyOnWrite => job.run(task).await?,
                 RowLevelMode::MergeOnRead => job.run_merge_on_read(task).await?,
             };
@@ -225,9 +236,25 @@ impl ExecutionPlan for IcebergRewriteExec {
             if changed > 0 {
                 rewritten.add(1);
             }
+            if job.commits.is_detached() {
+                return crate::codec::written_files_batch(
+                    &job.table_name,
+                    &job.table,
+                    changed,
+                    files,
+                );
+            }
+            if let Some(files) = files {
+                job.commits.add_files(
+                    &job.table_name,
+                    job.catalog.clone(),
+                    job.table.identifier().clone(),
+                    files,
+                );
+            }
             count_batch(changed)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(count_schema(), out)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
     }
 }
 
@@ -288,8 +315,9 @@ impl RewriteTask {
     }
 
     /// Deletes the positions of the matching rows of one file (and, for `UPDATE`,
-    /// writes their new values); returns the rows deleted or updated.
-    async fn run_merge_on_read(&self, task: FileScanTask) -> Result<u64> {
+    /// writes their new values); returns the rows deleted or updated and the files to
+    /// commit (none when no row matched).
+    async fn run_merge_on_read(&self, task: FileScanTask) -> Result<(u64, Option<AddedFiles>)> {
         let name = &self.table_name;
         let mut batches = read_with_positions(
             self.table.file_io().clone(),
@@ -334,26 +362,22 @@ impl RewriteTask {
         };
         let changed = positions.len() as u64;
         if changed == 0 {
-            return Ok(0);
+            return Ok((0, None));
         }
         let deletes = write_position_deletes(name, &self.table, &task, positions, prefix).await?;
-        self.commits.add_files(
-            name,
-            self.catalog.clone(),
-            self.table.identifier().clone(),
-            AddedFiles {
-                data,
-                deletes,
-                referenced: vec![task.data_file_path.clone()],
-                read_snapshot: self.table.metadata().current_snapshot_id(),
-                ..Default::default()
-            },
-        );
-        Ok(changed)
+        let files = AddedFiles {
+            data,
+            deletes,
+            referenced: vec![task.data_file_path.clone()],
+            read_snapshot: self.table.metadata().current_snapshot_id(),
+            ..Default::default()
+        };
+        Ok((changed, Some(files)))
     }
 
-    /// Rewrites one file; returns the rows deleted or updated (0: the file stays).
-    async fn run(&self, task: FileScanTask) -> Result<u64> {
+    /// Rewrites one file; returns the rows deleted or updated (0: the file stays) and the
+    /// files to commit.
+    async fn run(&self, task: FileScanTask) -> Result<(u64, Option<AddedFiles>)> {
         let name = &self.table_name;
         let old_path = task.data_file_path.clone();
         let mut batches = read_tasks(
@@ -392,19 +416,14 @@ impl RewriteTask {
             for f in &files {
                 let _ = self.table.file_io().delete(f.file_path()).await;
             }
-            return Ok(0);
+            return Ok((0, None));
         }
-        self.commits.add_files(
-            name,
-            self.catalog.clone(),
-            self.table.identifier().clone(),
-            AddedFiles {
-                data: files,
-                removed: vec![old_path],
-                read_snapshot: self.table.metadata().current_snapshot_id(),
-                ..Default::default()
-            },
-        );
-        Ok(changed)
+        let files = AddedFiles {
+            data: files,
+            removed: vec![old_path],
+            read_snapshot: self.table.metadata().current_snapshot_id(),
+            ..Default::default()
+        };
+        Ok((changed, Some(files)))
     }
 }

@@ -303,7 +303,7 @@ impl ExecutionPlan for IcebergWriteExec {
                     &task.table_name,
                     &task.table,
                     rows,
-                    files,
+                    Some(files),
                 );
             }
             task.commits.add_files(
