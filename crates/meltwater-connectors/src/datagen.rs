@@ -91,6 +91,8 @@ const TABLE_OPTIONS: &[&str] = &[
     "datagen.base-time",
     "source.splits",
     crate::WATERMARK_IDLE_TIMEOUT,
+    crate::LATE_RECORDS,
+    crate::LATE_RECORDS_TABLE,
 ];
 const FIELD_OPTIONS: &[&str] = &[
     "kind",

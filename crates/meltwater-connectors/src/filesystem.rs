@@ -89,6 +89,8 @@ const COMMON_OPTIONS: &[&str] = &[
     "error.policy",
     "source.monitor-interval",
     crate::WATERMARK_IDLE_TIMEOUT,
+    crate::LATE_RECORDS,
+    crate::LATE_RECORDS_TABLE,
 ];
 const CSV_OPTIONS: &[&str] = &[
     "csv.field-delimiter",

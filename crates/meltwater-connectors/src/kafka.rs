@@ -94,6 +94,8 @@ const OPTIONS: &[&str] = &[
     "avro-confluent.schema-registry.url",
     "avro-confluent.subject",
     crate::WATERMARK_IDLE_TIMEOUT,
+    crate::LATE_RECORDS,
+    crate::LATE_RECORDS_TABLE,
 ];
 
 /// The metadata keys the connector fills, with the types a column may declare.

@@ -194,6 +194,50 @@ pub fn watermark_idle_timeout_ms(def: &TableDef, connector: &'static str) -> Res
         .parse_with(WATERMARK_IDLE_TIMEOUT, options::parse_duration_ms)
 }
 
+/// `'scan.late-records'`, an option of every source table: what a window aggregate over
+/// the table does with a row that arrives for a window that already fired (stream mode):
+/// `'drop'` (the default: dropped and counted) or `'side-output'` (written to the table
+/// [`LATE_RECORDS_TABLE`] names).
+pub const LATE_RECORDS: &str = "scan.late-records";
+
+/// `'scan.late-records.table'`: the sink table late rows go to under
+/// `'scan.late-records' = 'side-output'`.
+pub const LATE_RECORDS_TABLE: &str = "scan.late-records.table";
+
+/// A source table's policy for rows late for a window (see [`LATE_RECORDS`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LateRecords {
+    /// Dropped and counted.
+    Drop,
+    /// Written to the named sink table.
+    SideOutput(String),
+}
+
+/// A source table's [`LATE_RECORDS`] policy; an unknown policy, a side output without a
+/// table, or a table without the side output is an error naming the table and the option.
+pub fn late_records(def: &TableDef, connector: &'static str) -> Result<LateRecords> {
+    let reader = options::OptionReader::new(def, connector);
+    let table = reader.get(LATE_RECORDS_TABLE).map(str::trim);
+    match reader.get(LATE_RECORDS).map(str::trim) {
+        None | Some("drop") => match table {
+            None => Ok(LateRecords::Drop),
+            Some(t) => Err(reader.invalid(
+                LATE_RECORDS_TABLE,
+                t,
+                format!("it applies only with '{LATE_RECORDS}' = 'side-output'"),
+            )),
+        },
+        Some("side-output") => match table {
+            Some(t) if !t.is_empty() => Ok(LateRecords::SideOutput(t.to_string())),
+            _ => Err(ConnectorError::MissingOption {
+                table: def.name.clone(),
+                option: LATE_RECORDS_TABLE.into(),
+            }),
+        },
+        Some(other) => Err(reader.invalid(LATE_RECORDS, other, "expected 'drop' or 'side-output'")),
+    }
+}
+
 /// Builds the provider for a `CREATE TABLE ... WITH ('connector' = ...)` definition.
 ///
 /// Unknown connectors and unknown or invalid options are errors that name the table and

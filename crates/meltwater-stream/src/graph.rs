@@ -173,6 +173,10 @@ pub struct StreamNode {
     pub input: Option<(usize, Partitioning)>,
     /// Further inputs of a multi-input operator (`UNION ALL`).
     pub extra_inputs: Vec<(usize, Partitioning)>,
+    /// The input edge carries the input operator's side output (the rows a window
+    /// aggregate finds late, under its source table's `'scan.late-records' =
+    /// 'side-output'`) instead of its output.
+    pub side_input: bool,
     /// The schema of the batches this operator emits (with the op column when updating).
     pub schema: SchemaRef,
     /// Whether the output is an updating stream (+I/-U/+U/-D) rather than append-only.
@@ -201,17 +205,32 @@ impl StreamGraph {
             .collect()
     }
 
-    /// Whether node `index` runs in the same task as its input (forward edge, same
-    /// parallelism, and the input has no other consumer).
+    /// Operators that consume `index`'s output (not its side output).
+    pub fn main_consumers(&self, index: usize) -> Vec<usize> {
+        self.consumers(index)
+            .into_iter()
+            .filter(|c| !self.nodes[*c].side_input)
+            .collect()
+    }
+
+    /// The operator reading `index`'s side output (late rows), if any.
+    pub fn side_consumer(&self, index: usize) -> Option<usize> {
+        self.consumers(index)
+            .into_iter()
+            .find(|c| self.nodes[*c].side_input)
+    }
+
+    /// Whether node `index` runs in the same task as its input (forward edge from its
+    /// input's output, same parallelism, and the input's output has no other consumer).
     pub fn chained_to_input(&self, index: usize) -> bool {
         let node = &self.nodes[index];
-        if !node.extra_inputs.is_empty() {
+        if !node.extra_inputs.is_empty() || node.side_input {
             return false;
         }
         match &node.input {
             Some((from, Partitioning::Forward)) => {
                 self.nodes[*from].parallelism == node.parallelism
-                    && self.consumers(*from).len() == 1
+                    && self.main_consumers(*from).len() == 1
             }
             _ => false,
         }
@@ -247,7 +266,8 @@ impl fmt::Display for StreamGraph {
                         format!(" <- {} {part} (chained)", self.nodes[*from].id)
                     }
                     Some((from, part)) => {
-                        let mut e = format!(" <- {} {part}", self.nodes[*from].id);
+                        let port = if n.side_input { " late rows" } else { "" };
+                        let mut e = format!(" <- {}{port} {part}", self.nodes[*from].id);
                         for (f, p) in &n.extra_inputs {
                             e.push_str(&format!(", {} {p}", self.nodes[*f].id));
                         }

@@ -59,10 +59,12 @@ pub struct OperatorCounters {
     pub spilled_bytes: u64,
 }
 
-/// Collects an operator's output.
+/// Collects an operator's output, and its side output: the input rows a window
+/// aggregate found late, when its graph node has a side-output consumer.
 #[derive(Debug, Default)]
 pub struct Output {
     pub batches: Vec<RecordBatch>,
+    pub late: Vec<RecordBatch>,
 }
 
 impl Output {
@@ -71,8 +73,17 @@ impl Output {
             self.batches.push(batch);
         }
     }
+    /// Adds late input rows to the side output.
+    pub fn push_late(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.late.push(batch);
+        }
+    }
     pub fn take(&mut self) -> Vec<RecordBatch> {
         std::mem::take(&mut self.batches)
+    }
+    pub fn take_late(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.late)
     }
 }
 

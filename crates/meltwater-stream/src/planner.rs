@@ -395,6 +395,7 @@ impl Builder<'_> {
             parallelism,
             input: Some((input, Partitioning::Forward)),
             extra_inputs: Vec::new(),
+            side_input: false,
             schema: out_schema,
             updating,
             state: None,
@@ -483,6 +484,7 @@ impl Builder<'_> {
             parallelism: self.graph.nodes[input].parallelism,
             input: Some((input, Partitioning::Forward)),
             extra_inputs: Vec::new(),
+            side_input: false,
             schema: schema.clone(),
             updating,
             state: None,
@@ -533,73 +535,7 @@ impl Builder<'_> {
                         dml.table_name
                     ));
                 };
-                let updating = self.updating(input);
-                let metadata = table.table().metadata();
-                let upsert = updating || meltwater_iceberg::upsert::upsert_enabled(metadata);
-                let key = if upsert {
-                    if meltwater_iceberg::upsert::primary_key(metadata).is_empty() {
-                        return Err(format!(
-                            "INSERT INTO {}: the query produces an updating stream (an aggregate without a window, or an outer or anti join, changes rows it already emitted as input arrives), and the table has no primary key to apply the changes by — declare one with PRIMARY KEY (...) NOT ENFORCED so the sink upserts, or aggregate over a window (TUMBLE, HOP, CUMULATE, SESSION) or use an inner join to produce an append-only stream",
-                            dml.table_name
-                        ));
-                    }
-                    meltwater_iceberg::upsert::upsert_key(table.name(), metadata)
-                        .map_err(|e| format!("INSERT INTO {}: {e}", dml.table_name))?
-                } else {
-                    Vec::new()
-                };
-                let table = Arc::new(IcebergTable::clone(table));
-                let id = self.next_id("sink");
-                let schema = self.graph.nodes[input].schema.clone();
-                // Upserts: every change of a key reaches the one subtask buffering that
-                // key, in order (the input has the table's columns, by position).
-                let table_columns: Vec<String> = datafusion::datasource::TableProvider::schema(
-                    table.as_ref(),
-                )
-                .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect();
-                let partitioning = if upsert {
-                    let mut keys = Vec::new();
-                    for k in &key {
-                        let i = table_columns.iter().position(|c| c == k).ok_or_else(|| {
-                            format!("INSERT INTO {}: no column '{k}'", dml.table_name)
-                        })?;
-                        keys.push(Arc::new(datafusion::physical_expr::expressions::Column::new(
-                            schema.field(i).name(),
-                            i,
-                        )) as Arc<dyn PhysicalExpr>);
-                    }
-                    Partitioning::Hash {
-                        keys,
-                        names: key.clone(),
-                    }
-                } else {
-                    Partitioning::Forward
-                };
-                Ok(self.add(StreamNode {
-                    id,
-                    name: if upsert {
-                        format!("sink: iceberg {} (upsert by {})", dml.table_name, key.join(", "))
-                    } else {
-                        format!("sink: iceberg {}", dml.table_name)
-                    },
-                    kind: NodeKind::Sink {
-                        target: dml.table_name.to_string(),
-                        kind: SinkKind::Iceberg { table, upsert },
-                    },
-                    parallelism: self.graph.nodes[input].parallelism,
-                    input: Some((input, partitioning)),
-                    extra_inputs: Vec::new(),
-                    schema,
-                    updating: false,
-                    state: Some(if upsert {
-                        "the last change of each key since the last checkpoint, then its data and equality-delete files".into()
-                    } else {
-                        "data files written since the last checkpoint".into()
-                    }),
-                }))
+                self.iceberg_sink(input, &dml.table_name.to_string(), table)
             }
             LogicalPlan::TableScan(scan) => {
                 let provider = source_as_provider(&scan.source).map_err(|e| e.to_string())?;
@@ -693,6 +629,12 @@ impl Builder<'_> {
                     return Err(format!("{} is not supported in stream mode", ext.node.name()));
                 };
                 if window.is_none() && matches!(tvf.kind, WindowKind::Session { .. }) {
+                    if late_records_table(&tvf.input)?.is_some() {
+                        return Err(format!(
+                            "'{}' = 'side-output' applies to window aggregates; a SESSION window without an aggregate drops its late rows (use 'drop', or route them with CURRENT_WATERMARK)",
+                            meltwater_connectors::LATE_RECORDS
+                        ));
+                    }
                     return self.session_rows(tvf);
                 }
                 self.window_assign(tvf)
@@ -767,8 +709,15 @@ impl Builder<'_> {
                 let schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
                 if windowed {
                     let tvf = tvf.expect("windowed");
+                    let late_table = late_records_table(&tvf.input)?;
+                    if late_table.is_some() && sessions_assigned {
+                        return Err(format!(
+                            "'{}' = 'side-output': a SESSION window whose PARTITION BY keys differ from the GROUP BY keys forms its sessions before the aggregate, which drops late rows; group by the PARTITION BY keys or use 'drop'",
+                            meltwater_connectors::LATE_RECORDS
+                        ));
+                    }
                     let id = self.next_id("window-agg");
-                    Ok(self.add(StreamNode {
+                    let node = self.add(StreamNode {
                         id,
                         name: format!("window aggregate {}: [{}]", tvf.kind, aggs.join(", ")),
                         kind: NodeKind::WindowAggregate {
@@ -784,13 +733,18 @@ impl Builder<'_> {
                         parallelism,
                         input: Some((input, partitioning)),
                         extra_inputs: Vec::new(),
+                        side_input: false,
                         schema,
                         updating: false,
                         state: Some(format!(
                             "accumulators per open window and key [{}]",
                             key_names.join(", ")
                         )),
-                    }))
+                    });
+                    if let Some((source, table)) = late_table {
+                        self.late_rows_sink(node, input_schema, &source, &table)?;
+                    }
+                    Ok(node)
                 } else {
                     let id = self.next_id("group-agg");
                     Ok(self.add(StreamNode {
@@ -804,6 +758,7 @@ impl Builder<'_> {
                         parallelism,
                         input: Some((input, partitioning)),
                         extra_inputs: Vec::new(),
+                        side_input: false,
                         schema: updating_schema(&schema),
                         updating: true,
                         state: Some(format!(
@@ -839,6 +794,7 @@ impl Builder<'_> {
                     parallelism: 1,
                     input: None,
                     extra_inputs: Vec::new(),
+                    side_input: false,
                     schema,
                     updating: false,
                     state: Some("rows emitted".into()),
@@ -874,6 +830,7 @@ impl Builder<'_> {
                     parallelism,
                     input: Some(first),
                     extra_inputs: edges,
+                    side_input: false,
                     schema: Arc::new(u.schema.as_arrow().clone()),
                     updating: false,
                     state: None,
@@ -884,6 +841,192 @@ impl Builder<'_> {
                 other.display().to_string().split(':').next().unwrap_or("this operation")
             )),
         }
+    }
+
+    /// The side output of window aggregate `agg` (whose input has the columns of
+    /// `input_schema`): its late rows, projected by name onto the columns of the sink
+    /// table `target` (`source`'s `'scan.late-records.table'`), into a sink of that table.
+    fn late_rows_sink(
+        &mut self,
+        agg: usize,
+        input_schema: &DFSchema,
+        source: &str,
+        target: &str,
+    ) -> Result<usize, String> {
+        let option = meltwater_connectors::LATE_RECORDS_TABLE;
+        let context = |e: String| format!("'{option}' = '{target}' of table '{source}': {e}");
+        let reference = datafusion::sql::TableReference::from(target);
+        let provider = self
+            .state
+            .schema_for_ref(reference.clone())
+            .ok()
+            .and_then(|schema| {
+                // Catalog tables load their metadata asynchronously (on the runtime's I/O).
+                let lookup = schema.table(reference.table());
+                let table = match tokio::runtime::Handle::try_current() {
+                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(|| h.block_on(lookup))
+                    }
+                    _ => futures::executor::block_on(lookup),
+                };
+                table.ok().flatten()
+            })
+            .ok_or_else(|| context(format!("no table '{target}' in the job or its catalogs")))?;
+        let columns = provider.schema();
+        let read: Vec<&str> = input_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let mut exprs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+        let mut fields = Vec::new();
+        for column in columns.fields() {
+            let Some(i) = read.iter().position(|c| c == column.name()) else {
+                return Err(context(format!(
+                    "its column '{}' is not among the columns of the late rows ({}): the columns of '{source}' the window aggregate reads, and window_start, window_end",
+                    column.name(),
+                    read.join(", ")
+                )));
+            };
+            let field = input_schema.field(i);
+            let mut expr: Arc<dyn PhysicalExpr> = Arc::new(
+                datafusion::physical_expr::expressions::Column::new(column.name(), i),
+            );
+            // As an INSERT does: cast where the types differ (TIMESTAMP(3) to an Iceberg
+            // table's microseconds).
+            if field.data_type() != column.data_type() {
+                if !datafusion::arrow::compute::can_cast_types(
+                    field.data_type(),
+                    column.data_type(),
+                ) {
+                    return Err(context(format!(
+                        "its column '{}' has type {}, which the late rows' {} cannot be cast to",
+                        column.name(),
+                        column.data_type(),
+                        field.data_type()
+                    )));
+                }
+                expr = Arc::new(datafusion::physical_expr::expressions::CastExpr::new(
+                    expr,
+                    column.data_type().clone(),
+                    None,
+                ));
+            }
+            exprs.push(expr);
+            fields.push(
+                field
+                    .as_ref()
+                    .clone()
+                    .with_name(column.name())
+                    .with_data_type(column.data_type().clone()),
+            );
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let id = self.next_id("late-rows");
+        let parallelism = self.graph.nodes[agg].parallelism;
+        let rows = self.add(StreamNode {
+            id,
+            name: format!("calc: late rows of {source}, project"),
+            kind: NodeKind::Stateless(vec![Step::Project {
+                exprs,
+                schema: schema.clone(),
+            }]),
+            parallelism,
+            input: Some((agg, Partitioning::Forward)),
+            extra_inputs: Vec::new(),
+            side_input: true,
+            schema,
+            updating: false,
+            state: None,
+        });
+        let any = provider.as_any();
+        if let Some(t) = any.downcast_ref::<SourceTable>() {
+            self.connector_sink(rows, target, t).map_err(context)
+        } else if let Some(t) = any.downcast_ref::<IcebergTable>() {
+            self.iceberg_sink(rows, target, t).map_err(context)
+        } else {
+            Err(context(format!("'{target}' is not a sink table")))
+        }
+    }
+
+    /// `INSERT INTO` an Iceberg table: two-phase (files per checkpoint), upserting by
+    /// its primary key when the input updates or the table asks for upserts.
+    fn iceberg_sink(
+        &mut self,
+        input: usize,
+        target: &str,
+        table: &IcebergTable,
+    ) -> Result<usize, String> {
+        let updating = self.updating(input);
+        let metadata = table.table().metadata();
+        let upsert = updating || meltwater_iceberg::upsert::upsert_enabled(metadata);
+        let key = if upsert {
+            if meltwater_iceberg::upsert::primary_key(metadata).is_empty() {
+                return Err(format!(
+                    "INSERT INTO {}: the query produces an updating stream (an aggregate without a window, or an outer or anti join, changes rows it already emitted as input arrives), and the table has no primary key to apply the changes by — declare one with PRIMARY KEY (...) NOT ENFORCED so the sink upserts, or aggregate over a window (TUMBLE, HOP, CUMULATE, SESSION) or use an inner join to produce an append-only stream",
+                    target
+                ));
+            }
+            meltwater_iceberg::upsert::upsert_key(table.name(), metadata)
+                .map_err(|e| format!("INSERT INTO {}: {e}", target))?
+        } else {
+            Vec::new()
+        };
+        let table = Arc::new(IcebergTable::clone(table));
+        let id = self.next_id("sink");
+        let schema = self.graph.nodes[input].schema.clone();
+        // Upserts: every change of a key reaches the one subtask buffering that
+        // key, in order (the input has the table's columns, by position).
+        let table_columns: Vec<String> =
+            datafusion::datasource::TableProvider::schema(table.as_ref())
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+        let partitioning = if upsert {
+            let mut keys = Vec::new();
+            for k in &key {
+                let i = table_columns
+                    .iter()
+                    .position(|c| c == k)
+                    .ok_or_else(|| format!("INSERT INTO {}: no column '{k}'", target))?;
+                keys.push(
+                    Arc::new(datafusion::physical_expr::expressions::Column::new(
+                        schema.field(i).name(),
+                        i,
+                    )) as Arc<dyn PhysicalExpr>,
+                );
+            }
+            Partitioning::Hash {
+                keys,
+                names: key.clone(),
+            }
+        } else {
+            Partitioning::Forward
+        };
+        Ok(self.add(StreamNode {
+            id,
+            name: if upsert {
+                format!("sink: iceberg {} (upsert by {})", target, key.join(", "))
+            } else {
+                format!("sink: iceberg {}", target)
+            },
+            kind: NodeKind::Sink {
+                target: target.to_string(),
+                kind: SinkKind::Iceberg { table, upsert },
+            },
+            parallelism: self.graph.nodes[input].parallelism,
+            input: Some((input, partitioning)),
+            extra_inputs: Vec::new(),
+            side_input: false,
+            schema,
+            updating: false,
+            state: Some(if upsert {
+                "the last change of each key since the last checkpoint, then its data and equality-delete files".into()
+            } else {
+                "data files written since the last checkpoint".into()
+            }),
+        }))
     }
 
     /// `INSERT INTO` a connector sink (`print`, `blackhole`): a sink on the input's
@@ -933,6 +1076,7 @@ impl Builder<'_> {
             parallelism,
             input: Some((input, Partitioning::Forward)),
             extra_inputs: Vec::new(),
+            side_input: false,
             schema,
             updating,
             state: None,
@@ -1003,6 +1147,7 @@ impl Builder<'_> {
             parallelism: self.parallelism,
             input: None,
             extra_inputs: Vec::new(),
+            side_input: false,
             schema,
             updating,
             state: Some("split positions".into()),
@@ -1122,6 +1267,7 @@ impl Builder<'_> {
             parallelism,
             input: Some((left, lp)),
             extra_inputs: vec![(right, rp)],
+            side_input: false,
             schema: if updating {
                 updating_schema(&output_schema)
             } else {
@@ -1180,6 +1326,7 @@ impl Builder<'_> {
             parallelism,
             input: Some((input, Partitioning::Forward)),
             extra_inputs: Vec::new(),
+            side_input: false,
             schema,
             updating: false,
             state: None,
@@ -1238,6 +1385,7 @@ impl Builder<'_> {
             parallelism,
             input: Some((input, partitioning)),
             extra_inputs: Vec::new(),
+            side_input: false,
             schema,
             updating: false,
             state: Some(format!(
@@ -1257,4 +1405,43 @@ fn find_window(plan: &LogicalPlan) -> Option<&WindowTvf> {
         LogicalPlan::SubqueryAlias(a) => find_window(&a.input),
         _ => None,
     }
+}
+
+/// The late-rows table of the source tables a window reads (`plan`, the window table
+/// function's input): `(source table, sink table)` when their `'scan.late-records'` is
+/// `'side-output'`. Tables that differ in policy or table are an error.
+fn late_records_table(plan: &LogicalPlan) -> Result<Option<(String, String)>, String> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use meltwater_connectors::LateRecords;
+    let mut policies: Vec<(String, LateRecords)> = Vec::new();
+    let mut error = None;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if let Ok(provider) = source_as_provider(&scan.source) {
+                if let Some(t) = provider.as_any().downcast_ref::<SourceTable>() {
+                    match meltwater_connectors::late_records(&t.def, "source") {
+                        Ok(p) => policies.push((t.name.clone(), p)),
+                        Err(e) => error = Some(e.to_string()),
+                    }
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let Some((first, policy)) = policies.first() else {
+        return Ok(None);
+    };
+    if let Some((other, _)) = policies.iter().find(|(_, p)| p != policy) {
+        return Err(format!(
+            "a window reads tables '{first}' and '{other}', whose '{}' differ; give them the same",
+            meltwater_connectors::LATE_RECORDS
+        ));
+    }
+    Ok(match policy {
+        LateRecords::Drop => None,
+        LateRecords::SideOutput(table) => Some((first.clone(), table.clone())),
+    })
 }

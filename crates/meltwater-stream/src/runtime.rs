@@ -258,6 +258,8 @@ struct ChainOp {
     late_reported: u64,
     /// Spilled bytes already added to `metrics`.
     spilled_reported: u64,
+    /// Where the operator's side output (late rows) goes, when the graph reads it.
+    side: Option<Outputs>,
 }
 
 impl ChainOp {
@@ -400,11 +402,41 @@ impl Chain {
                     JobMetrics::add(&op.metrics.rows_out, b.num_rows() as u64);
                 }
             }
+            self.side_data(k, out.take_late()).await?;
         }
         for b in batches {
             self.outputs.data(self.key.1, b).await?;
         }
         Ok(())
+    }
+
+    /// Sends operator `k`'s late rows to its side output (dropped without one).
+    async fn side_data(&mut self, k: usize, late: Vec<RecordBatch>) -> Result<()> {
+        let own_index = self.key.1;
+        if let Some(side) = self.ops[k].side.as_mut() {
+            for b in late {
+                side.data(own_index, b).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `msg` (a watermark, status, barrier or the end) to every downstream subtask,
+    /// of the chain's output and of its operators' side outputs.
+    async fn broadcast(&mut self, msg: Message) -> Result<()> {
+        for op in &mut self.ops {
+            if let Some(side) = op.side.as_mut() {
+                side.broadcast(msg.clone()).await?;
+            }
+        }
+        self.outputs.broadcast(msg).await
+    }
+
+    /// Runs operator `k`'s output through the operators after it and its side output
+    /// to its side consumer.
+    async fn emit_from(&mut self, k: usize, mut out: Output) -> Result<()> {
+        self.side_data(k, out.take_late()).await?;
+        self.push_from(k + 1, out.take()).await
     }
 
     async fn watermark(&mut self, wm: EventTime) -> Result<()> {
@@ -417,20 +449,14 @@ impl Chain {
             let mut out = Output::default();
             wm = self.ops[k].op.on_watermark(wm, &mut out).await?;
             self.ops[k].report_counters();
-            self.push_from(k + 1, out.take()).await?;
+            self.emit_from(k, out).await?;
         }
-        if !self.outputs.senders.is_empty() {
-            self.outputs.broadcast(Message::Watermark(wm)).await?;
-        }
-        Ok(())
+        self.broadcast(Message::Watermark(wm)).await
     }
 
     /// Tells every downstream subtask whether this subtask holds the watermark back.
     async fn status(&mut self, status: WatermarkStatus) -> Result<()> {
-        if !self.outputs.senders.is_empty() {
-            self.outputs.broadcast(Message::Status(status)).await?;
-        }
-        Ok(())
+        self.broadcast(Message::Status(status)).await
     }
 
     /// Emits what the combined watermark of the inputs did: `Active`, then the watermark,
@@ -478,7 +504,7 @@ impl Chain {
         for k in 0..self.ops.len() {
             let mut out = Output::default();
             let snap: OperatorSnapshot = self.ops[k].op.snapshot(checkpoint, &mut out).await?;
-            self.push_from(k + 1, out.take()).await?;
+            self.emit_from(k, out).await?;
             let info = &self.ops[k].info;
             let mut m = SubtaskManifest {
                 index: info.index,
@@ -517,12 +543,9 @@ impl Chain {
         for k in 0..self.ops.len() {
             let mut out = Output::default();
             self.ops[k].op.finish(&mut out).await?;
-            self.push_from(k + 1, out.take()).await?;
+            self.emit_from(k, out).await?;
         }
-        if !self.outputs.senders.is_empty() {
-            self.outputs.broadcast(Message::End).await?;
-        }
-        Ok(())
+        self.broadcast(Message::End).await
     }
 }
 
@@ -599,8 +622,8 @@ async fn run_chain(
         if let Some(id) = aligning {
             if (0..n).all(|k| blocked[k] || wm.is_ended(k)) {
                 let taken = chain.snapshot(id, None).await?;
-                if taken && !chain.outputs.senders.is_empty() {
-                    chain.outputs.broadcast(Message::Barrier(id)).await?;
+                if taken {
+                    chain.broadcast(Message::Barrier(id)).await?;
                 }
                 blocked.iter_mut().for_each(|b| *b = false);
                 aligning = None;
@@ -781,7 +804,7 @@ async fn run_source_chain(
                 match c {
                     Some(Control::Trigger(n)) => {
                         if chain.snapshot(n, Some((spec.operator_id.clone(), state.to_json()))).await? {
-                            chain.outputs.broadcast(Message::Barrier(n)).await?;
+                            chain.broadcast(Message::Barrier(n)).await?;
                         }
                     }
                     None => return Ok(()),
@@ -906,7 +929,11 @@ fn build_operator(
             memory_budget,
         } => {
             let spec = AggregateSpec::try_new(aggregate, state)?;
-            let op = WindowAggregateOperator::try_new(spec, *window, info.clone())?;
+            let mut op = WindowAggregateOperator::try_new(spec, *window, info.clone())?;
+            let index = graph.nodes.iter().position(|n| n.id == node.id);
+            if index.is_some_and(|i| graph.side_consumer(i).is_some()) {
+                op = op.with_side_output();
+            }
             Box::new(match memory_budget {
                 Some(budget) => op.with_memory_budget(*budget, spill_dir(info)),
                 None => op,
@@ -1166,6 +1193,9 @@ fn trigger_checkpoint(
     }
 }
 
+/// Per upstream subtask, its channels to each downstream subtask.
+type SubtaskSenders = Vec<Vec<mpsc::Sender<Message>>>;
+
 /// Runs the graph until every source ends (bounded sources) or forever (unbounded).
 pub async fn run_graph(
     graph: &StreamGraph,
@@ -1232,7 +1262,8 @@ pub async fn run_graph(
     // Per chain: each subtask's receivers, and the operator input each receiver feeds.
     let mut receivers: HashMap<usize, (Vec<Vec<mpsc::Receiver<Message>>>, Vec<usize>)> =
         HashMap::new();
-    let mut senders: HashMap<usize, Vec<Vec<mpsc::Sender<Message>>>> = HashMap::new();
+    // Keyed by the upstream chain and, for a side output, the operator emitting it.
+    let mut senders: HashMap<(usize, Option<usize>), SubtaskSenders> = HashMap::new();
     for (c, chain) in chains.iter().enumerate() {
         let head = &graph.nodes[chain[0]];
         let Some((first, _)) = &head.input else {
@@ -1256,7 +1287,8 @@ pub async fn run_graph(
                 }
             }
             input_of.extend(std::iter::repeat_n(input, p_up));
-            senders.insert(up, tx);
+            let port = (input == 0 && head.side_input).then_some(from);
+            senders.insert((up, port), tx);
         }
         receivers.insert(c, (rx, input_of));
     }
@@ -1270,7 +1302,7 @@ pub async fn run_graph(
         let tail = *chain_nodes.last().expect("non-empty chain");
         let p = head.parallelism;
         let out_partitioning = graph
-            .consumers(tail)
+            .main_consumers(tail)
             .first()
             .and_then(|d| {
                 let n = &graph.nodes[*d];
@@ -1281,7 +1313,21 @@ pub async fn run_graph(
                     .map(|(_, part)| part.clone())
             })
             .unwrap_or(Partitioning::Forward);
-        let mut chain_senders = senders.remove(&c);
+        let mut chain_senders = senders.remove(&(c, None));
+        // Side outputs of the chain's operators: (node, partitioning, senders per subtask).
+        let mut side_senders: HashMap<usize, (Partitioning, SubtaskSenders)> = HashMap::new();
+        for &n in chain_nodes {
+            if let Some(d) = graph.side_consumer(n) {
+                let part = graph.nodes[d]
+                    .input
+                    .as_ref()
+                    .map(|(_, p)| p.clone())
+                    .unwrap_or(Partitioning::Forward);
+                if let Some(s) = senders.remove(&(c, Some(n))) {
+                    side_senders.insert(n, (part, s));
+                }
+            }
+        }
         let mut chain_receivers = receivers.remove(&c);
         for i in 0..p {
             let mut ops = Vec::new();
@@ -1317,12 +1363,21 @@ pub async fn run_graph(
                         })?;
                     }
                 }
+                let side = side_senders.get_mut(&n).map(|(part, s)| Outputs {
+                    partitioning: part.clone(),
+                    senders: std::mem::take(&mut s[i]),
+                    key_groups: options.key_groups,
+                    next: i,
+                    // Late rows are counted as the operator's late records, not its output.
+                    metrics: Arc::new(OperatorMetrics::default()),
+                });
                 ops.push(ChainOp {
                     info,
                     op,
                     metrics: op_metrics(n),
                     late_reported: 0,
                     spilled_reported: 0,
+                    side,
                 });
             }
             let outputs = Outputs {

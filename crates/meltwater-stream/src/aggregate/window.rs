@@ -16,7 +16,10 @@
 //! a session fires once the watermark passes its (merged) end - 1, when no later row can
 //! extend it any more without being late.
 //!
-//! Late rows (whose window has already fired when they arrive) are dropped and counted.
+//! Late rows (whose window has already fired when they arrive) are dropped and counted;
+//! with a side output ([`WindowAggregateOperator::with_side_output`]) they also go to it,
+//! as they arrived (one row per late (row, window) pair: HOP and CUMULATE copy a row into
+//! several windows, and each copy is late or not on its own).
 //! A SESSION row is late only if its window is late *and* touches no open session of its
 //! key (Flink merges first, then checks lateness).
 
@@ -224,6 +227,8 @@ pub struct WindowAggregateOperator {
     late_records: u64,
     /// HOP: late (row, window) pairs; each input row is in `size / slide` windows.
     late_hop_windows: u64,
+    /// With a side output: the rows of the current input batch found late.
+    late_rows: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for WindowAggregateOperator {
@@ -315,6 +320,20 @@ impl WindowAggregateOperator {
         self
     }
 
+    /// Emits the input rows it finds late to the side output ([`Output::push_late`])
+    /// besides counting them.
+    pub fn with_side_output(mut self) -> Self {
+        self.late_rows = Some(Vec::new());
+        self
+    }
+
+    /// Notes that input row `row` is late, for the side output.
+    fn note_late(&mut self, row: usize) {
+        if let Some(rows) = self.late_rows.as_mut() {
+            rows.push(row as u32);
+        }
+    }
+
     /// `vectorize`: run columnar when the window kind and aggregates allow it (always,
     /// but for tests forcing the per-group path).
     fn build(
@@ -368,6 +387,7 @@ impl WindowAggregateOperator {
             watermark: MIN_WATERMARK,
             late_records: 0,
             late_hop_windows: 0,
+            late_rows: None,
         };
         op.state_lens = state_lens(&|| op.new_accumulators())?;
         if vectorize && !window.merges_sessions() {
@@ -430,6 +450,7 @@ impl WindowAggregateOperator {
             let (s, e) = (starts.value(row), ends.value(row));
             if self.is_late(e) {
                 self.count_late(s, e);
+                self.note_late(row);
                 return None;
             }
             Some((e, s))
@@ -490,6 +511,9 @@ impl WindowAggregateOperator {
             for m in components {
                 if m.is_late(self.watermark) {
                     self.late_records += m.rows.len() as u64;
+                    for &row in &m.rows {
+                        self.note_late(row);
+                    }
                     continue;
                 }
                 let MergedSession {
@@ -889,12 +913,7 @@ impl Operator for WindowAggregateOperator {
         Ok(())
     }
 
-    async fn process(
-        &mut self,
-        _input: usize,
-        batch: RecordBatch,
-        _out: &mut Output,
-    ) -> Result<()> {
+    async fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -907,10 +926,18 @@ impl Operator for WindowAggregateOperator {
             .map(|&i| group_values[i].clone())
             .collect();
         if self.columnar.is_some() {
-            self.process_columnar(&batch, &starts, &ends, &key_columns)
+            self.process_columnar(&batch, &starts, &ends, &key_columns)?;
         } else {
-            self.process_groups(&batch, &starts, &ends, &key_columns)
+            self.process_groups(&batch, &starts, &ends, &key_columns)?;
         }
+        if let Some(rows) = self.late_rows.as_mut().filter(|r| !r.is_empty()) {
+            rows.sort_unstable();
+            let indices = UInt32Array::from(std::mem::take(rows));
+            out.push_late(datafusion::arrow::compute::take_record_batch(
+                &batch, &indices,
+            )?);
+        }
+        Ok(())
     }
 
     async fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) -> Result<EventTime> {
