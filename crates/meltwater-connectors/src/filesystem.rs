@@ -1120,7 +1120,7 @@ mod tests {
             err.to_string(),
             "table 't': unknown option 'csv.delimiter' for connector 'filesystem' (valid options: \
              'connector', 'path', 'format', 'error.policy', 'source.monitor-interval', \
-             'scan.watermark.idle-timeout', \
+             'scan.watermark.idle-timeout', 'scan.late-records', 'scan.late-records.table', \
              'csv.field-delimiter', 'csv.quote-character', 'csv.header', 'csv.null-literal')"
         );
         let err =
