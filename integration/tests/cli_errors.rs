@@ -215,6 +215,7 @@ fn unknown_connector_option_names_table_option_and_valid_options() {
     let expected = "job.sql:1:1: table 'orders': unknown option 'csv.headers' for connector \
                     'filesystem' (valid options: 'connector', 'path', 'format', 'error.policy', \
                     'source.monitor-interval', 'scan.watermark.idle-timeout', \
+                    'scan.late-records', 'scan.late-records.table', \
                     'csv.field-delimiter', 'csv.quote-character', 'csv.header', 'csv.null-literal')";
     assert_eq!(fails(dir.path(), RUN), expected);
     assert_eq!(fails(dir.path(), &["validate", "job.sql"]), expected);
