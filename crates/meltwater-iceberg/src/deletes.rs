@@ -4,16 +4,19 @@
 //! deleted row, so its cost grows with rows × deleted keys. Meltwater takes the equality
 //! deletes out of each file scan task (the crate has already chosen which delete files
 //! apply to which data file, by partition and sequence number) and applies them itself:
-//! each delete file is read once per scan into a hash set of its keys (shared by every
-//! task it applies to), and every data row is looked up in it. Position deletes stay
-//! with the crate's reader, which turns them into row selections.
+//! each delete file is read once per scan into a set of its keys (a bitmap or a hash set
+//! for one integer key, encoded rows otherwise; shared by every task it applies to), the
+//! sets of the files on the same key columns that apply to a task are merged into one
+//! (once per scan for each combination of files), and every data row is looked up once
+//! in it (for an integer key, in a tight loop over the column's values). Position deletes
+//! stay with the crate's reader, which turns them into row selections.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::buffer::BooleanBuffer;
-use datafusion::arrow::compute::{and, cast, filter_record_batch};
+use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
@@ -41,7 +44,13 @@ enum KeySet {
 /// else a hash set.
 #[derive(Debug)]
 enum IntSet {
-    Bitmap { min: i64, bits: Vec<u64> },
+    /// Key `min + i` is in the set when bit `i` is set, for `i < len` (the range
+    /// `max - min + 1`; the bits past it are zero).
+    Bitmap {
+        min: i64,
+        len: u64,
+        bits: Vec<u64>,
+    },
     Hash(HashSet<i64, ahash::RandomState>),
 }
 
@@ -55,10 +64,14 @@ impl IntSet {
         if range <= (keys.len() as u128 * 32).max(1 << 23) {
             let mut bits = vec![0u64; (range as usize).div_ceil(64)];
             for k in keys {
-                let i = (k - min) as usize;
-                bits[i / 64] |= 1 << (i % 64);
+                let i = k.wrapping_sub(min) as u64;
+                bits[(i / 64) as usize] |= 1 << (i % 64);
             }
-            IntSet::Bitmap { min, bits }
+            IntSet::Bitmap {
+                min,
+                len: range as u64,
+                bits,
+            }
         } else {
             let mut set = HashSet::with_capacity_and_hasher(keys.len(), ahash::RandomState::new());
             set.extend(keys);
@@ -66,33 +79,61 @@ impl IntSet {
         }
     }
 
-    #[inline]
-    fn contains(&self, k: i64) -> bool {
+    /// Every key of the set, in no particular order.
+    fn keys(&self) -> Vec<i64> {
         match self {
-            IntSet::Bitmap { min, bits } => {
-                let Some(i) = k.checked_sub(*min) else {
-                    return false;
-                };
-                if i < 0 {
-                    return false;
+            IntSet::Bitmap { min, bits, .. } => {
+                let mut keys = Vec::new();
+                for (w, &word) in bits.iter().enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        let bit = word.trailing_zeros() as u64;
+                        keys.push(min.wrapping_add((w as u64 * 64 + bit) as i64));
+                        word &= word - 1;
+                    }
                 }
-                let i = i as u64;
-                bits.get((i / 64) as usize)
-                    .is_some_and(|w| w & (1 << (i % 64)) != 0)
+                keys
             }
-            IntSet::Hash(h) => h.contains(&k),
+            IntSet::Hash(h) => h.iter().copied().collect(),
+        }
+    }
+
+    #[cfg(test)]
+    fn contains(&self, k: i64) -> bool {
+        !self.keep_mask(&[k]).value(0)
+    }
+
+    /// For each of `values`, whether it is not in the set (the rows to keep).
+    fn keep_mask(&self, values: &[i64]) -> BooleanBuffer {
+        match self {
+            IntSet::Bitmap { min, len, bits } => {
+                let (min, len) = (*min, *len);
+                // `k - min` wraps to at least `len` for every `k` below `min` (the range
+                // ends at i64::MAX at most), so one comparison bounds both sides.
+                BooleanBuffer::collect_bool(values.len(), |i| {
+                    let d = values[i].wrapping_sub(min) as u64;
+                    d >= len || bits[(d / 64) as usize] & (1 << (d % 64)) == 0
+                })
+            }
+            IntSet::Hash(h) => {
+                BooleanBuffer::collect_bool(values.len(), |i| !h.contains(&values[i]))
+            }
         }
     }
 }
 
-/// Delete files loaded during one scan, by path.
+/// Delete files loaded during one scan, by path, and the merged key sets of the delete
+/// files that apply together to a task, by their key columns and paths.
 #[derive(Debug, Default)]
 pub(crate) struct DeleteCache {
     files: Mutex<HashMap<String, Arc<OnceCell<Arc<KeySet>>>>>,
+    merged: Mutex<HashMap<String, Arc<OnceCell<Arc<KeySet>>>>>,
 }
 
-/// The equality deletes of one task: for each delete file, the key columns (by name in
-/// the data batches) and its key set.
+/// The equality deletes of one task: for each list of key columns (by name in the data
+/// batches), one key set, the union of the keys of every delete file on those columns
+/// that applies to the task (an upsert writes one delete file per writer subtask, so a
+/// row is looked up once, not once per subtask).
 pub(crate) struct TaskDeletes {
     sets: Vec<(Vec<String>, Arc<KeySet>)>,
 }
@@ -139,9 +180,17 @@ impl DeleteCache {
         task: &FileScanTask,
         deletes: &[FileScanTaskDeleteFile],
     ) -> Result<TaskDeletes> {
-        let mut sets = Vec::new();
+        // The delete files by key columns, in the order first named.
+        let mut groups: Vec<(Vec<i32>, Vec<&FileScanTaskDeleteFile>)> = Vec::new();
         for d in deletes {
             let ids = d.equality_ids.clone().unwrap_or_default();
+            match groups.iter_mut().find(|(g, _)| *g == ids) {
+                Some((_, files)) => files.push(d),
+                None => groups.push((ids, vec![d])),
+            }
+        }
+        let mut sets = Vec::new();
+        for (ids, files) in groups {
             let names = ids
                 .iter()
                 .map(|id| field_name(&task.schema, *id))
@@ -154,21 +203,79 @@ impl DeleteCache {
                         .map_err(|e| DataFusionError::External(Box::new(e)))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let cell = self
-                .files
-                .lock()
-                .expect("delete cache lock")
-                .entry(d.file_path.clone())
-                .or_default()
-                .clone();
-            let set = cell
-                .get_or_try_init(|| load_key_set(file_io, &d.file_path, &names, types))
-                .await?
-                .clone();
+            let mut loaded = Vec::with_capacity(files.len());
+            for d in &files {
+                let cell = self
+                    .files
+                    .lock()
+                    .expect("delete cache lock")
+                    .entry(d.file_path.clone())
+                    .or_default()
+                    .clone();
+                let set = cell
+                    .get_or_try_init(|| load_key_set(file_io, &d.file_path, &names, types.clone()))
+                    .await?
+                    .clone();
+                loaded.push(set);
+            }
+            let set = if loaded.len() == 1 {
+                loaded.pop().expect("one set")
+            } else {
+                let mut paths: Vec<&str> = files.iter().map(|d| d.file_path.as_str()).collect();
+                paths.sort_unstable();
+                let key = format!("{ids:?}\n{}", paths.join("\n"));
+                let cell = self
+                    .merged
+                    .lock()
+                    .expect("delete cache lock")
+                    .entry(key)
+                    .or_default()
+                    .clone();
+                cell.get_or_try_init(|| async { merge(&loaded).map(Arc::new) })
+                    .await?
+                    .clone()
+            };
             sets.push((names, set));
         }
         Ok(TaskDeletes { sets })
     }
+}
+
+/// One key set holding the keys of all `sets` (key sets on the same columns).
+fn merge(sets: &[Arc<KeySet>]) -> Result<KeySet> {
+    match sets.first().map(Arc::as_ref) {
+        Some(KeySet::Int(_)) => {
+            let mut keys = Vec::new();
+            for set in sets {
+                let KeySet::Int(ints) = set.as_ref() else {
+                    return Err(mixed_keys());
+                };
+                keys.extend(ints.keys());
+            }
+            Ok(KeySet::Int(IntSet::new(keys)))
+        }
+        Some(KeySet::Rows { types, .. }) => {
+            let mut keys: HashSet<Box<[u8]>, ahash::RandomState> = HashSet::default();
+            for set in sets {
+                let KeySet::Rows { keys: k, .. } = set.as_ref() else {
+                    return Err(mixed_keys());
+                };
+                keys.extend(k.iter().cloned());
+            }
+            Ok(KeySet::Rows {
+                types: types.clone(),
+                converter: RowConverter::new(types.iter().cloned().map(SortField::new).collect())?,
+                keys,
+            })
+        }
+        None => Ok(KeySet::Int(IntSet::new(Vec::new()))),
+    }
+}
+
+fn mixed_keys() -> DataFusionError {
+    DataFusionError::Internal(
+        "equality deletes on the same columns loaded as different key kinds".into(),
+    )
 }
 
 /// A reader of the Parquet delete file `path` (errors name the `kind` of deletes).
@@ -244,7 +351,7 @@ impl TaskDeletes {
 
     /// `batch` without the rows whose key is in any of the delete files.
     pub(crate) fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        let mut keep: Option<BooleanArray> = None;
+        let mut keep: Option<BooleanBuffer> = None;
         for (names, set) in &self.sets {
             let columns = names
                 .iter()
@@ -256,14 +363,17 @@ impl TaskDeletes {
                 .collect::<Result<Vec<ArrayRef>>>()?;
             let mask = match set.as_ref() {
                 KeySet::Int(ints) => {
-                    let c = cast(&columns[0], &DataType::Int64)?;
+                    let c = match columns[0].data_type() {
+                        DataType::Int64 => columns[0].clone(),
+                        _ => cast(&columns[0], &DataType::Int64)?,
+                    };
                     let c = c.as_primitive::<Int64Type>();
-                    let values = c.values();
+                    let keep = ints.keep_mask(c.values());
                     // Rows with a NULL key are never deleted.
-                    let keep = BooleanBuffer::collect_bool(c.len(), |i| {
-                        !ints.contains(values[i]) || c.is_null(i)
-                    });
-                    BooleanArray::new(keep, None)
+                    match c.nulls() {
+                        Some(nulls) if nulls.null_count() > 0 => &keep | &!nulls.inner(),
+                        _ => keep,
+                    }
                 }
                 KeySet::Rows {
                     types,
@@ -276,20 +386,23 @@ impl TaskDeletes {
                         .map(|(c, t)| Ok(cast(c, t)?))
                         .collect::<Result<Vec<_>>>()?;
                     let encoded = converter.convert_columns(&columns)?;
-                    let keep = BooleanBuffer::collect_bool(encoded.num_rows(), |i| {
+                    BooleanBuffer::collect_bool(encoded.num_rows(), |i| {
                         !keys.contains(encoded.row(i).as_ref())
-                    });
-                    BooleanArray::new(keep, None)
+                    })
                 }
             };
             keep = Some(match keep {
                 None => mask,
-                Some(k) => and(&k, &mask)?,
+                Some(k) => &k & &mask,
             });
         }
-        match keep {
-            Some(k) if k.true_count() < batch.num_rows() => Ok(filter_record_batch(&batch, &k)?),
-            _ => Ok(batch),
+        let Some(keep) = keep else {
+            return Ok(batch);
+        };
+        match keep.count_set_bits() {
+            n if n == batch.num_rows() => Ok(batch),
+            0 => Ok(batch.slice(0, 0)),
+            _ => Ok(filter_record_batch(&batch, &BooleanArray::new(keep, None))?),
         }
     }
 }

@@ -372,6 +372,12 @@ impl TableProvider for IcebergTable {
             Err(e) => return Err(external(format!("scanning {}", self.name), e)),
         };
         let partitions = state.config().target_partitions();
+        let split_size = self
+            .table
+            .metadata()
+            .properties()
+            .get(crate::scan::SPLIT_SIZE_PROPERTY)
+            .and_then(|v| v.parse::<u64>().ok());
         let schema = if projection.is_empty() {
             Arc::new(Schema::empty())
         } else {
@@ -382,6 +388,7 @@ impl TableProvider for IcebergTable {
             self.table.file_io().clone(),
             tasks,
             partitions,
+            split_size,
             read_schema,
             schema,
         )))
