@@ -560,7 +560,7 @@ pub fn spilled_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
 
 /// Rows of a final stage's output: the rows a sink reports writing (its one `count`
 /// column), else the rows themselves.
-pub(crate) fn final_rows(batches: &[RecordBatch]) -> u64 {
+pub fn final_rows(batches: &[RecordBatch]) -> u64 {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::UInt64Type;
     batches

@@ -29,7 +29,7 @@ use ballista_executor::executor_process::{start_executor_process, ExecutorProces
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
-use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -242,16 +242,6 @@ fn iceberg_target(plan: &LogicalPlan) -> Option<IcebergTable> {
     provider.as_any().downcast_ref::<IcebergTable>().cloned()
 }
 
-/// The sum of the `count` column of a write's output.
-fn count_rows(batches: &[RecordBatch]) -> u64 {
-    batches
-        .iter()
-        .filter_map(|b| b.column_by_name("count"))
-        .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>().cloned())
-        .map(|c| c.iter().flatten().sum::<u64>())
-        .sum()
-}
-
 /// The job session's context with the settings a cluster needs; they travel with each
 /// statement to the scheduler, which plans with them.
 fn cluster_task_context(job: &PlannedJob) -> Arc<TaskContext> {
@@ -325,7 +315,7 @@ pub async fn run_job(job: &PlannedJob, cluster: &str) -> Result<RunReport, Batch
                     return Err(statement_error(job, s, error_message(&e)));
                 }
             },
-            None => count_rows(&batches),
+            None => meltwater_batch::stage::final_rows(&batches),
         };
         inserts.push(insert_report(s, rows, t.elapsed()));
     }

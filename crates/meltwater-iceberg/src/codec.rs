@@ -497,15 +497,20 @@ pub(crate) fn written_files_batch(
     rows: u64,
     files: Option<AddedFiles>,
 ) -> Result<RecordBatch> {
-    let Some(files) = files else {
-        // Nothing to commit (a rewrite whose candidate file held no matching row).
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt64Array::from(vec![rows])),
-            Arc::new(StringArray::from(vec![name.to_string()])),
-            Arc::new(StringArray::from(vec![None::<String>])),
-        ];
-        return Ok(RecordBatch::try_new(written_files_schema(), columns)?);
-    };
+    // None: nothing to commit (a rewrite whose candidate file held no matching row).
+    let json = files
+        .map(|files| written_json(name, table, files))
+        .transpose()?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(vec![rows])),
+        Arc::new(StringArray::from(vec![name.to_string()])),
+        Arc::new(StringArray::from(vec![json])),
+    ];
+    Ok(RecordBatch::try_new(written_files_schema(), columns)?)
+}
+
+/// What a write task wrote, as the JSON of its output row.
+fn written_json(name: &str, table: &Table, files: AddedFiles) -> Result<String> {
     let metadata = table.metadata();
     let pending = |files: Vec<iceberg::spec::DataFile>| {
         files
@@ -524,13 +529,7 @@ pub(crate) fn written_files_batch(
         read_snapshot: files.read_snapshot,
         table_properties: files.table_properties,
     };
-    let json = serde_json::to_string(&wire).map_err(|e| codec_error(name, e))?;
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from(vec![rows])),
-        Arc::new(StringArray::from(vec![name.to_string()])),
-        Arc::new(StringArray::from(vec![json])),
-    ];
-    Ok(RecordBatch::try_new(written_files_schema(), columns)?)
+    serde_json::to_string(&wire).map_err(|e| codec_error(name, e))
 }
 
 /// Registers the files that detached write tasks reported in `batches` (their output

@@ -252,11 +252,8 @@ impl MergeScanExec {
         table_schema: SchemaRef,
         projection: Vec<usize>,
     ) -> Result<Self> {
-        let n = partitions.max(1).min(tasks.len()).max(1);
-        let mut groups: Vec<Vec<FileScanTask>> = vec![Vec::new(); n];
-        for (i, task) in tasks.into_iter().enumerate() {
-            groups[i % n].push(task);
-        }
+        let groups = crate::scan::pack(tasks, partitions.max(1));
+        let n = groups.len();
         let schema = Arc::new(full_schema(&table_schema).project(&projection)?);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),

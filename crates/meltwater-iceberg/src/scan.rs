@@ -160,7 +160,7 @@ fn task_bytes(task: &FileScanTask) -> u64 {
 
 /// Packs tasks into at most `n` groups of similar byte size (largest first onto the
 /// lightest group).
-fn pack(mut tasks: Vec<FileScanTask>, n: usize) -> Vec<Vec<FileScanTask>> {
+pub(crate) fn pack(mut tasks: Vec<FileScanTask>, n: usize) -> Vec<Vec<FileScanTask>> {
     tasks.sort_by(|a, b| {
         b.length
             .cmp(&a.length)
