@@ -43,6 +43,8 @@ use datafusion::common::ScalarValue;
 use datafusion::error::Result;
 use datafusion::logical_expr::Accumulator;
 
+use crate::message::EventTime;
+
 /// One group's accumulators, one per aggregate function.
 pub(crate) type Accumulators = Vec<Box<dyn Accumulator>>;
 
@@ -268,6 +270,21 @@ pub(crate) fn transpose_to_columns(
     cols.into_iter()
         .map(|c| ScalarValue::iter_to_array(c))
         .collect()
+}
+
+/// A window operator's non-keyed checkpoint state: the watermark it had reached.
+pub(crate) fn watermark_state(watermark: EventTime) -> serde_json::Value {
+    serde_json::json!({ "watermark": watermark })
+}
+
+/// The watermark to resume with after a restore: the lowest any old subtask had reached
+/// (every row later than that was late before the checkpoint too), or `None` when the
+/// checkpoint holds none.
+pub(crate) fn restored_watermark(states: &[serde_json::Value]) -> Option<EventTime> {
+    states
+        .iter()
+        .filter_map(|s| s.get("watermark").and_then(|w| w.as_i64()))
+        .min()
 }
 
 /// The number of state fields of each accumulator `make` creates.

@@ -37,7 +37,7 @@ use meltwater_plan::window::{timestamps_to_ms, window_columns};
 use super::window::{
     merge_sessions, take_fired, take_window, window_fired, MergedSession, WindowKey,
 };
-use super::KeyCodec;
+use super::{restored_watermark, watermark_state, KeyCodec};
 use crate::message::{EventTime, MIN_WATERMARK};
 use crate::operator::{
     Operator, OperatorCounters, OperatorSnapshot, Output, RestoredState, SubtaskInfo,
@@ -579,12 +579,7 @@ impl Operator for SessionRowsOperator {
         }
         // The lowest watermark any old subtask had reached: rows later than that were
         // late before the checkpoint too.
-        let restored = state
-            .states
-            .iter()
-            .filter_map(|s| s.get("watermark").and_then(|w| w.as_i64()))
-            .min();
-        if let Some(w) = restored {
+        if let Some(w) = restored_watermark(&state.states) {
             self.watermark = self.watermark.max(w);
         }
         Ok(())
@@ -653,7 +648,7 @@ impl Operator for SessionRowsOperator {
         }
         Ok(OperatorSnapshot {
             keyed,
-            state: serde_json::json!({ "watermark": self.watermark }),
+            state: watermark_state(self.watermark),
         })
     }
 

@@ -36,9 +36,9 @@ use meltwater_plan::window::{ms_to_timestamps, timestamps_to_ms, WindowKind};
 
 use super::columnar::{ColumnarWindow, ColumnarWindows};
 use super::{
-    checkpoint_accumulators, evaluate, merge_accumulators, merge_state_row, scalars_to_array,
-    snapshot_batch, state_lens, transpose_to_columns, Accumulators, AggregateSpec, GroupedRows,
-    KeyCodec, NO_GROUP,
+    checkpoint_accumulators, evaluate, merge_accumulators, merge_state_row, restored_watermark,
+    scalars_to_array, snapshot_batch, state_lens, transpose_to_columns, watermark_state,
+    Accumulators, AggregateSpec, GroupedRows, KeyCodec, NO_GROUP,
 };
 use crate::message::{EventTime, MIN_WATERMARK};
 use crate::operator::{
@@ -889,7 +889,8 @@ impl Operator for WindowAggregateOperator {
     }
 
     /// Keyed state batches (after the key-group column): `__window_start`,
-    /// `__window_end` (ms), the key columns, then each accumulator's state fields.
+    /// `__window_end` (ms), the key columns, then each accumulator's state fields. The
+    /// watermark resumes at the lowest any old subtask had reached.
     async fn restore(&mut self, state: RestoredState) -> Result<()> {
         let key_count = self.key_indices.len();
         for batch in state.keyed {
@@ -909,6 +910,9 @@ impl Operator for WindowAggregateOperator {
                 }
                 None => self.restore_groups(&starts, &ends, keys, states)?,
             }
+        }
+        if let Some(w) = restored_watermark(&state.states) {
+            self.watermark = self.watermark.max(w);
         }
         Ok(())
     }
@@ -961,16 +965,21 @@ impl Operator for WindowAggregateOperator {
         Ok(watermark)
     }
 
+    /// Keyed state as [`Operator::restore`] reads it; non-keyed state: the watermark
+    /// reached, so that rows late before the checkpoint stay late after a restart
+    /// (their windows fired and left the state).
     async fn snapshot(
         &mut self,
         _checkpoint_id: u64,
         _out: &mut Output,
     ) -> Result<OperatorSnapshot> {
-        if self.columnar.is_some() {
-            self.snapshot_columnar()
+        let mut snapshot = if self.columnar.is_some() {
+            self.snapshot_columnar()?
         } else {
-            self.snapshot_groups()
-        }
+            self.snapshot_groups()?
+        };
+        snapshot.state = watermark_state(self.watermark);
+        Ok(snapshot)
     }
 
     fn counters(&self) -> OperatorCounters {
@@ -1145,6 +1154,46 @@ mod tests {
             watermark(&mut op, 30).await;
             run(&mut op, cumulate, &[(Some("a"), Some(1), Some(3))]).await;
             assert_eq!(op.counters().late_records, 1);
+        }
+    }
+
+    /// A restored operator resumes at the checkpoint's watermark: a row for a window
+    /// that fired before the checkpoint is late after the restart too, on both state
+    /// paths; the open window restores and fires whole.
+    #[tokio::test]
+    async fn restored_watermark_keeps_late_rows_late() {
+        for columnar in PATHS {
+            let mut op = operator(TUMBLE, SQL, 0, 1, columnar).await;
+            run(
+                &mut op,
+                TUMBLE,
+                &[
+                    (Some("a"), Some(1), Some(1)),
+                    (Some("a"), Some(2), Some(15)),
+                ],
+            )
+            .await;
+            assert_eq!(rows(&watermark(&mut op, 12).await).len(), 1);
+            let snap = snapshot(&mut op).await;
+            let mut again = operator(TUMBLE, SQL, 0, 1, columnar).await;
+            again.restore(restored(&snap, 0, 1)).await.unwrap();
+            // [0, 10) fired before the checkpoint; [10, 20) is open.
+            run(
+                &mut again,
+                TUMBLE,
+                &[
+                    (Some("a"), Some(10), Some(5)),
+                    (Some("a"), Some(20), Some(13)),
+                ],
+            )
+            .await;
+            assert_eq!(again.counters().late_records, 1, "columnar: {columnar}");
+            // A watermark below the restored one fires nothing.
+            assert!(watermark(&mut again, 11).await.is_empty());
+            assert_eq!(
+                rows(&watermark(&mut again, i64::MAX).await),
+                ["a,1970-01-01T00:00:00.010,1970-01-01T00:00:00.020,2,22"]
+            );
         }
     }
 
