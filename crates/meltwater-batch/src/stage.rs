@@ -5,7 +5,11 @@
 //! rows for parallelism, are dropped: the stage runs at its input's partitions), and
 //! below every
 //! `CoalescePartitionsExec` and `SortPreservingMergeExec` (which stay in the reading
-//! stage and run over the files). A broadcast join side is the coalesced input of a
+//! stage and run over the files), except the statement's final merge: one reached from
+//! the root through single-partition nodes with one input each (a sink over a scan, a
+//! final aggregate or a sort) runs in the final stage's one task, reading its input's
+//! partitions as they run, since writing them to disk first would only copy every row
+//! once more. A broadcast join side is the coalesced input of a
 //! `CollectLeft` hash join, so every task of the reading stage reads all of it. Within a
 //! stage, tasks (one per partition) are independent, so a failed task is re-run alone
 //! from its stage's inputs, on a fresh copy of the stage's plan.
@@ -91,7 +95,7 @@ impl StagedPlan {
             compression,
             stages: Vec::new(),
         };
-        let (root, reads) = cutter.cut(plan)?;
+        let (root, reads) = cutter.cut(plan, true)?;
         let id = cutter.stages.len() + 1;
         cutter.stages.push(Stage {
             id,
@@ -167,19 +171,22 @@ impl Cutter {
     }
 
     /// Returns `plan` with its exchanges replaced by shuffle readers, and the stages the
-    /// returned plan reads.
+    /// returned plan reads. `spine`: `plan` is reached from the statement's root through
+    /// single-partition nodes with one input each, so it runs in the final stage's one
+    /// task; a merge there stays in that task with its input (see [`StagedPlan`]).
     fn cut(
         &mut self,
         plan: Arc<dyn ExecutionPlan>,
+        spine: bool,
     ) -> Result<(Arc<dyn ExecutionPlan>, Vec<usize>)> {
         if let Some(r) = plan.as_any().downcast_ref::<RepartitionExec>() {
             if matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)) && !r.preserve_order() {
                 // A round-robin repartition only spreads rows over more partitions for
                 // parallelism; through disk it would cost a full copy of its input.
                 // The stage runs at its input's partition count instead.
-                return self.cut(r.input().clone());
+                return self.cut(r.input().clone(), false);
             }
-            let (input, reads) = self.cut(r.input().clone())?;
+            let (input, reads) = self.cut(r.input().clone(), false)?;
             let output = self.push(
                 input,
                 Exchange::Repartition(r.partitioning().clone()),
@@ -209,9 +216,18 @@ impl Cutter {
         }
         let is_merge = plan.as_any().is::<CoalescePartitionsExec>()
             || plan.as_any().is::<SortPreservingMergeExec>();
+        if is_merge && spine {
+            // The final merge (into a sink or the result) reads its input's partitions
+            // as they run, in the final stage's one task: through disk it would only
+            // copy every row once more. Memory stays bounded the same way (the input's
+            // operators spill under the pool; the merge streams).
+            let child = plan.children()[0].clone();
+            let (input, reads) = self.cut(child, false)?;
+            return Ok((plan.with_new_children(vec![input])?, reads));
+        }
         if is_merge {
             let child = plan.children()[0].clone();
-            let (input, reads) = self.cut(child.clone())?;
+            let (input, reads) = self.cut(child.clone(), false)?;
             let output = self.push(input, Exchange::Passthrough, reads);
             let stage = output.stage;
             let reader: Arc<dyn ExecutionPlan> =
@@ -222,11 +238,14 @@ impl Cutter {
         if children.is_empty() {
             return Ok((plan, Vec::new()));
         }
+        let spine = spine
+            && children.len() == 1
+            && plan.properties().output_partitioning().partition_count() == 1;
         let mut reads = Vec::new();
         let mut new_children = Vec::with_capacity(children.len());
         let mut changed = false;
         for c in children {
-            let (n, r) = self.cut(c.clone())?;
+            let (n, r) = self.cut(c.clone(), spine)?;
             changed |= !Arc::ptr_eq(&n, &c);
             new_children.push(n);
             reads.extend(r);

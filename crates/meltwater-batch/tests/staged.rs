@@ -148,7 +148,9 @@ async fn staged(
 async fn staged_results_equal_pipelined() {
     let ctx = context(None);
     let queries: &[(&str, bool, usize)] = &[
-        // (query, ordered output, minimum number of stages)
+        // (query, ordered output, minimum number of stages; the final merge stays in the
+        // final stage, so a top-k or a global aggregate over one exchange-free input is
+        // one stage)
         (
             "SELECT k, count(*), sum(v), min(s) FROM facts GROUP BY k",
             false,
@@ -169,7 +171,7 @@ async fn staged_results_equal_pipelined() {
         (
             "SELECT id, v FROM facts ORDER BY v DESC, id LIMIT 25",
             true,
-            2,
+            1,
         ),
         (
             "SELECT s, count(DISTINCT k) FROM facts GROUP BY s ORDER BY s",
@@ -187,7 +189,7 @@ async fn staged_results_equal_pipelined() {
             false,
             2,
         ),
-        ("SELECT count(*), sum(id) FROM facts", false, 2),
+        ("SELECT count(*), sum(id) FROM facts", false, 1),
         (
             "SELECT k, count(*) FROM facts WHERE k IN (SELECT k FROM dims WHERE name < 'dim5') \
              GROUP BY k",
@@ -454,6 +456,38 @@ async fn joins_over_two_shuffles_filter_the_right_side_by_the_left_keys() {
                     staged_plan.display()
                 );
             }
+        }
+    }
+}
+
+/// The statement's final merge (a top-k's merge, the coalesce under a global aggregate)
+/// reads its input's partitions in the final stage, so no shuffle file is written for it;
+/// a merge below a hash exchange is still cut.
+#[tokio::test]
+async fn the_final_merge_runs_in_the_final_stage() {
+    let ctx = context(None);
+    for (sql, stages) in [
+        ("SELECT id, v FROM facts ORDER BY v DESC, id LIMIT 25", 1),
+        ("SELECT count(*), sum(id) FROM facts", 1),
+        // The ORDER BY's merge is final; the GROUP BY's hash exchange is a cut.
+        (
+            "SELECT k, count(*) AS n FROM facts GROUP BY k ORDER BY n DESC, k",
+            2,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = collect(plan(&ctx, sql).await, ctx.task_ctx())
+            .await
+            .unwrap();
+        let (got, staged_plan, _) = staged(&ctx, sql, dir.path(), &options(None, 1)).await;
+        let shown = staged_plan.display();
+        assert_eq!(staged_plan.stages.len(), stages, "{sql}\n{shown}");
+        assert!(!shown.contains("one partition per task"), "{sql}\n{shown}");
+        let last = staged_plan.stages.last().unwrap();
+        assert_eq!(last.tasks(), 1, "{sql}\n{shown}");
+        assert_eq!(lines(&got.unwrap(), true), lines(&expected, true), "{sql}");
+        if stages == 1 {
+            assert!(files_in(dir.path()).is_empty(), "{sql}");
         }
     }
 }
