@@ -882,6 +882,9 @@ pub(crate) fn connector_table(t: &CreateTable) -> Result<SourceTable, String> {
         metadata,
     };
     let inner = create_connector_table(def.clone()).map_err(|e| e.to_string())?;
+    // The late-rows policy only acts in stream mode, but an invalid one fails the job in
+    // either mode, so that a job file that runs in one mode runs in the other.
+    meltwater_connectors::late_records(&def, "source").map_err(|e| e.to_string())?;
     let watermark = match &t.watermark {
         Some(w) => {
             let column = normalize_ident(&w.column);

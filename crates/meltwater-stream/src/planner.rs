@@ -97,6 +97,92 @@ struct Builder<'a> {
     /// `state.memory-budget`: state bytes per subtask of a stateful operator before it
     /// spills.
     memory_budget: Option<usize>,
+    /// Set while planning the input of a window aggregate whose source tables send late
+    /// rows to a side output: the source columns every row carries to the aggregate.
+    carry: Option<Arc<LateCarry>>,
+    /// The stateless operators added only to carry late-row columns: named apart
+    /// (`s<statement>-late-carry-<n>`) so that the other operators' ids, and with them
+    /// their state, do not depend on whether a side output is configured.
+    carry_nodes: Vec<usize>,
+    /// The carry operators of the current statement so far.
+    carry_counter: usize,
+}
+
+/// The source columns a window aggregate's input rows carry for its late rows (under
+/// `'scan.late-records' = 'side-output'`), so that a late row is the source's row.
+///
+/// Projection pushdown leaves the aggregate only the columns its query reads (and
+/// whatever the query computes from them); the late table wants the rows as the source
+/// declares them. So every operator between the source scan and the aggregate passes
+/// these columns along after its own: the scan reads them, projections and filters keep
+/// them, window assignment keeps them last. The aggregate's own expressions index its
+/// input's leading columns and never see them; its late rows are taken whole, and the
+/// late-rows projection picks the carried columns out. Only the late table's columns
+/// travel (taken from each source by name and cast to the late table's types at the
+/// scan), and only when a side output is configured.
+#[derive(Debug)]
+struct LateCarry {
+    /// The source table whose option names the late table, and the option's value.
+    source: String,
+    target: String,
+    /// The late table's columns that come from the source rows (all but the window
+    /// bounds), with the late table's names and types.
+    columns: Vec<datafusion::arrow::datatypes::FieldRef>,
+}
+
+/// Late-table columns that hold the bounds of the window a row was late for rather than
+/// a source column.
+const LATE_WINDOW_COLUMNS: [&str; 2] = ["window_start", "window_end"];
+
+impl LateCarry {
+    /// The carried columns' fields inside the pipeline: nullable, renamed so they cannot
+    /// be mistaken for the query's own columns.
+    fn fields(&self) -> Vec<datafusion::arrow::datatypes::Field> {
+        self.columns
+            .iter()
+            .map(|c| {
+                datafusion::arrow::datatypes::Field::new(
+                    format!("__late_row.{}", c.name()),
+                    c.data_type().clone(),
+                    true,
+                )
+            })
+            .collect()
+    }
+
+    /// `schema` (a plan node's columns) followed by the carried columns.
+    fn extend(&self, schema: &Schema) -> SchemaRef {
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(self.fields());
+        Arc::new(Schema::new(fields))
+    }
+
+    /// References to the carried columns of a batch whose first `leading` columns are a
+    /// plan node's own.
+    fn columns_after(&self, leading: usize) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.fields()
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                    f.name(),
+                    leading + k,
+                )) as Arc<dyn PhysicalExpr>
+            })
+            .collect()
+    }
+
+    /// The error for a plan node below the window that is not a source's rows.
+    fn not_source_rows(&self, what: &str) -> String {
+        format!(
+            "'{}' = '{}' of table '{}': a late row is the row of its source table, and this window reads {what}; window the source tables' rows directly (projections, filters and UNION ALL of them) or use '{}' = 'drop'",
+            meltwater_connectors::LATE_RECORDS_TABLE,
+            self.target,
+            self.source,
+            meltwater_connectors::LATE_RECORDS
+        )
+    }
 }
 
 /// Plans every statement of `job` (its INSERTs, then its queries) into one dataflow.
@@ -155,6 +241,9 @@ pub fn plan_statements(
         ttl_ms,
         iceberg_monitor_ms,
         memory_budget,
+        carry: None,
+        carry_nodes: Vec::new(),
+        carry_counter: 0,
     };
     let mut outputs = Vec::new();
     let all: Vec<(usize, &PlannedStatement, bool)> = inserts
@@ -172,6 +261,7 @@ pub fn plan_statements(
         };
         b.statement = i + 1;
         b.counter = 0;
+        b.carry_counter = 0;
         let optimized = state.optimize(&s.plan).map_err(|e| at(e.to_string()))?;
         if is_query {
             let q = b.plan_query(&optimized, i).map_err(at)?;
@@ -368,6 +458,15 @@ impl Builder<'_> {
         self.graph.nodes[i].updating
     }
 
+    /// The columns of a node planned from a plan node with columns `schema`: those, then
+    /// the columns late rows carry when planning under a side output.
+    fn carried_schema(&self, schema: &Schema) -> SchemaRef {
+        match &self.carry {
+            Some(carry) => carry.extend(schema),
+            None => Arc::new(schema.clone()),
+        }
+    }
+
     /// Appends a stateless step after node `input`, into its calc operator if it is one.
     fn step(&mut self, input: usize, step: Step, schema: SchemaRef, label: &str) -> usize {
         let updating = self.updating(input);
@@ -377,7 +476,7 @@ impl Builder<'_> {
             schema
         };
         let consumers = self.graph.consumers(input);
-        if consumers.is_empty() {
+        if consumers.is_empty() && !self.carry_nodes.contains(&input) {
             if let NodeKind::Stateless(steps) = &mut self.graph.nodes[input].kind {
                 steps.push(step);
                 let n = &mut self.graph.nodes[input];
@@ -387,6 +486,42 @@ impl Builder<'_> {
             }
         }
         let id = self.next_id("calc");
+        self.calc(id, input, step, out_schema, label)
+    }
+
+    /// A step of the columns late rows carry (see [`LateCarry`]): appended like
+    /// [`Self::step`], but an operator of its own is a carry operator.
+    fn carry_step(&mut self, input: usize, step: Step, schema: SchemaRef, label: &str) -> usize {
+        let consumers = self.graph.consumers(input);
+        let mergeable = consumers.is_empty()
+            && !self.carry_nodes.contains(&input)
+            && matches!(self.graph.nodes[input].kind, NodeKind::Stateless(_));
+        if mergeable {
+            return self.step(input, step, schema, label);
+        }
+        self.carry_counter += 1;
+        let id = format!("s{}-late-carry-{}", self.statement, self.carry_counter);
+        let out_schema = if self.updating(input) {
+            updating_schema(&schema)
+        } else {
+            schema
+        };
+        let node = self.calc(id, input, step, out_schema, label);
+        self.carry_nodes.push(node);
+        node
+    }
+
+    /// A stateless operator `id` running `step` after `input`, emitting `out_schema`
+    /// (with the op column when `input` is updating).
+    fn calc(
+        &mut self,
+        id: String,
+        input: usize,
+        step: Step,
+        out_schema: SchemaRef,
+        label: &str,
+    ) -> usize {
+        let updating = self.updating(input);
         let parallelism = self.graph.nodes[input].parallelism;
         self.add(StreamNode {
             id,
@@ -507,6 +642,23 @@ impl Builder<'_> {
     /// function (through projections, filters and aliases), where a SESSION may assign
     /// windows because the aggregate above merges them.
     fn plan_in(&mut self, plan: &LogicalPlan, window: Option<&WindowTvf>) -> Result<usize, String> {
+        if let Some(carry) = &self.carry {
+            let what = match plan {
+                LogicalPlan::Projection(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::SubqueryAlias(_)
+                | LogicalPlan::Union(_)
+                | LogicalPlan::TableScan(_)
+                | LogicalPlan::Extension(_) => None,
+                LogicalPlan::Aggregate(_) => Some("the rows of an aggregate"),
+                LogicalPlan::Join(_) => Some("the rows of a join"),
+                LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Some("constant rows"),
+                _ => Some("rows computed from other rows"),
+            };
+            if let Some(what) = what {
+                return Err(carry.not_source_rows(what));
+            }
+        }
         match plan {
             LogicalPlan::Dml(dml) => {
                 match dml.op {
@@ -540,6 +692,12 @@ impl Builder<'_> {
             LogicalPlan::TableScan(scan) => {
                 let provider = source_as_provider(&scan.source).map_err(|e| e.to_string())?;
                 if let Some(iceberg) = provider.as_any().downcast_ref::<IcebergTable>() {
+                    if let Some(carry) = &self.carry {
+                        return Err(carry.not_source_rows(&format!(
+                            "Iceberg table '{}' too, which has no late-rows policy",
+                            iceberg.name()
+                        )));
+                    }
                     return self.iceberg_source(scan, iceberg);
                 }
                 let Some(table) = provider.as_any().downcast_ref::<SourceTable>() else {
@@ -597,16 +755,77 @@ impl Builder<'_> {
                     Some(ms) => format!("{name}, idle after {ms} ms"),
                     None => name,
                 };
-                self.scan_source(scan, name, source, read, watermark, idle_timeout_ms)
+                // Late rows carry source columns the query may not read: read them too.
+                let carried_columns = match &self.carry {
+                    Some(carry) => carried_source_columns(carry, &table.name, &full)?,
+                    None => Vec::new(),
+                };
+                let carried: Vec<(usize, datafusion::arrow::datatypes::Field)> = carried_columns
+                    .iter()
+                    .map(|&i| {
+                        let at = match read.iter().position(|r| *r == i) {
+                            Some(at) => at,
+                            None => {
+                                read.push(i);
+                                read.len() - 1
+                            }
+                        };
+                        (at, full.field(i).clone())
+                    })
+                    .collect();
+                let node = self.scan_source(scan, name, source, read, watermark, idle_timeout_ms, &carried)?;
+                if let Some(carry) = self.carry.clone() {
+                    // The carried columns with the late table's names and types: a UNION
+                    // ALL of several sources then carries the same columns from each.
+                    let emitted = scan.projected_schema.fields().len();
+                    let mut exprs: Vec<Arc<dyn PhysicalExpr>> = (0..emitted)
+                        .map(|i| {
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                scan.projected_schema.field(i).name(),
+                                i,
+                            )) as Arc<dyn PhysicalExpr>
+                        })
+                        .collect();
+                    for (k, column) in carry.columns.iter().enumerate() {
+                        let read_type = full.field(carried_columns[k]).data_type();
+                        let mut expr: Arc<dyn PhysicalExpr> =
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                column.name(),
+                                emitted + k,
+                            ));
+                        if read_type != column.data_type() {
+                            expr = Arc::new(datafusion::physical_expr::expressions::CastExpr::new(
+                                expr,
+                                column.data_type().clone(),
+                                None,
+                            ));
+                        }
+                        exprs.push(expr);
+                    }
+                    let schema = carry.extend(scan.projected_schema.as_arrow());
+                    return Ok(self.carry_step(
+                        node,
+                        Step::Project {
+                            exprs,
+                            schema: schema.clone(),
+                        },
+                        schema,
+                        "carry late-row columns",
+                    ));
+                }
+                Ok(node)
             }
             LogicalPlan::Projection(p) => {
                 let input = self.plan_in(&p.input, window)?;
-                let exprs = p
+                let mut exprs = p
                     .expr
                     .iter()
                     .map(|e| physical(e, p.input.schema(), self.state))
                     .collect::<Result<Vec<_>, _>>()?;
-                let schema: SchemaRef = Arc::new(p.schema.as_arrow().clone());
+                let schema = self.carried_schema(p.schema.as_arrow());
+                if let Some(carry) = &self.carry {
+                    exprs.extend(carry.columns_after(p.input.schema().fields().len()));
+                }
                 Ok(self.step(
                     input,
                     Step::Project {
@@ -620,7 +839,7 @@ impl Builder<'_> {
             LogicalPlan::Filter(f) => {
                 let input = self.plan_in(&f.input, window)?;
                 let p = physical(&f.predicate, f.input.schema(), self.state)?;
-                let schema = Arc::new(f.input.schema().as_arrow().clone());
+                let schema = self.carried_schema(f.input.schema().as_arrow());
                 Ok(self.step(input, Step::Filter(p), schema, "filter"))
             }
             LogicalPlan::SubqueryAlias(a) => self.plan_in(&a.input, window),
@@ -675,13 +894,34 @@ impl Builder<'_> {
                     }
                     _ => false,
                 };
+                // A side output for late rows: the input carries the source columns the
+                // late table takes (see `LateCarry`).
+                let late = match tvf {
+                    Some(tvf) if windowed => match late_records_table(&tvf.input)? {
+                        Some(_) if sessions_assigned => {
+                            return Err(format!(
+                                "'{}' = 'side-output': a SESSION window whose PARTITION BY keys differ from the GROUP BY keys forms its sessions before the aggregate, which drops late rows; group by the PARTITION BY keys or use 'drop'",
+                                meltwater_connectors::LATE_RECORDS
+                            ));
+                        }
+                        Some((source, target)) => Some(self.late_carry(source, target)?),
+                        None => None,
+                    },
+                    _ => None,
+                };
+                let outer = std::mem::replace(
+                    &mut self.carry,
+                    late.as_ref().map(|(carry, _)| carry.clone()),
+                );
                 let input = match (start, end, tvf) {
                     // Sessions assign [t, t + gap) below an aggregate, which merges them.
                     (Some(_), Some(_), Some(tvf)) if !sessions_assigned => {
-                        self.plan_in(&agg.input, Some(tvf))?
+                        self.plan_in(&agg.input, Some(tvf))
                     }
-                    _ => self.plan(&agg.input)?,
+                    _ => self.plan(&agg.input),
                 };
+                self.carry = outer;
+                let input = input?;
                 let input_schema = agg.input.schema();
                 if windowed && self.updating(input) {
                     return Err("a window aggregate over an updating stream is not supported; window the source rows instead".into());
@@ -709,13 +949,6 @@ impl Builder<'_> {
                 let schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
                 if windowed {
                     let tvf = tvf.expect("windowed");
-                    let late_table = late_records_table(&tvf.input)?;
-                    if late_table.is_some() && sessions_assigned {
-                        return Err(format!(
-                            "'{}' = 'side-output': a SESSION window whose PARTITION BY keys differ from the GROUP BY keys forms its sessions before the aggregate, which drops late rows; group by the PARTITION BY keys or use 'drop'",
-                            meltwater_connectors::LATE_RECORDS
-                        ));
-                    }
                     let id = self.next_id("window-agg");
                     let node = self.add(StreamNode {
                         id,
@@ -741,8 +974,13 @@ impl Builder<'_> {
                             key_names.join(", ")
                         )),
                     });
-                    if let Some((source, table)) = late_table {
-                        self.late_rows_sink(node, input_schema, &source, &table)?;
+                    if let Some((carry, late_table)) = late {
+                        let bounds = [start, end].map(|g| match &agg.group_expr[g.expect("windowed")] {
+                            Expr::Column(c) => input_schema.index_of_column(c).map_err(|e| e.to_string()),
+                            other => Err(format!("window bound {other} is not a column")),
+                        });
+                        let [start, end] = bounds;
+                        self.late_rows_sink(node, input_schema, (start?, end?), &carry, late_table)?;
                     }
                     Ok(node)
                 } else {
@@ -831,7 +1069,7 @@ impl Builder<'_> {
                     input: Some(first),
                     extra_inputs: edges,
                     side_input: false,
-                    schema: Arc::new(u.schema.as_arrow().clone()),
+                    schema: self.carried_schema(u.schema.as_arrow()),
                     updating: false,
                     state: None,
                 }))
@@ -843,19 +1081,15 @@ impl Builder<'_> {
         }
     }
 
-    /// The side output of window aggregate `agg` (whose input has the columns of
-    /// `input_schema`): its late rows, projected by name onto the columns of the sink
-    /// table `target` (`source`'s `'scan.late-records.table'`), into a sink of that table.
-    fn late_rows_sink(
-        &mut self,
-        agg: usize,
-        input_schema: &DFSchema,
-        source: &str,
-        target: &str,
-    ) -> Result<usize, String> {
+    /// The late table `target` (`source`'s `'scan.late-records.table'`) and the source
+    /// columns late rows must carry to fill it.
+    fn late_carry(
+        &self,
+        source: String,
+        target: String,
+    ) -> Result<(Arc<LateCarry>, Arc<dyn datafusion::catalog::TableProvider>), String> {
         let option = meltwater_connectors::LATE_RECORDS_TABLE;
-        let context = |e: String| format!("'{option}' = '{target}' of table '{source}': {e}");
-        let reference = datafusion::sql::TableReference::from(target);
+        let reference = datafusion::sql::TableReference::from(target.as_str());
         let provider = self
             .state
             .schema_for_ref(reference.clone())
@@ -871,22 +1105,65 @@ impl Builder<'_> {
                 };
                 table.ok().flatten()
             })
-            .ok_or_else(|| context(format!("no table '{target}' in the job or its catalogs")))?;
-        let columns = provider.schema();
-        let read: Vec<&str> = input_schema
+            .ok_or_else(|| {
+                format!("'{option}' = '{target}' of table '{source}': no table '{target}' in the job or its catalogs")
+            })?;
+        let columns = provider
+            .schema()
             .fields()
             .iter()
-            .map(|f| f.name().as_str())
+            .filter(|f| !LATE_WINDOW_COLUMNS.contains(&f.name().as_str()))
+            .cloned()
             .collect();
+        let carry = LateCarry {
+            source,
+            target,
+            columns,
+        };
+        Ok((Arc::new(carry), provider))
+    }
+
+    /// The side output of window aggregate `agg` (whose input has the columns of
+    /// `input_schema`, `bounds` its `window_start` and `window_end`, then the columns
+    /// `carry` describes): its late rows, projected onto the columns of the late table
+    /// `provider`, into a sink of that table.
+    fn late_rows_sink(
+        &mut self,
+        agg: usize,
+        input_schema: &DFSchema,
+        bounds: (usize, usize),
+        carry: &LateCarry,
+        provider: Arc<dyn datafusion::catalog::TableProvider>,
+    ) -> Result<usize, String> {
+        let (source, target) = (carry.source.as_str(), carry.target.as_str());
+        let option = meltwater_connectors::LATE_RECORDS_TABLE;
+        let context = |e: String| format!("'{option}' = '{target}' of table '{source}': {e}");
+        let carried_at = input_schema.fields().len();
         let mut exprs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
         let mut fields = Vec::new();
-        for column in columns.fields() {
-            let Some(i) = read.iter().position(|c| c == column.name()) else {
-                return Err(context(format!(
-                    "its column '{}' is not among the columns of the late rows ({}): the columns of '{source}' the window aggregate reads, and window_start, window_end",
-                    column.name(),
-                    read.join(", ")
-                )));
+        let mut carried = carry.columns.iter().enumerate();
+        for column in provider.schema().fields() {
+            let bound = match column.name().as_str() {
+                "window_start" => Some(bounds.0),
+                "window_end" => Some(bounds.1),
+                _ => None,
+            };
+            let Some(i) = bound else {
+                // A carried column (in the late table's order, of its type).
+                let Some((k, _)) = carried.next() else {
+                    return Err(context(format!(
+                        "no carried column for '{}'",
+                        column.name()
+                    )));
+                };
+                exprs.push(Arc::new(
+                    datafusion::physical_expr::expressions::Column::new(
+                        column.name(),
+                        carried_at + k,
+                    ),
+                ));
+                fields.push(column.as_ref().clone().with_nullable(true));
+                continue;
             };
             let field = input_schema.field(i);
             let mut expr: Arc<dyn PhysicalExpr> = Arc::new(
@@ -900,7 +1177,7 @@ impl Builder<'_> {
                     column.data_type(),
                 ) {
                     return Err(context(format!(
-                        "its column '{}' has type {}, which the late rows' {} cannot be cast to",
+                        "its column '{}' has type {}, which the window bound's type {} cannot be cast to",
                         column.name(),
                         column.data_type(),
                         field.data_type()
@@ -1108,6 +1385,7 @@ impl Builder<'_> {
             read,
             None,
             None,
+            &[],
         )
     }
 
@@ -1122,11 +1400,25 @@ impl Builder<'_> {
         read: Vec<usize>,
         watermark: Option<SourceWatermark>,
         idle_timeout_ms: Option<u64>,
+        carried: &[(usize, datafusion::arrow::datatypes::Field)],
     ) -> Result<usize, String> {
         let id = self.next_id("source");
         let emitted = scan.projected_schema.fields().len();
         let mut output_columns: Vec<usize> = (0..emitted).collect();
-        let mut schema = Arc::new(scan.projected_schema.as_arrow().clone());
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> = scan
+            .projected_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        // Then the columns late rows carry, as read (`carried`: their positions in
+        // `read` and fields).
+        for (at, field) in carried {
+            output_columns.push(*at);
+            fields.push(field.clone());
+        }
+        let data_schema: SchemaRef = Arc::new(Schema::new(fields));
+        let mut schema = data_schema.clone();
         // A changelog source (debezium-json) emits an updating stream: the read batch's
         // last column is the op column.
         let updating = source.changelog();
@@ -1154,8 +1446,7 @@ impl Builder<'_> {
         });
         if let Some(pred) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
             let p = physical(&pred, &scan.projected_schema, self.state)?;
-            let schema = Arc::new(scan.projected_schema.as_arrow().clone());
-            node = self.step(node, Step::Filter(p), schema, "filter");
+            node = self.step(node, Step::Filter(p), data_schema, "filter");
         }
         Ok(node)
     }
@@ -1309,14 +1600,30 @@ impl Builder<'_> {
             .schema()
             .index_of_column(&tvf.time_column)
             .map_err(|e| e.to_string())?;
-        let schema: SchemaRef = Arc::new(
+        let tvf_schema: SchemaRef = Arc::new(
             datafusion::logical_expr::UserDefinedLogicalNodeCore::schema(tvf)
                 .as_arrow()
                 .clone(),
         );
+        // The assigner appends the window columns to its input's; carried late-row
+        // columns, last in the input, are moved back behind them below.
+        let own = tvf.input.schema().fields().len();
+        let window_fields = tvf_schema.fields().iter().skip(own);
+        let schema: SchemaRef = match &self.carry {
+            None => tvf_schema.clone(),
+            Some(_) => Arc::new(Schema::new(
+                self.graph.nodes[input]
+                    .schema
+                    .fields()
+                    .iter()
+                    .chain(window_fields)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )),
+        };
         let id = self.next_id("window-assign");
         let parallelism = self.graph.nodes[input].parallelism;
-        Ok(self.add(StreamNode {
+        let node = self.add(StreamNode {
             id,
             name: format!("assign windows {} on {}", tvf.kind, tvf.time_column.name),
             kind: NodeKind::WindowAssign {
@@ -1330,7 +1637,33 @@ impl Builder<'_> {
             schema,
             updating: false,
             state: None,
-        }))
+        });
+        let Some(carry) = self.carry.clone() else {
+            return Ok(node);
+        };
+        let carried = carry.columns.len();
+        let column = |i: usize, f: &datafusion::arrow::datatypes::FieldRef| {
+            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                f.name(),
+                i,
+            )) as Arc<dyn PhysicalExpr>
+        };
+        let node_schema = self.graph.nodes[node].schema.clone();
+        let mut exprs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+        for i in (0..own).chain(own + carried..node_schema.fields().len()) {
+            exprs.push(column(i, &node_schema.fields()[i]));
+        }
+        exprs.extend(carry.columns_after(own));
+        let schema = carry.extend(&tvf_schema);
+        Ok(self.carry_step(
+            node,
+            Step::Project {
+                exprs,
+                schema: schema.clone(),
+            },
+            schema,
+            "late-row columns last",
+        ))
     }
 
     /// A SESSION window function without an aggregate merging its windows: a keyed
@@ -1407,15 +1740,71 @@ fn find_window(plan: &LogicalPlan) -> Option<&WindowTvf> {
     }
 }
 
+/// The columns of source table `table` (columns `full`) that late rows carry: for each
+/// of `carry`'s columns, by name, the source column it is taken from. A late-table
+/// column the source does not have, or whose type the source column's does not cast
+/// to, is an error that lists the source's columns.
+fn carried_source_columns(
+    carry: &LateCarry,
+    table: &str,
+    full: &Schema,
+) -> Result<Vec<usize>, String> {
+    let context = |e: String| {
+        format!(
+            "'{}' = '{}' of table '{}': {e}",
+            meltwater_connectors::LATE_RECORDS_TABLE,
+            carry.target,
+            carry.source
+        )
+    };
+    let names = || {
+        full.fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .chain(LATE_WINDOW_COLUMNS)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    carry
+        .columns
+        .iter()
+        .map(|column| {
+            let Ok(i) = full.index_of(column.name()) else {
+                return Err(context(format!(
+                    "its column '{}' is not a column of the late rows, which are the rows of '{table}' and the bounds of the window they were late for ({})",
+                    column.name(),
+                    names()
+                )));
+            };
+            let from = full.field(i).data_type();
+            if from != column.data_type()
+                && !datafusion::arrow::compute::can_cast_types(from, column.data_type())
+            {
+                return Err(context(format!(
+                    "its column '{}' has type {}, which the type {from} of '{table}'.'{}' cannot be cast to",
+                    column.name(),
+                    column.data_type(),
+                    column.name()
+                )));
+            }
+            Ok(i)
+        })
+        .collect()
+}
+
 /// The late-rows table of the source tables a window reads (`plan`, the window table
 /// function's input): `(source table, sink table)` when their `'scan.late-records'` is
-/// `'side-output'`. Tables that differ in policy or table are an error.
+/// `'side-output'`. Tables that differ in policy or table are an error. Tables read
+/// through an aggregate or a join do not count: the window's rows are not theirs.
 fn late_records_table(plan: &LogicalPlan) -> Result<Option<(String, String)>, String> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use meltwater_connectors::LateRecords;
     let mut policies: Vec<(String, LateRecords)> = Vec::new();
     let mut error = None;
     let _ = plan.apply(|node| {
+        if matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Join(_)) {
+            return Ok(TreeNodeRecursion::Jump);
+        }
         if let LogicalPlan::TableScan(scan) = node {
             if let Ok(provider) = source_as_provider(&scan.source) {
                 if let Some(t) = provider.as_any().downcast_ref::<SourceTable>() {

@@ -1,7 +1,10 @@
 //! `'scan.late-records' = 'side-output'`: the rows a window aggregate drops as late go to
 //! the table `'scan.late-records.table'` names (here an Iceberg table, committed with the
-//! checkpoints), and the window results are those of the default `'drop'` policy. Plan
-//! errors name the statement's line; batch mode has no late rows.
+//! checkpoints), and the window results are those of the default `'drop'` policy. A late
+//! row is the source table's row (every column the late table declares, read or not by
+//! the query, as the source holds it, not as a view computes it) with the bounds of the
+//! window it was late for. Plan errors name the statement's line; batch mode has no late
+//! rows.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,17 +20,18 @@ use meltwater_stream::{plan_stream, run_plan, StreamOptions};
 /// Out of event-time order (watermark = ts, one row per batch): after 12:00:12 arrives
 /// the window [12:00:00, 12:00:10) has fired, so 3 (12:00:05) and 5 (12:00:09) are late;
 /// after 12:00:25, [12:00:10, 12:00:20) has fired, so 8 (12:00:19) is late; 6 (12:00:11)
-/// and 9 (12:00:21) are behind the watermark but their windows are still open.
-const CSV: &str = "id,k,ts\n\
-    1,a,2026-03-01 12:00:01\n\
-    2,a,2026-03-01 12:00:12\n\
-    3,a,2026-03-01 12:00:05\n\
-    4,b,2026-03-01 12:00:15\n\
-    5,b,2026-03-01 12:00:09\n\
-    6,a,2026-03-01 12:00:11\n\
-    7,a,2026-03-01 12:00:25\n\
-    8,b,2026-03-01 12:00:19\n\
-    9,a,2026-03-01 12:00:21\n";
+/// and 9 (12:00:21) are behind the watermark but their windows are still open. No query
+/// reads `note`.
+const CSV: &str = "id,k,note,ts\n\
+    1,a,n1,2026-03-01 12:00:01\n\
+    2,a,n2,2026-03-01 12:00:12\n\
+    3,a,n3,2026-03-01 12:00:05\n\
+    4,b,n4,2026-03-01 12:00:15\n\
+    5,b,n5,2026-03-01 12:00:09\n\
+    6,a,n6,2026-03-01 12:00:11\n\
+    7,a,n7,2026-03-01 12:00:25\n\
+    8,b,x,2026-03-01 12:00:19\n\
+    9,a,n9,2026-03-01 12:00:21\n";
 
 const WINDOWS: &str =
     "SELECT k, CAST(window_start AS STRING) AS w, COUNT(*) AS n, SUM(id) AS ids, \
@@ -37,13 +41,18 @@ const WINDOWS: &str =
 
 /// The job: `events` with `late_options` in its WITH clause, the late table, the windows.
 fn job_text(csv: &Path, late_options: &str, late_columns: &str) -> String {
+    job_with(csv, late_options, late_columns, WINDOWS)
+}
+
+/// The job with `windows` as its query.
+fn job_with(csv: &Path, late_options: &str, late_columns: &str, windows: &str) -> String {
     format!(
-        "CREATE TABLE events (id BIGINT, k STRING, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH (
+        "CREATE TABLE events (id BIGINT, k STRING, note STRING, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH (
            'connector' = 'filesystem', 'path' = '{}', 'format' = 'csv', 'csv.header' = 'true'{late_options});
          CREATE TABLE IF NOT EXISTS lake.shop.late_events ({late_columns});
          CREATE TABLE files (id BIGINT) WITH (
            'connector' = 'filesystem', 'path' = '{}', 'format' = 'csv');
-         {WINDOWS}",
+         {windows}",
         csv.display(),
         csv.display()
     )
@@ -59,8 +68,8 @@ fn events_file() -> (tempfile::TempDir, std::path::PathBuf) {
 
 const SIDE_OUTPUT: &str =
     ", 'scan.late-records' = 'side-output', 'scan.late-records.table' = 'lake.shop.late_events'";
-const LATE_COLUMNS: &str =
-    "id BIGINT, k STRING, ts TIMESTAMP(6), window_start TIMESTAMP(6), window_end TIMESTAMP(6)";
+const LATE_COLUMNS: &str = "id BIGINT, k STRING, note STRING, ts TIMESTAMP(6), \
+     window_start TIMESTAMP(6), window_end TIMESTAMP(6)";
 
 async fn plan(mode: Mode, dir: &Path, text: &str) -> Result<PlannedJob, String> {
     let file = meltwater_sql::parse_job("late.sql", text, &BTreeMap::new()).unwrap();
@@ -104,11 +113,28 @@ fn rows(batches: &[RecordBatch]) -> Vec<String> {
     out
 }
 
+/// The stream graph of `text` at parallelism 1, as `explain` prints it.
+async fn explain(dir: &Path, text: &str) -> String {
+    let job = plan(Mode::Stream, dir, text).await.unwrap();
+    plan_stream(&job, 1).unwrap().graph.to_string()
+}
+
+/// The stream planning error of `text`, without its position.
+async fn stream_error(dir: &Path, text: &str) -> String {
+    let job = plan(Mode::Stream, dir, text).await.unwrap();
+    plan_stream(&job, 1).expect_err("a plan error").message
+}
+
 /// Runs `text` in stream mode (one row per batch, so the watermark moves between rows);
 /// returns the window rows.
 async fn run_stream(dir: &Path, text: &str) -> Vec<String> {
+    run_stream_at(dir, text, 1).await
+}
+
+/// [`run_stream`] at `parallelism`.
+async fn run_stream_at(dir: &Path, text: &str, parallelism: usize) -> Vec<String> {
     let job = plan(Mode::Stream, dir, text).await.unwrap();
-    let plan = plan_stream(&job, 1).unwrap();
+    let plan = plan_stream(&job, parallelism).unwrap();
     let windows = plan.queries[0].clone();
     let checkpoints = tempfile::tempdir().unwrap();
     let mut options = StreamOptions::new("late", checkpoints.path().to_str().unwrap());
@@ -134,8 +160,8 @@ async fn query_batch(dir: &Path, text: &str, sql: &str) -> Vec<String> {
     )
 }
 
-const LATE_ROWS: &str =
-    "SELECT id, k, CAST(ts AS STRING), CAST(window_start AS STRING), CAST(window_end AS STRING) \
+const LATE_ROWS: &str = "SELECT id, k, note, CAST(ts AS STRING), CAST(window_start AS STRING), \
+       CAST(window_end AS STRING) \
      FROM lake.shop.late_events;";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,14 +169,23 @@ async fn late_rows_go_to_the_side_output_and_windows_match_the_drop_policy() {
     let (dir, csv) = events_file();
 
     let with_side_output = job_text(&csv, SIDE_OUTPUT, LATE_COLUMNS);
-    let job = plan(Mode::Stream, dir.path(), &with_side_output)
-        .await
-        .unwrap();
-    let graph = plan_stream(&job, 1).unwrap().graph.to_string();
+    let graph = explain(dir.path(), &with_side_output).await;
     assert!(
         graph.contains("<- s1-window-agg-4 late rows FORWARD"),
         "{graph}"
     );
+    // The source columns the late rows carry travel in operators of their own ids: the
+    // window aggregate has the id (and so the state) it has under 'drop'.
+    assert!(
+        graph.contains("[s1-late-carry-1] calc: carry late-row columns <- s1-source-1"),
+        "{graph}"
+    );
+    let dropping = explain(dir.path(), &job_text(&csv, "", LATE_COLUMNS)).await;
+    assert!(
+        dropping.contains("[s1-window-agg-4] window aggregate"),
+        "{dropping}"
+    );
+    assert!(!dropping.contains("late"), "{dropping}");
     assert!(
         graph.contains("sink: iceberg lake.shop.late_events"),
         "{graph}"
@@ -161,9 +196,9 @@ async fn late_rows_go_to_the_side_output_and_windows_match_the_drop_policy() {
     assert_eq!(
         late,
         vec![
-            "3,a,2026-03-01T12:00:05,2026-03-01T12:00:00,2026-03-01T12:00:10",
-            "5,b,2026-03-01T12:00:09,2026-03-01T12:00:00,2026-03-01T12:00:10",
-            "8,b,2026-03-01T12:00:19,2026-03-01T12:00:10,2026-03-01T12:00:20",
+            "3,a,n3,2026-03-01T12:00:05,2026-03-01T12:00:00,2026-03-01T12:00:10",
+            "5,b,n5,2026-03-01T12:00:09,2026-03-01T12:00:00,2026-03-01T12:00:10",
+            "8,b,x,2026-03-01T12:00:19,2026-03-01T12:00:10,2026-03-01T12:00:20",
         ]
     );
 
@@ -235,9 +270,14 @@ async fn plan_errors_name_the_line_and_the_table() {
         "{not_a_sink}"
     );
     let missing_column = plan_error(SIDE_OUTPUT, "id BIGINT, amount DOUBLE").await;
-    assert!(
-        missing_column.starts_with("late.sql:6: 'scan.late-records.table' = 'lake.shop.late_events' of table 'events': its column 'amount' is not among the columns of the late rows"),
-        "{missing_column}"
+    assert_eq!(
+        missing_column,
+        "late.sql:6: 'scan.late-records.table' = 'lake.shop.late_events' of table 'events': its column 'amount' is not a column of the late rows, which are the rows of 'events' and the bounds of the window they were late for (id, k, note, ts, window_start, window_end)"
+    );
+    let wrong_type = plan_error(SIDE_OUTPUT, "id BIGINT, ts BOOLEAN").await;
+    assert_eq!(
+        wrong_type,
+        "late.sql:6: 'scan.late-records.table' = 'lake.shop.late_events' of table 'events': its column 'ts' has type Boolean, which the type Timestamp(ms) of 'events'.'ts' cannot be cast to"
     );
     let no_table = plan_error(", 'scan.late-records' = 'side-output'", LATE_COLUMNS).await;
     assert!(no_table.contains("scan.late-records.table"), "{no_table}");
@@ -247,4 +287,133 @@ async fn plan_errors_name_the_line_and_the_table() {
             && bad_policy.contains("expected 'drop' or 'side-output'"),
         "{bad_policy}"
     );
+}
+
+/// HOP over a view that filters on a column and recomputes another: a late row is the
+/// source's row (its `id`, not the view's `id * 10`; `note`, which the windows never
+/// read), once per window it was late for, with that window's bounds; the late table
+/// declares a subset of the source's columns, in its own order. Two subtasks behind the
+/// hash exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rows_are_source_rows_behind_views_and_hop_copies() {
+    let (dir, csv) = events_file();
+    let windows = "CREATE TEMPORARY VIEW tens AS \
+           SELECT k, id * 10 AS id, ts FROM events WHERE note <> 'x'; \
+         SELECT k, CAST(window_start AS STRING) AS w, COUNT(*) AS n, SUM(id) AS ids \
+         FROM TABLE(HOP(TABLE tens, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND)) \
+         GROUP BY window_start, window_end, k;";
+    let late_columns = "note STRING, id BIGINT, ts TIMESTAMP(6), window_start TIMESTAMP(6)";
+    let text = job_with(&csv, SIDE_OUTPUT, late_columns, windows);
+    let side = run_stream_at(dir.path(), &text, 2).await;
+    // HOP(5 s, 10 s): a row at t is in the windows starting at t's 5-second floor and
+    // 5 s before. After 12 the windows ending at 05 and 10 fired: 3 is late for
+    // [00, 10). After 15, [05, 15) fired too: 5 is late for both its windows, 6 for
+    // [05, 15). After 25, the windows ending at 20 and 25 fired: 9 is late for [15, 25);
+    // 8 would be late for two windows, but the view filters it out before the windows.
+    let late = query_batch(
+        dir.path(),
+        &text,
+        "SELECT note, id, CAST(ts AS STRING), CAST(window_start AS STRING) \
+         FROM lake.shop.late_events;",
+    )
+    .await;
+    assert_eq!(
+        late,
+        vec![
+            "n3,3,2026-03-01T12:00:05,2026-03-01T12:00:00",
+            "n5,5,2026-03-01T12:00:09,2026-03-01T12:00:00",
+            "n5,5,2026-03-01T12:00:09,2026-03-01T12:00:05",
+            "n6,6,2026-03-01T12:00:11,2026-03-01T12:00:05",
+            "n9,9,2026-03-01T12:00:21,2026-03-01T12:00:15",
+        ]
+    );
+    let dropped = run_stream_at(dir.path(), &job_with(&csv, "", late_columns, windows), 2).await;
+    assert_eq!(side, dropped);
+    assert_eq!(
+        side,
+        vec![
+            "a,2026-03-01T11:59:55,1,10",
+            "a,2026-03-01T12:00:00,1,10",
+            "a,2026-03-01T12:00:05,2,50",
+            "a,2026-03-01T12:00:10,2,80",
+            "a,2026-03-01T12:00:20,2,160",
+            "a,2026-03-01T12:00:25,1,70",
+            "b,2026-03-01T12:00:10,1,40",
+            "b,2026-03-01T12:00:15,1,40",
+        ]
+    );
+}
+
+/// A window over a UNION ALL of two tables carries the late table's columns from each,
+/// by name and cast to the late table's types (`id` is INT in one, BIGINT in the other);
+/// a table without one of the columns is an error naming it; a window that also reads
+/// rows that are not a source table's (an Iceberg table's) cannot have a side output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_over_unions_carry_the_columns_of_each_table() {
+    let (dir, csv) = events_file();
+    let job = |more_columns: &str, other: &str| {
+        format!(
+            "CREATE TABLE events (id BIGINT, k STRING, note STRING, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH (
+               'connector' = 'filesystem', 'path' = '{csv}', 'format' = 'csv', 'csv.header' = 'true'{SIDE_OUTPUT});
+             CREATE TABLE more ({more_columns}, WATERMARK FOR ts AS ts) WITH (
+               'connector' = 'filesystem', 'path' = '{csv}', 'format' = 'csv', 'csv.header' = 'true'{SIDE_OUTPUT});
+             CREATE TABLE IF NOT EXISTS lake.shop.late_events ({LATE_COLUMNS});
+             CREATE TABLE IF NOT EXISTS lake.shop.other (k STRING, ts TIMESTAMP(3));
+             CREATE TEMPORARY VIEW all_events AS
+               SELECT k, ts FROM events UNION ALL SELECT k, ts FROM {other};
+             SELECT k, COUNT(*) AS n
+             FROM TABLE(TUMBLE(TABLE all_events, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+             GROUP BY window_start, window_end, k;",
+            csv = csv.display()
+        )
+    };
+    let union = job("id INT, k STRING, note STRING, ts TIMESTAMP(3)", "more");
+    let graph = explain(dir.path(), &union).await;
+    for part in [
+        "[s1-late-carry-1] calc: carry late-row columns <- s1-source-1",
+        "[s1-late-carry-2] calc: carry late-row columns <- s1-source-3",
+        "sink: iceberg lake.shop.late_events",
+    ] {
+        assert!(graph.contains(part), "{graph}");
+    }
+
+    let without_note = job("id BIGINT, k STRING, ts TIMESTAMP(3)", "more");
+    let e = stream_error(dir.path(), &without_note).await;
+    assert_eq!(
+        e,
+        "'scan.late-records.table' = 'lake.shop.late_events' of table 'events': its column 'note' is not a column of the late rows, which are the rows of 'more' and the bounds of the window they were late for (id, k, ts, window_start, window_end)"
+    );
+
+    let with_iceberg = job(
+        "id INT, k STRING, note STRING, ts TIMESTAMP(3)",
+        "lake.shop.other",
+    );
+    let e = stream_error(dir.path(), &with_iceberg).await;
+    assert!(
+        e.starts_with("'scan.late-records.table' = 'lake.shop.late_events' of table 'events': a late row is the row of its source table, and this window reads Iceberg table"),
+        "{e}"
+    );
+}
+
+/// An invalid late-rows policy fails the job in batch mode too, where it would do
+/// nothing, so that a job file that runs in one mode runs in the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_rejects_an_invalid_policy_too() {
+    let (dir, csv) = events_file();
+    for (options, expected) in [
+        (
+            ", 'scan.late-records' = 'keep'",
+            "invalid value 'keep' for option 'scan.late-records'",
+        ),
+        (
+            ", 'scan.late-records' = 'side-output'",
+            "scan.late-records.table",
+        ),
+    ] {
+        let text = job_text(&csv, options, LATE_COLUMNS);
+        let Err(e) = plan(Mode::Batch, dir.path(), &text).await else {
+            panic!("batch mode planned {options}");
+        };
+        assert!(e.contains(expected), "{e}");
+    }
 }
