@@ -2,7 +2,7 @@
 //! `meltwater cluster executor`s on 127.0.0.1, each started in a directory of its own,
 //! run a job whose statements shuffle (a grouped aggregate, a join), assign windows
 //! and overwrite partitions of Iceberg tables. The tables it leaves equal those the
-//! embedded run of the same job leaves, row for row (also after DELETE and UPDATE,
+//! embedded run of the same job leaves, row for row (also after DELETE, UPDATE and MERGE,
 //! merge-on-read and copy-on-write); both executors ran tasks; a failed write task
 //! fails the job, which commits nothing; and an unreachable scheduler is named in the
 //! error. Kafka scans and sinks run on the
@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS lake.db.by_customer (customer BIGINT, n BIGINT, total
   WITH ('write.delete.mode' = 'merge-on-read');
 CREATE TABLE IF NOT EXISTS lake.db.by_region (region STRING, n BIGINT, top DOUBLE)
   WITH ('write.update.mode' = 'merge-on-read');
-CREATE TABLE IF NOT EXISTS lake.db.hourly (window_start TIMESTAMP(3), n BIGINT, total DOUBLE);
+CREATE TABLE IF NOT EXISTS lake.db.hourly (window_start TIMESTAMP(3), n BIGINT, total DOUBLE)
+  WITH ('write.merge.mode' = 'merge-on-read');
 CREATE TABLE IF NOT EXISTS lake.db.daily (day STRING, customer BIGINT, n BIGINT)
   PARTITIONED BY (day);
 CREATE TABLE IF NOT EXISTS lake.db.latest (customer BIGINT, last_id BIGINT, day STRING,
@@ -270,12 +271,21 @@ fn cluster_run_equals_embedded_run() {
     assert_eq!(totals.len(), 28, "{totals:?}");
     assert_eq!(totals, read(&embedded, "read_totals.sql"));
 
-    // DELETE and UPDATE run on the executors too: a merge-on-read DELETE and UPDATE
-    // (position deletes) and a copy-on-write DELETE (rewritten files).
+    // DELETE, UPDATE and MERGE run on the executors too: a merge-on-read DELETE, UPDATE
+    // and MERGE (position deletes) and a copy-on-write DELETE (rewritten files; the job's
+    // MERGE above rewrote files of day_totals).
     let changes = format!(
         "{TABLES}DELETE FROM lake.db.by_customer WHERE customer < 10;\n\
          UPDATE lake.db.by_region SET top = top * 2 WHERE region IN ('region-3', 'region-5');\n\
-         DELETE FROM lake.db.daily WHERE customer % 3 = 0 AND day < '2026-02-04';\n"
+         DELETE FROM lake.db.daily WHERE customer % 3 = 0 AND day < '2026-02-04';\n\
+         MERGE INTO lake.db.hourly t USING (\n\
+           SELECT window_start, max(n) AS n FROM lake.db.hourly\n\
+           WHERE date_part('hour', window_start) = 3 GROUP BY window_start\n\
+           UNION ALL SELECT TIMESTAMP '2030-01-01 00:00:00', 1) AS s\n\
+         ON t.window_start = s.window_start\n\
+         WHEN MATCHED AND s.n % 2 = 0 THEN DELETE\n\
+         WHEN MATCHED THEN UPDATE SET total = t.total + 1\n\
+         WHEN NOT MATCHED THEN INSERT VALUES (s.window_start, s.n, 0.0);\n"
     );
     for dir in [&client, &embedded] {
         std::fs::write(dir.join("changes.sql"), &changes).unwrap();
@@ -289,6 +299,10 @@ fn cluster_run_equals_embedded_run() {
     let after = tables(&client);
     assert_eq!(after, tables(&embedded));
     assert_ne!(after, before);
+    assert!(
+        after.iter().any(|r| r.contains("2030-01-01")),
+        "the MERGE's inserted row is missing"
+    );
     assert!(
         after.len() < before.len(),
         "{} rows, {} before",

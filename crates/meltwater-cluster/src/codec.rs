@@ -24,6 +24,7 @@ use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use meltwater_batch::window::{SessionWindowExec, WindowAssignExec};
 use meltwater_connectors::TableDef;
 use meltwater_iceberg::codec as iceberg_codec;
+use meltwater_iceberg::merge::MergeTarget;
 use meltwater_iceberg::IcebergTable;
 use meltwater_plan::source::{SourceTable, WatermarkDef};
 use meltwater_plan::window::{WindowKind, WindowTvf};
@@ -206,7 +207,7 @@ impl LogicalExtensionCodec for MeltwaterLogicalCodec {
     ) -> Result<Arc<dyn TableProvider>> {
         let (tag, body) = split(buf)?;
         match tag {
-            TAG_ICEBERG => Ok(Arc::new(iceberg_codec::decode_table(body)?)),
+            TAG_ICEBERG => iceberg_codec::decode_provider(body),
             TAG_CONNECTOR => {
                 let wire: SourceWire = serde_json::from_slice(body).map_err(json_error)?;
                 let def = meltwater_connectors::codec::decode_table_def(&wire.def)?;
@@ -235,6 +236,14 @@ impl LogicalExtensionCodec for MeltwaterLogicalCodec {
     ) -> Result<()> {
         if let Some(table) = node.as_any().downcast_ref::<IcebergTable>() {
             tagged(TAG_ICEBERG, iceberg_codec::encode_table(table)?, buf);
+            return Ok(());
+        }
+        if let Some(target) = node.as_any().downcast_ref::<MergeTarget>() {
+            tagged(
+                TAG_ICEBERG,
+                iceberg_codec::encode_merge_target(target)?,
+                buf,
+            );
             return Ok(());
         }
         if let Some(source) = node.as_any().downcast_ref::<SourceTable>() {

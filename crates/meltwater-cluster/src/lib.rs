@@ -44,6 +44,7 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use meltwater_batch::{
     commit_run, error_message, insert_report, BatchError, BatchQueryPlanner, RunReport,
 };
+use meltwater_iceberg::merge::MergeTarget;
 use meltwater_iceberg::IcebergTable;
 use meltwater_plan::{mode_rejection, Mode, PlannedJob, PlannedStatement};
 
@@ -129,7 +130,6 @@ pub fn session_state(config: SessionConfig) -> DfResult<SessionState> {
         .with_query_planner(Arc::new(ClusterQueryPlanner))
         .build();
     state.register_udf(Arc::new(meltwater_plan::watermark_fn::current_watermark()))?;
-    state.register_udf(Arc::new(meltwater_plan::merge::merge_check()))?;
     Ok(state)
 }
 
@@ -233,13 +233,19 @@ fn statement_error(job: &PlannedJob, s: &PlannedStatement, message: String) -> B
     }
 }
 
-/// The Iceberg table a statement writes, when it writes one.
-fn iceberg_target(plan: &LogicalPlan) -> Option<IcebergTable> {
+/// The Iceberg table a statement writes, when it writes one (a `MERGE` writes through
+/// the table's merge target).
+fn iceberg_target(plan: &LogicalPlan) -> Result<Option<IcebergTable>, String> {
     let LogicalPlan::Dml(dml) = plan else {
-        return None;
+        return Ok(None);
     };
-    let provider = datafusion::datasource::source_as_provider(&dml.target).ok()?;
-    provider.as_any().downcast_ref::<IcebergTable>().cloned()
+    let Ok(provider) = datafusion::datasource::source_as_provider(&dml.target) else {
+        return Ok(None);
+    };
+    if let Some(target) = provider.as_any().downcast_ref::<MergeTarget>() {
+        return target.iceberg_table().map(Some).map_err(|e| e.to_string());
+    }
+    Ok(provider.as_any().downcast_ref::<IcebergTable>().cloned())
 }
 
 /// The job session's context with the settings a cluster needs; they travel with each
@@ -306,7 +312,14 @@ pub async fn run_job(job: &PlannedJob, cluster: &str) -> Result<RunReport, Batch
                 return Err(e);
             }
         };
-        let rows = match iceberg_target(&s.plan) {
+        let target = match iceberg_target(&s.plan) {
+            Ok(target) => target,
+            Err(e) => {
+                job.commits.abort();
+                return Err(statement_error(job, s, e));
+            }
+        };
+        let rows = match target {
             Some(table) => match meltwater_iceberg::codec::register_written_files(&table, &batches)
             {
                 Ok(rows) => rows,

@@ -10,10 +10,14 @@
 //!   (the crate's own serde form, plus each task's partition value, partition spec and
 //!   name mapping, which that form leaves out), and the read and output schemas (Arrow
 //!   IPC schemas);
-//! - **write**: the table, `INSERT OVERWRITE` and the files a `MERGE` replaces;
+//! - **write**: the table and whether it is an `INSERT OVERWRITE`;
 //! - **rewrite** (`DELETE`, `UPDATE`): the table, the candidate files' tasks, the WHERE
 //!   condition and the new values (DataFusion physical expressions in their protobuf
-//!   form), copy-on-write or merge-on-read.
+//!   form), copy-on-write or merge-on-read;
+//! - **merge target** (the table a `MERGE` reads with row addresses and writes), **merge
+//!   scan** (its file groups, table schema and projection) and **merge write** (the
+//!   target and the tasks of the files the scan read, which a copy-on-write rewrite
+//!   reads again and a position delete takes its partition from).
 //!
 //! Files are read and written through the local file system, so every process of the
 //! cluster must see the warehouse at the same path (one machine, or a shared mount).
@@ -49,6 +53,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commit::{JobCommits, JobIdentity};
 use crate::committer::LakeCatalog;
+use crate::merge::{IcebergMergeExec, MergeScanExec, MergeTarget};
 use crate::rewrite::{IcebergRewriteExec, RowChange, RowLevelMode};
 use crate::scan::IcebergScanExec;
 use crate::snapshot::AddedFiles;
@@ -64,6 +69,9 @@ enum Wire {
     Scan(ScanWire),
     Write(WriteWire),
     Rewrite(RewriteWire),
+    MergeTarget(MergeTargetWire),
+    MergeScan(MergeScanWire),
+    MergeWrite(MergeWriteWire),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,7 +127,28 @@ struct RewriteWire {
 struct WriteWire {
     table: TableWire,
     overwrite: bool,
-    replacing: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MergeTargetWire {
+    table: TableWire,
+    merge_on_read: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MergeScanWire {
+    table: TableWire,
+    groups: Vec<Vec<TaskWire>>,
+    #[serde(with = "meltwater_connectors::codec::ipc_schema")]
+    table_schema: SchemaRef,
+    projection: Vec<usize>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MergeWriteWire {
+    target: MergeTargetWire,
+    /// The tasks of the files the target scan read.
+    scanned: Vec<TaskWire>,
 }
 
 /// What one write task of a detached write produced, as carried in its output row.
@@ -214,25 +243,59 @@ pub fn encode_table(table: &IcebergTable) -> Result<Vec<u8>> {
     serde_json::to_vec(&Wire::Table(wire)).map_err(|e| codec_error("table", e))
 }
 
-/// The table [`encode_table`] encoded, detached (see the module documentation).
-pub fn decode_table(buf: &[u8]) -> Result<IcebergTable> {
-    let Wire::Table(wire) = decode(buf)? else {
-        return Err(codec_error(
-            "table",
-            "the bytes hold a plan node, not a table",
-        ));
+/// The target of a `MERGE` as bytes.
+pub fn encode_merge_target(target: &MergeTarget) -> Result<Vec<u8>> {
+    let wire = merge_target_wire(target)?;
+    serde_json::to_vec(&Wire::MergeTarget(wire)).map_err(|e| codec_error("merge target", e))
+}
+
+fn merge_target_wire(target: &MergeTarget) -> Result<MergeTargetWire> {
+    Ok(MergeTargetWire {
+        table: table_wire(&target.name, &target.table, None, target.commits.identity())?,
+        merge_on_read: target.mode == RowLevelMode::MergeOnRead,
+    })
+}
+
+/// The target of a `MERGE`, detached.
+fn merge_target_from_wire(wire: MergeTargetWire) -> Result<MergeTarget> {
+    let name = wire.table.name.clone();
+    let (table, catalog, commits) = table_from_wire(wire.table)?;
+    let schema = crate::schema::arrow_schema(table.metadata().current_schema())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let mode = if wire.merge_on_read {
+        RowLevelMode::MergeOnRead
+    } else {
+        RowLevelMode::CopyOnWrite
+    };
+    Ok(MergeTarget::new(
+        name, table, catalog, commits, schema, mode,
+    ))
+}
+
+/// The table provider [`encode_table`] or [`encode_merge_target`] encoded, detached
+/// (see the module documentation).
+pub fn decode_provider(buf: &[u8]) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    let wire = match decode(buf)? {
+        Wire::Table(wire) => wire,
+        Wire::MergeTarget(wire) => return Ok(Arc::new(merge_target_from_wire(wire)?)),
+        _ => {
+            return Err(codec_error(
+                "table",
+                "the bytes hold a plan node, not a table",
+            ))
+        }
     };
     let name = wire.name.clone();
     let snapshot = wire.snapshot;
     let (table, catalog, commits) = table_from_wire(wire)?;
     let table = IcebergTable::try_new(name, catalog, table, commits)
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    match snapshot {
+    Ok(Arc::new(match snapshot {
         Some(id) => table
             .at_snapshot(id)
-            .map_err(|e| DataFusionError::External(Box::new(e))),
-        None => Ok(table),
-    }
+            .map_err(|e| DataFusionError::External(Box::new(e)))?,
+        None => table,
+    }))
 }
 
 fn decode(buf: &[u8]) -> Result<Wire> {
@@ -309,7 +372,36 @@ pub fn encode_exec(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Vec<u8>>> {
                 write.commits.identity(),
             )?,
             overwrite: write.overwrite,
-            replacing: write.replacing.as_deref().cloned(),
+        })
+    } else if let Some(scan) = any.downcast_ref::<MergeScanExec>() {
+        // A scan commits nothing: the identity is not needed on the other side.
+        let identity = JobIdentity {
+            job_id: String::new(),
+            run_id: String::new(),
+        };
+        Wire::MergeScan(MergeScanWire {
+            table: table_wire(&scan.table_name, &scan.table, None, &identity)?,
+            groups: scan
+                .groups
+                .iter()
+                .map(|g| {
+                    g.iter()
+                        .map(|t| task_to_wire(&scan.table_name, t))
+                        .collect()
+                })
+                .collect::<Result<Vec<Vec<_>>>>()?,
+            table_schema: scan.table_schema.clone(),
+            projection: scan.projection.clone(),
+        })
+    } else if let Some(merge) = any.downcast_ref::<IcebergMergeExec>() {
+        let mut scanned: Vec<&FileScanTask> = merge.scanned.values().collect();
+        scanned.sort_by(|a, b| a.data_file_path.cmp(&b.data_file_path));
+        Wire::MergeWrite(MergeWriteWire {
+            target: merge_target_wire(&merge.target)?,
+            scanned: scanned
+                .into_iter()
+                .map(|t| task_to_wire(&merge.target.name, t))
+                .collect::<Result<_>>()?,
         })
     } else if let Some(rewrite) = any.downcast_ref::<IcebergRewriteExec>() {
         let update = match &rewrite.change {
@@ -404,10 +496,45 @@ pub fn decode_exec(
                 mode,
             )))
         }
-        Wire::Table(_) => Err(codec_error(
+        Wire::Table(_) | Wire::MergeTarget(_) => Err(codec_error(
             "plan node",
             "the bytes hold a table, not a plan node",
         )),
+        Wire::MergeScan(scan) => {
+            let name = scan.table.name.clone();
+            let groups = scan
+                .groups
+                .into_iter()
+                .map(|g| g.into_iter().map(|t| task_from_wire(&name, t)).collect())
+                .collect::<Result<Vec<Vec<_>>>>()?;
+            let (table, _, _) = table_from_wire(scan.table)?;
+            Ok(Arc::new(MergeScanExec::from_groups(
+                name,
+                table,
+                groups,
+                scan.table_schema,
+                scan.projection,
+            )?))
+        }
+        Wire::MergeWrite(merge) => {
+            let [input] = inputs else {
+                return Err(codec_error("merge write", "a write takes one input"));
+            };
+            let target = merge_target_from_wire(merge.target)?;
+            let scanned = merge
+                .scanned
+                .into_iter()
+                .map(|t| {
+                    let task = task_from_wire(&target.name, t)?;
+                    Ok((task.data_file_path.clone(), task))
+                })
+                .collect::<Result<HashMap<_, _>>>()?;
+            Ok(Arc::new(IcebergMergeExec::try_new(
+                target,
+                input.clone(),
+                Arc::new(scanned),
+            )?))
+        }
         Wire::Scan(scan) => {
             let groups = scan
                 .groups
@@ -440,14 +567,10 @@ pub fn decode_exec(
             let name = write.table.name.clone();
             let (table, catalog, commits) = table_from_wire(write.table)?;
             let exec = IcebergWriteExec::new(input.clone(), name, table, catalog, commits);
-            let exec = if write.overwrite {
+            Ok(Arc::new(if write.overwrite {
                 exec.with_overwrite()
             } else {
                 exec
-            };
-            Ok(Arc::new(match write.replacing {
-                Some(files) => exec.replacing(files),
-                None => exec,
             }))
         }
     }

@@ -1,4 +1,6 @@
-//! Merge-on-read `MERGE INTO` (`write.merge.mode` = `merge-on-read`).
+//! `MERGE INTO` on Iceberg tables, by merge-on-read (`write.merge.mode` =
+//! `merge-on-read`) or by a copy-on-write of the files holding matched rows (the
+//! default, `copy-on-write`).
 //!
 //! The statement is planned as one query over [`MergeTarget`], the target table with two
 //! more columns per row: the path of the data file holding it ([`FILE_COLUMN`]) and its
@@ -13,20 +15,34 @@
 //! [`UPDATE`], [`DELETE`], [`INSERT`] or null when no clause applies to a matched row),
 //! a routing key ([`ROUTE_COLUMN`]: the file for a matched row, anything for an insert)
 //! and the table's columns with their new values. [`IcebergMergeExec`] takes the rows
-//! hashed by the routing key, so every matched row of one data file reaches one task:
-//! it fails the statement when a target row is matched twice, writes the positions of
-//! the updated and deleted rows as one position-delete file per data file, and writes
-//! the updated and inserted rows as new data files. Everything lands in one row-delta
-//! snapshot that removes no file, validated like a merge-on-read `UPDATE`: the files
-//! the deletes reference must still be live, and no delete file that may apply to them
-//! may have been committed since the job read the table.
+//! hashed by the routing key, so every matched row of one data file reaches one task,
+//! which fails the statement when a target row is matched twice and writes the updated
+//! and inserted rows as new data files. What happens to the updated and deleted rows'
+//! old versions depends on the mode:
+//!
+//! - **Merge-on-read**: their positions are written as one position-delete file per data
+//!   file. Everything lands in one row-delta snapshot that removes no file, validated
+//!   like a merge-on-read `UPDATE`: the files the deletes reference must still be live,
+//!   and no delete file that may apply to them may have been committed since the job
+//!   read the table.
+//! - **Copy-on-write**: each data file with an updated or deleted row is read again (its
+//!   deletes applied) and its other rows are written to new files; the snapshot removes
+//!   exactly those data files, validated like a copy-on-write `UPDATE` (each must still
+//!   be live). Files without such a row stay as they are, so the cost follows the
+//!   change, not the table; a statement that only inserts rewrites nothing. The delete
+//!   files that applied to a replaced file stay in the table (they may apply to other
+//!   files too; a compaction drops those that no longer apply).
+//!
+//! The files the scan read are handed to the writer in the plan ([`IcebergMergeExec`]
+//! finds the scan in its input when it is planned), so the writer works the same in
+//! this process or on a cluster's executors.
 //!
 //! Output: one row per task with the rows it updated, deleted and inserted (`count`).
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
@@ -56,9 +72,11 @@ use crate::committer::LakeCatalog;
 use crate::deletes::DeleteCache;
 use crate::position_delete::{read_with_positions, write_position_deletes, PositionDeleteCache};
 use crate::predicate::{filter_pushdown, to_iceberg_predicate};
+use crate::rewrite::RowLevelMode;
 use crate::scan::conform;
 use crate::snapshot::AddedFiles;
-use crate::write::{count_batch, count_schema, TaskFileWriter};
+use crate::table::IcebergTable;
+use crate::write::{count_schema, hand_over, TaskFileWriter};
 
 /// The path of the data file holding a target row.
 pub const FILE_COLUMN: &str = "__mw_file";
@@ -75,23 +93,23 @@ pub const DELETE: &str = "D";
 /// A source row without a match is inserted.
 pub const INSERT: &str = "I";
 
-/// The data files the scan of one statement read, by path (the writer needs their
-/// partitions to place their position deletes).
-type ScannedFiles = Arc<Mutex<HashMap<String, FileScanTask>>>;
+/// The data files the target scan of one statement read, by path: the writer places a
+/// file's position deletes in its partition, or reads it again to rewrite it.
+type ScannedFiles = Arc<HashMap<String, FileScanTask>>;
 
-/// The target of a merge-on-read `MERGE`: read as the table's columns plus
-/// [`FILE_COLUMN`] and [`POS_COLUMN`]; written (as an insert) by [`IcebergMergeExec`].
+/// The target of a `MERGE`: read as the table's columns plus [`FILE_COLUMN`] and
+/// [`POS_COLUMN`]; written (as an insert) by [`IcebergMergeExec`] in `mode`.
 #[derive(Debug, Clone)]
 pub struct MergeTarget {
-    name: String,
-    table: Table,
+    pub(crate) name: String,
+    pub(crate) table: Table,
     catalog: Arc<LakeCatalog>,
-    commits: Arc<JobCommits>,
+    pub(crate) commits: Arc<JobCommits>,
     /// The table's columns.
-    table_schema: SchemaRef,
+    pub(crate) table_schema: SchemaRef,
     /// The table's columns, then the file and position columns.
     schema: SchemaRef,
-    scanned: ScannedFiles,
+    pub(crate) mode: RowLevelMode,
 }
 
 impl MergeTarget {
@@ -101,6 +119,7 @@ impl MergeTarget {
         catalog: Arc<LakeCatalog>,
         commits: Arc<JobCommits>,
         table_schema: SchemaRef,
+        mode: RowLevelMode,
     ) -> Self {
         Self {
             name,
@@ -109,8 +128,24 @@ impl MergeTarget {
             commits,
             schema: Arc::new(full_schema(&table_schema)),
             table_schema,
-            scanned: Arc::default(),
+            mode,
         }
+    }
+
+    /// How the statement writes the table.
+    pub fn mode(&self) -> RowLevelMode {
+        self.mode
+    }
+
+    /// The target as the Iceberg table it writes (a cluster's client registers the
+    /// files its writers report with it).
+    pub fn iceberg_table(&self) -> crate::Result<IcebergTable> {
+        IcebergTable::try_new(
+            self.name.clone(),
+            self.catalog.clone(),
+            self.table.clone(),
+            self.commits.clone(),
+        )
     }
 }
 
@@ -191,12 +226,6 @@ impl TableProvider for MergeTarget {
             .into_iter()
             .filter(|t| seen.insert(t.data_file_path.clone()))
             .collect();
-        {
-            let mut scanned = self.scanned.lock().expect("merge scan registry");
-            for t in &tasks {
-                scanned.insert(t.data_file_path.clone(), t.clone());
-            }
-        }
         let all: Vec<usize> = (0..self.schema.fields().len()).collect();
         let projection = projection.cloned().unwrap_or(all);
         Ok(Arc::new(MergeScanExec::new(
@@ -215,20 +244,39 @@ impl TableProvider for MergeTarget {
         input: Arc<dyn ExecutionPlan>,
         _insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(IcebergMergeExec::try_new(self.clone(), input)?))
+        let scanned = Arc::new(scanned_files(&input));
+        Ok(Arc::new(IcebergMergeExec::try_new(
+            self.clone(),
+            input,
+            scanned,
+        )?))
     }
+}
+
+/// The data files every [`MergeScanExec`] in `plan` reads, by path.
+fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> HashMap<String, FileScanTask> {
+    let mut files = HashMap::new();
+    let _ = plan.apply(|node| {
+        if let Some(scan) = node.as_any().downcast_ref::<MergeScanExec>() {
+            for task in scan.groups.iter().flatten() {
+                files.insert(task.data_file_path.clone(), task.clone());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    files
 }
 
 /// Reads candidate data files of the target with each row's file and position.
 pub struct MergeScanExec {
-    table_name: String,
-    table: Table,
+    pub(crate) table_name: String,
+    pub(crate) table: Table,
     /// The files of each output partition.
-    groups: Vec<Vec<FileScanTask>>,
+    pub(crate) groups: Vec<Vec<FileScanTask>>,
     /// The table's columns.
-    table_schema: SchemaRef,
+    pub(crate) table_schema: SchemaRef,
     /// Output columns, indexes into the table's columns followed by file and position.
-    projection: Vec<usize>,
+    pub(crate) projection: Vec<usize>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
     deletes: Arc<DeleteCache>,
@@ -253,6 +301,17 @@ impl MergeScanExec {
         projection: Vec<usize>,
     ) -> Result<Self> {
         let groups = crate::scan::pack(tasks, partitions.max(1));
+        Self::from_groups(table_name, table, groups, table_schema, projection)
+    }
+
+    /// The scan of `groups`, one output partition each (as a cluster's codec sends it).
+    pub(crate) fn from_groups(
+        table_name: String,
+        table: Table,
+        groups: Vec<Vec<FileScanTask>>,
+        table_schema: SchemaRef,
+        projection: Vec<usize>,
+    ) -> Result<Self> {
         let n = groups.len();
         let schema = Arc::new(full_schema(&table_schema).project(&projection)?);
         let properties = Arc::new(PlanProperties::new(
@@ -372,11 +431,14 @@ impl ExecutionPlan for MergeScanExec {
     }
 }
 
-/// Writes a merge-on-read `MERGE`: position deletes for the updated and deleted target
-/// rows, new data files for the updated and inserted rows.
+/// Writes a `MERGE`: new data files for the updated and inserted rows, and for the
+/// updated and deleted target rows either position deletes (merge-on-read) or a rewrite
+/// of the files holding them (copy-on-write).
 pub struct IcebergMergeExec {
-    target: MergeTarget,
+    pub(crate) target: MergeTarget,
     input: Arc<dyn ExecutionPlan>,
+    /// The data files the target scan read, by path.
+    pub(crate) scanned: ScannedFiles,
     /// Indexes of the file, position, action and route columns in the input.
     file: usize,
     pos: usize,
@@ -386,6 +448,9 @@ pub struct IcebergMergeExec {
     values: Vec<usize>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// Delete files loaded by the copy-on-write rewrites of any task.
+    deletes: Arc<DeleteCache>,
+    positional: Arc<PositionDeleteCache>,
 }
 
 impl fmt::Debug for IcebergMergeExec {
@@ -397,7 +462,11 @@ impl fmt::Debug for IcebergMergeExec {
 }
 
 impl IcebergMergeExec {
-    fn try_new(target: MergeTarget, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+    pub(crate) fn try_new(
+        target: MergeTarget,
+        input: Arc<dyn ExecutionPlan>,
+        scanned: ScannedFiles,
+    ) -> Result<Self> {
         let schema = input.schema();
         let index = |name: &str| {
             schema.index_of(name).map_err(|_| {
@@ -420,8 +489,13 @@ impl IcebergMergeExec {
             .map(|f| index(f.name()))
             .collect::<Result<Vec<_>>>()?;
         let partitions = input.properties().output_partitioning().partition_count();
+        let output = if target.commits.is_detached() {
+            crate::codec::written_files_schema()
+        } else {
+            count_schema()
+        };
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(count_schema()),
+            EquivalenceProperties::new(output),
             Partitioning::UnknownPartitioning(partitions),
             EmissionType::Final,
             Boundedness::Bounded,
@@ -429,6 +503,7 @@ impl IcebergMergeExec {
         Ok(Self {
             target,
             input,
+            scanned,
             file,
             pos,
             action,
@@ -436,17 +511,19 @@ impl IcebergMergeExec {
             values,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
+            deletes: Arc::default(),
+            positional: Arc::default(),
         })
     }
 }
 
 impl DisplayAs for IcebergMergeExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "IcebergMergeExec: table={}, merge-on-read",
-            self.target.name
-        )
+        let mode = match self.target.mode {
+            RowLevelMode::CopyOnWrite => "copy-on-write of the files with matched rows",
+            RowLevelMode::MergeOnRead => "merge-on-read",
+        };
+        write!(f, "IcebergMergeExec: table={}, {mode}", self.target.name)
     }
 }
 
@@ -466,8 +543,8 @@ impl ExecutionPlan for IcebergMergeExec {
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![false]
     }
-    /// Every matched row of one data file reaches one task (one position-delete file per
-    /// data file; a target row matched twice is seen by one task).
+    /// Every matched row of one data file reaches one task (one position-delete file or
+    /// one rewrite per data file; a target row matched twice is seen by one task).
     fn required_input_distribution(&self) -> Vec<Distribution> {
         let route = self.input.schema().field(self.route).name().clone();
         vec![Distribution::HashPartitioned(vec![Arc::new(Column::new(
@@ -478,8 +555,14 @@ impl ExecutionPlan for IcebergMergeExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // The scan may no longer be below (a staged runtime reads its output from a
+        // shuffle): the files it read stay with the writer.
         match <[_; 1]>::try_from(children) {
-            Ok([input]) => Ok(Arc::new(Self::try_new(self.target.clone(), input)?)),
+            Ok([input]) => Ok(Arc::new(Self::try_new(
+                self.target.clone(),
+                input,
+                self.scanned.clone(),
+            )?)),
             Err(_) => Err(DataFusionError::Internal(
                 "IcebergMergeExec takes one input".into(),
             )),
@@ -494,32 +577,53 @@ impl ExecutionPlan for IcebergMergeExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let batch_size = context.session_config().batch_size();
         let input = self.input.execute(partition, context)?;
         let task = MergeTask {
             target: self.target.clone(),
+            scanned: self.scanned.clone(),
             file: self.file,
             pos: self.pos,
             action: self.action,
             values: self.values.clone(),
             partition,
+            batch_size,
+            deletes: self.deletes.clone(),
+            positional: self.positional.clone(),
         };
         let changed = MetricBuilder::new(&self.metrics).counter("rows_changed", partition);
+        let rewritten = MetricBuilder::new(&self.metrics).counter("files_rewritten", partition);
         let out = stream::once(async move {
-            let rows = task.run(input).await?;
+            let (rows, files) = task.run(input).await?;
             changed.add(rows as usize);
-            count_batch(rows)
+            if let Some(files) = &files {
+                rewritten.add(files.removed.len());
+            }
+            let target = &task.target;
+            hand_over(
+                &target.name,
+                &target.table,
+                &target.catalog,
+                &target.commits,
+                rows,
+                files,
+            )
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(count_schema(), out)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), out)))
     }
 }
 
 struct MergeTask {
     target: MergeTarget,
+    scanned: ScannedFiles,
     file: usize,
     pos: usize,
     action: usize,
     values: Vec<usize>,
     partition: usize,
+    batch_size: usize,
+    deletes: Arc<DeleteCache>,
+    positional: Arc<PositionDeleteCache>,
 }
 
 /// A column of `batch` as `t` (the plan may carry strings as views or large strings).
@@ -532,9 +636,36 @@ fn column_as(batch: &RecordBatch, i: usize, t: &DataType) -> Result<ArrayRef> {
     })
 }
 
+/// The task's data file writer, opened on first use.
+fn open_writer<'a>(
+    writer: &'a mut Option<TaskFileWriter>,
+    target: &MergeTarget,
+    prefix: &str,
+) -> Result<&'a mut TaskFileWriter> {
+    if writer.is_none() {
+        *writer = Some(TaskFileWriter::try_new(
+            &target.name,
+            &target.table,
+            prefix.to_string(),
+        )?);
+    }
+    Ok(writer.as_mut().expect("writer opened"))
+}
+
 impl MergeTask {
-    /// Consumes the task's rows; returns the rows updated, deleted and inserted.
-    async fn run(self, mut input: SendableRecordBatchStream) -> Result<u64> {
+    /// The scan's task for the data file `file`.
+    fn scanned_task(&self, file: &str) -> Result<FileScanTask> {
+        self.scanned.get(file).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "MERGE INTO {}: a matched row names {file}, which the merge did not scan",
+                self.target.name
+            ))
+        })
+    }
+
+    /// Consumes the task's rows; returns the rows updated, deleted and inserted, and the
+    /// files to commit (none when nothing changed).
+    async fn run(&self, mut input: SendableRecordBatchStream) -> Result<(u64, Option<AddedFiles>)> {
         let target = &self.target;
         let name = &target.name;
         let prefix = format!(
@@ -577,16 +708,12 @@ impl MergeTask {
                 continue;
             }
             let rows = filter_record_batch(&batch.project(&self.values)?, &write)?;
-            if writer.is_none() {
-                writer = Some(TaskFileWriter::try_new(
-                    name,
-                    &target.table,
-                    prefix.clone(),
-                )?);
-            }
-            writer.as_mut().expect("writer opened").write(&rows).await?;
+            open_writer(&mut writer, target, &prefix)?
+                .write(&rows)
+                .await?;
         }
-        let mut deleted: Vec<(String, Vec<i64>)> = Vec::new();
+        // The positions of the rows that go, per data file with some.
+        let mut gone: Vec<(String, Vec<i64>)> = Vec::new();
         for (file, mut rows) in matched {
             rows.sort_unstable();
             if rows.windows(2).any(|w| w[0].0 == w[1].0) {
@@ -596,55 +723,78 @@ impl MergeTask {
             }
             let positions: Vec<i64> = rows.iter().filter(|r| r.1).map(|r| r.0).collect();
             if !positions.is_empty() {
-                deleted.push((file, positions));
+                gone.push((file, positions));
             }
         }
-        let data = match writer {
-            Some(w) => w.close().await?,
-            None => Vec::new(),
+        gone.sort();
+        let mut files = AddedFiles {
+            read_snapshot: target.table.metadata().current_snapshot_id(),
+            ..Default::default()
         };
-        deleted.sort();
-        let mut deletes = Vec::new();
-        let mut referenced = Vec::new();
-        for (i, (file, positions)) in deleted.into_iter().enumerate() {
-            let task = target
-                .scanned
-                .lock()
-                .expect("merge scan registry")
-                .get(&file)
-                .cloned()
-                .ok_or_else(|| {
-                    DataFusionError::Internal(format!(
-                        "MERGE INTO {name}: a matched row names {file}, which the merge did not scan"
-                    ))
-                })?;
-            deletes.extend(
-                write_position_deletes(
-                    name,
-                    &target.table,
-                    &task,
-                    positions,
-                    format!("{prefix}-{i}"),
-                )
-                .await?,
-            );
-            referenced.push(file);
+        for (i, (file, positions)) in gone.into_iter().enumerate() {
+            let task = self.scanned_task(&file)?;
+            match target.mode {
+                RowLevelMode::MergeOnRead => {
+                    files.deletes.extend(
+                        write_position_deletes(
+                            name,
+                            &target.table,
+                            &task,
+                            positions,
+                            format!("{prefix}-{i}"),
+                        )
+                        .await?,
+                    );
+                    files.referenced.push(file);
+                }
+                RowLevelMode::CopyOnWrite => {
+                    self.rewrite_without(task, &positions, &mut writer, &prefix)
+                        .await?;
+                    files.removed.push(file);
+                }
+            }
         }
-        if data.is_empty() && deletes.is_empty() {
-            return Ok(changed);
+        if let Some(w) = writer {
+            files.data = w.close().await?;
         }
-        target.commits.add_files(
-            name,
-            target.catalog.clone(),
-            target.table.identifier().clone(),
-            AddedFiles {
-                data,
-                deletes,
-                referenced,
-                read_snapshot: target.table.metadata().current_snapshot_id(),
-                ..Default::default()
-            },
-        );
-        Ok(changed)
+        if files.data.is_empty() && files.deletes.is_empty() && files.removed.is_empty() {
+            return Ok((changed, None));
+        }
+        Ok((changed, Some(files)))
+    }
+
+    /// Copies the live rows of the data file of `task` but those at `positions` (sorted)
+    /// into the task's writer: the file's replacement.
+    async fn rewrite_without(
+        &self,
+        task: FileScanTask,
+        positions: &[i64],
+        writer: &mut Option<TaskFileWriter>,
+        prefix: &str,
+    ) -> Result<()> {
+        let target = &self.target;
+        let mut batches = read_with_positions(
+            target.table.file_io().clone(),
+            task,
+            self.batch_size,
+            &target.name,
+            self.deletes.clone(),
+            self.positional.clone(),
+        )?;
+        while let Some(next) = batches.next().await {
+            let (batch, rows) = next?;
+            let keep: BooleanArray = rows
+                .values()
+                .iter()
+                .map(|p| Some(positions.binary_search(p).is_err()))
+                .collect();
+            if keep.true_count() == 0 {
+                continue;
+            }
+            let batch = conform(&batch, &target.table_schema, &target.table_schema)?;
+            let kept = filter_record_batch(&batch, &keep)?;
+            open_writer(writer, target, prefix)?.write(&kept).await?;
+        }
+        Ok(())
     }
 }

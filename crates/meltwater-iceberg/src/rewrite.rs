@@ -50,7 +50,7 @@ use crate::deletes::DeleteCache;
 use crate::position_delete::{read_with_positions, write_position_deletes, PositionDeleteCache};
 use crate::scan::{conform, read_tasks};
 use crate::snapshot::AddedFiles;
-use crate::write::{count_batch, count_schema, TaskFileWriter};
+use crate::write::{count_batch, count_schema, hand_over, TaskFileWriter};
 
 /// What a rewrite does to the rows its predicate matches.
 #[derive(Debug, Clone)]
@@ -236,23 +236,14 @@ impl ExecutionPlan for IcebergRewriteExec {
             if changed > 0 {
                 rewritten.add(1);
             }
-            if job.commits.is_detached() {
-                return crate::codec::written_files_batch(
-                    &job.table_name,
-                    &job.table,
-                    changed,
-                    files,
-                );
-            }
-            if let Some(files) = files {
-                job.commits.add_files(
-                    &job.table_name,
-                    job.catalog.clone(),
-                    job.table.identifier().clone(),
-                    files,
-                );
-            }
-            count_batch(changed)
+            hand_over(
+                &job.table_name,
+                &job.table,
+                &job.catalog,
+                &job.commits,
+                changed,
+                files,
+            )
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
     }

@@ -29,8 +29,9 @@ pub struct AddedFiles {
     /// the new data files is removed (the whole table when it is unpartitioned).
     pub replace_partitions: bool,
     /// Data or delete files removed by path (copy-on-write rewrites and compactions:
-    /// replaced by `data`). Each must still be live at commit time, else the commit
-    /// fails.
+    /// replaced by `data`). Each must still be live at commit time, and no position
+    /// delete naming one of them may have been committed after `read_snapshot`, else the
+    /// commit fails.
     pub removed: Vec<String>,
     /// Data files the position deletes of `deletes` reference (merge-on-read `DELETE`
     /// and `UPDATE`). Each must still be live at commit time, else the commit fails;
@@ -192,16 +193,23 @@ pub(crate) async fn produce(
         let replaced: Option<HashSet<&Struct>> = files
             .replace_partitions
             .then(|| files.data.iter().map(|f| f.partition()).collect());
-        if files.rewrite_sequence_number.is_some() {
-            // A compaction applied the deletes it read; a position delete committed
-            // since against a file it replaces would be lost.
+        let compaction = files.rewrite_sequence_number.is_some();
+        if compaction || !files.removed.is_empty() {
+            // A compaction or a copy-on-write rewrite carries over the rows it read
+            // (deletes applied); a position delete committed since against a file it
+            // replaces would be lost with that file. A compaction also counts those
+            // naming no file.
             let rewritten: HashSet<&str> = files.removed.iter().map(String::as_str).collect();
             let scope = |f: &DataFile| {
                 f.content_type() == DataContentType::PositionDeletes
                     && f.referenced_data_file()
-                        .is_none_or(|p| rewritten.contains(p.as_str()))
+                        .map_or(compaction, |p| rewritten.contains(p.as_str()))
             };
-            let what = "against a file this compaction replaces";
+            let what = if compaction {
+                "against a file this compaction replaces"
+            } else {
+                "against a file this commit rewrites"
+            };
             validate_no_new_files(name, table, files.read_snapshot, &scope, what).await?;
         }
         if let Some(replaced) = &replaced {

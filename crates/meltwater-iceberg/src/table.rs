@@ -123,26 +123,6 @@ impl IcebergTable {
         self.snapshot
     }
 
-    /// Every data and delete file of the current snapshot.
-    async fn live_files(&self) -> Result<Vec<String>> {
-        if self.table.metadata().current_snapshot().is_none() {
-            return Ok(Vec::new());
-        }
-        let tasks = plan_tasks(
-            self.table.scan().select_all(),
-            format!("listing the files of {}", self.name),
-        )
-        .await?;
-        let mut files = std::collections::BTreeSet::new();
-        for t in &tasks {
-            files.insert(t.data_file_path.clone());
-            for d in &t.deletes {
-                files.insert(d.file_path.clone());
-            }
-        }
-        Ok(files.into_iter().collect())
-    }
-
     fn refuse_writes(&self, statement: &str) -> Result<()> {
         match self.snapshot {
             Some(_) => Err(DataFusionError::Plan(format!(
@@ -193,8 +173,8 @@ impl IcebergTable {
         self.row_level_mode("MERGE INTO", "write.merge.mode")
     }
 
-    /// The target of a merge-on-read `MERGE INTO` ([`MergeTarget`]).
-    pub fn merge_on_read_target(&self) -> Result<MergeTarget> {
+    /// The target of a `MERGE INTO` written in `mode` ([`MergeTarget`]).
+    pub fn merge_target(&self, mode: RowLevelMode) -> Result<MergeTarget> {
         self.refuse_writes("MERGE INTO")?;
         Ok(MergeTarget::new(
             self.name.clone(),
@@ -202,7 +182,13 @@ impl IcebergTable {
             self.catalog.clone(),
             self.commits.clone(),
             self.schema.clone(),
+            mode,
         ))
+    }
+
+    /// The target of a merge-on-read `MERGE INTO` ([`MergeTarget`]).
+    pub fn merge_on_read_target(&self) -> Result<MergeTarget> {
+        self.merge_target(RowLevelMode::MergeOnRead)
     }
 
     /// The write mode table property `property` names for `statement`.
@@ -412,10 +398,11 @@ impl TableProvider for IcebergTable {
             return Ok(Arc::new(write.with_overwrite()));
         }
         if insert_op == InsertOp::Replace {
-            // MERGE in copy-on-write mode: the input is the table's new contents; every
-            // live data and delete file of the snapshot read is replaced. (Merge-on-read
-            // MERGE writes through [`MergeTarget`] instead.)
-            return Ok(Arc::new(write.replacing(self.live_files().await?)));
+            // `MERGE` writes through its [`MergeTarget`], never here.
+            return Err(DataFusionError::Plan(format!(
+                "{}: a replacing insert is not a statement Meltwater plans; use MERGE INTO",
+                self.name
+            )));
         }
         if crate::upsert::upsert_enabled(self.table.metadata()) {
             crate::upsert::upsert_key(&self.name, self.table.metadata())?;

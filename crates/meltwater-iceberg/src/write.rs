@@ -54,8 +54,6 @@ pub struct IcebergWriteExec {
     upsert_key: Option<Vec<String>>,
     /// `INSERT OVERWRITE`: the commit replaces the partitions the new files fall in.
     pub(crate) overwrite: bool,
-    /// `MERGE`: the files the new ones replace (all those of the snapshot read).
-    pub(crate) replacing: Option<Arc<Vec<String>>>,
     pub(crate) catalog: Arc<LakeCatalog>,
     pub(crate) commits: Arc<JobCommits>,
     properties: Arc<PlanProperties>,
@@ -83,6 +81,27 @@ pub fn count_schema() -> SchemaRef {
 pub(crate) fn count_batch(rows: u64) -> Result<RecordBatch> {
     let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
     Ok(RecordBatch::try_new(count_schema(), vec![count])?)
+}
+
+/// Hands over what a write task into `table` (named `name`) wrote, `files` (`None`:
+/// nothing to commit), having written or changed `rows` rows; returns its output row.
+/// A detached task (on a cluster) returns the files in that row for the job's client
+/// ([`crate::codec::written_files_batch`]); any other registers them with `commits`.
+pub(crate) fn hand_over(
+    name: &str,
+    table: &Table,
+    catalog: &Arc<LakeCatalog>,
+    commits: &JobCommits,
+    rows: u64,
+    files: Option<AddedFiles>,
+) -> Result<RecordBatch> {
+    if commits.is_detached() {
+        return crate::codec::written_files_batch(name, table, rows, files);
+    }
+    if let Some(files) = files {
+        commits.add_files(name, catalog.clone(), table.identifier().clone(), files);
+    }
+    count_batch(rows)
 }
 
 impl IcebergWriteExec {
@@ -114,7 +133,6 @@ impl IcebergWriteExec {
             table,
             upsert_key,
             overwrite: false,
-            replacing: None,
             catalog,
             commits,
             properties,
@@ -129,13 +147,6 @@ impl IcebergWriteExec {
     /// Makes the write an `INSERT OVERWRITE`: its commit replaces every partition the
     /// new data falls in (dynamic partition overwrite; the whole table when it is
     /// unpartitioned). Rows are written as they are, without upserting.
-    /// The commit replaces `files` (every file of the snapshot read) by the new ones.
-    pub fn replacing(mut self, files: Vec<String>) -> Self {
-        self.replacing = Some(Arc::new(files));
-        self.upsert_key = None;
-        self
-    }
-
     pub fn with_overwrite(mut self) -> Self {
         self.overwrite = true;
         self.upsert_key = None;
@@ -166,9 +177,6 @@ impl DisplayAs for IcebergWriteExec {
         }
         if self.overwrite {
             write!(f, ", overwrite=partitions")?;
-        }
-        if let Some(files) = &self.replacing {
-            write!(f, ", replacing={} files", files.len())?;
         }
         Ok(())
     }
@@ -253,16 +261,11 @@ impl ExecutionPlan for IcebergWriteExec {
             self.catalog.clone(),
             self.commits.clone(),
         );
-        let mut write = if self.overwrite {
+        Ok(Arc::new(if self.overwrite {
             write.with_overwrite()
         } else {
             write
-        };
-        if let Some(files) = &self.replacing {
-            write.replacing = Some(files.clone());
-            write.upsert_key = None;
-        }
-        Ok(Arc::new(write))
+        }))
     }
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
@@ -285,10 +288,6 @@ impl ExecutionPlan for IcebergWriteExec {
             partition,
             upsert: self.upsert_key.is_some(),
             overwrite: self.overwrite,
-            // The first task lists the replaced files once.
-            replacing: (partition == 0)
-                .then(|| self.replacing.as_deref().cloned())
-                .flatten(),
         };
         let out = stream::once(async move {
             let files = task.run(input).await?;
@@ -299,20 +298,15 @@ impl ExecutionPlan for IcebergWriteExec {
             files_written.add(all().count());
             if task.commits.is_detached() {
                 crate::codec::injected_write_failure(&task.table_name, task.partition)?;
-                return crate::codec::written_files_batch(
-                    &task.table_name,
-                    &task.table,
-                    rows,
-                    Some(files),
-                );
             }
-            task.commits.add_files(
+            hand_over(
                 &task.table_name,
-                task.catalog.clone(),
-                task.table.identifier().clone(),
-                files,
-            );
-            count_batch(rows)
+                &task.table,
+                &task.catalog,
+                &task.commits,
+                rows,
+                Some(files),
+            )
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), out)))
     }
@@ -326,7 +320,6 @@ struct WriteTask {
     partition: usize,
     upsert: bool,
     overwrite: bool,
-    replacing: Option<Vec<String>>,
 }
 
 impl WriteTask {
@@ -347,7 +340,6 @@ impl WriteTask {
             data: writer.close().await?,
             deletes: Vec::new(),
             replace_partitions: self.overwrite,
-            removed: self.replacing.clone().unwrap_or_default(),
             read_snapshot: self.table.metadata().current_snapshot_id(),
             ..Default::default()
         })

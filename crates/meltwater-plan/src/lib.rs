@@ -229,7 +229,6 @@ pub async fn plan_job(job: &JobFile, options: &JobOptions) -> Result<PlannedJob,
         .map_err(|e| at(start, format!("cannot set up the runtime: {e}")))?;
     let session = SessionContext::new_with_config_rt(config, runtime);
     session.register_udf(watermark_fn::current_watermark());
-    session.register_udf(merge::merge_check());
     let windows = Arc::new(WindowRelationPlanner::default());
     session
         .register_relation_planner(windows.clone())
@@ -451,8 +450,8 @@ impl StatementPlanner<'_> {
         }
     }
 
-    /// `MERGE INTO`: the target's new rows ([`merge::merge_query`]) replacing every file
-    /// of the snapshot read.
+    /// `MERGE INTO`: the rows it changes ([`merge::merge_query`]), written by the target's
+    /// [`meltwater_iceberg::merge::MergeTarget`] in the table's `write.merge.mode`.
     async fn plan_merge(
         &self,
         merge: &datafusion::sql::sqlparser::ast::Merge,
@@ -491,43 +490,29 @@ impl StatementPlanner<'_> {
             .and_then(|mut p| p.parse_query())
             .map_err(|e| format!("MERGE INTO {name}: {e}"))
         };
+        // Both modes plan the rows the statement changes over the target read with row
+        // addresses (under a name only this query uses); the mode decides how the writer
+        // retires the old versions (position deletes, or a rewrite of their files).
         let mode = table.merge_mode().map_err(|e| clean_error(&e))?;
-        if mode == meltwater_iceberg::rewrite::RowLevelMode::MergeOnRead {
-            // The target read with row addresses, under a name only this query uses.
-            let target = Arc::new(table.merge_on_read_target().map_err(|e| clean_error(&e))?);
-            let scan_name = format!("__mw_merge_target_{}", job.inserts.len());
-            job.session
-                .register_table(scan_name.as_str(), target.clone())
-                .map_err(|e| e.to_string())?;
-            let sql = merge::merge_on_read_query(
-                merge,
-                &name.to_string(),
-                &provider.schema(),
-                &scan_name,
-            );
-            let planned = match sql.and_then(|sql| parse(&sql)) {
-                Ok(query) => self.plan_query(&query, job).await,
-                Err(e) => Err(e),
-            };
-            let _ = job.session.deregister_table(scan_name.as_str());
-            return LogicalPlanBuilder::insert_into(
-                planned?,
-                table_reference(name),
-                provider_as_source(target),
-                InsertOp::Replace,
-            )
-            .and_then(|b| b.build())
-            .map_err(|e| e.to_string());
-        }
-        let sql = merge::merge_query(merge, &name.to_string(), &provider.schema())?;
-        let query = parse(&sql)?;
-        let insert = Insert {
-            table: name.clone(),
-            columns: Vec::new(),
-            source: query,
-            overwrite: false,
+        let target = Arc::new(table.merge_target(mode).map_err(|e| clean_error(&e))?);
+        let scan_name = format!("__mw_merge_target_{}", job.inserts.len());
+        job.session
+            .register_table(scan_name.as_str(), target.clone())
+            .map_err(|e| e.to_string())?;
+        let sql = merge::merge_query(merge, &name.to_string(), &provider.schema(), &scan_name);
+        let planned = match sql.and_then(|sql| parse(&sql)) {
+            Ok(query) => self.plan_query(&query, job).await,
+            Err(e) => Err(e),
         };
-        self.plan_insert_as(&insert, job, InsertOp::Replace).await
+        let _ = job.session.deregister_table(scan_name.as_str());
+        LogicalPlanBuilder::insert_into(
+            planned?,
+            table_reference(name),
+            provider_as_source(target),
+            InsertOp::Replace,
+        )
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())
     }
 
     async fn create_table(&self, t: &CreateTable, job: &mut PlannedJob) -> Result<(), String> {

@@ -1,48 +1,27 @@
 //! `MERGE INTO target USING source ON ... WHEN MATCHED ... WHEN NOT MATCHED ...` in batch
-//! mode, planned as one query.
+//! mode, planned as one query ([`merge_query`]) yielding only the rows the statement
+//! changes, in both write modes.
 //!
-//! Copy-on-write (`write.merge.mode` unset or `copy-on-write`, [`merge_query`]): the
-//! query computes the target's new rows, written as a replacement of every file of the
-//! snapshot read (the commit fails if another writer changed those files meanwhile). It
-//! is the union of
-//! - the target's rows, joined (left) with the source: for each, the first `WHEN
-//!   MATCHED` clause that applies updates it or deletes it; rows no clause applies to stay;
-//! - the source's rows without a match (anti join): the first `WHEN NOT MATCHED` clause
-//!   that applies inserts it;
-//! - with `WHEN MATCHED` clauses, a check that no target row matches two source rows
-//!   (`meltwater_merge_check` fails the statement; it yields no row).
-//!
-//! Merge-on-read (`merge-on-read`, [`merge_on_read_query`]): the query joins the source
-//! with the target read with each row's data file and position
-//! ([`meltwater_iceberg::merge::MergeTarget`]) and yields only the rows that change:
-//! matched target rows with the action of the first clause that applies (rows no clause
-//! applies to come along for the cardinality check, which the writer makes), and source
-//! rows without a match that a `WHEN NOT MATCHED` clause inserts.
+//! The query joins the source with the target read with each row's data file and
+//! position ([`meltwater_iceberg::merge::MergeTarget`]): matched target rows with the
+//! action of the first clause that applies (rows no clause applies to come along for the
+//! cardinality check, which the writer makes), and source rows without a match that a
+//! `WHEN NOT MATCHED` clause inserts. The writer
+//! ([`meltwater_iceberg::merge::IcebergMergeExec`]) retires the old versions of updated
+//! and deleted rows by position deletes (`write.merge.mode` = `merge-on-read`) or by
+//! rewriting exactly the data files that hold them (unset or `copy-on-write`).
 
-use std::any::Any;
-
-use datafusion::arrow::array::{Array, AsArray, BooleanArray};
-use datafusion::arrow::datatypes::{DataType, Schema};
-use datafusion::common::{exec_err, Result, ScalarValue};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::arrow::datatypes::Schema;
 use meltwater_sql::sqlparser::ast::{
     AssignmentTarget, Merge, MergeAction, MergeClauseKind, MergeInsertKind, TableFactor,
 };
 
-/// Marks the source's rows in the join.
-const MATCHED: &str = "__mw_matched";
-/// Numbers the target's rows for the cardinality check.
-const ROW_ID: &str = "__mw_rid";
-
-/// The parts of a `MERGE` statement the queries are built from.
+/// The parts of a `MERGE` statement the query is built from.
 struct Statement {
     /// How the target and the source are referred to in the statement.
     t_alias: String,
     s_alias: String,
-    /// The target's name, and the source's (a table name or a parenthesized subquery).
-    t_base: String,
+    /// The source's name (a table name or a parenthesized subquery).
     s_base: String,
     on: String,
     /// `WHEN MATCHED` clauses: condition, and assignments (`None`: delete).
@@ -53,8 +32,8 @@ struct Statement {
 
 /// The statement's parts; errors name what it cannot do.
 fn parse(merge: &Merge, target_name: &str, schema: &Schema) -> Result<Statement, String> {
-    let (t_alias, t_base) = match &merge.table {
-        TableFactor::Table { name, alias, .. } => (qualifier(name, alias), name.to_string()),
+    let t_alias = match &merge.table {
+        TableFactor::Table { name, alias, .. } => qualifier(name, alias),
         other => return Err(format!("MERGE INTO {other}: the target must be a table")),
     };
     let (s_alias, s_base) = match &merge.source {
@@ -76,7 +55,6 @@ fn parse(merge: &Merge, target_name: &str, schema: &Schema) -> Result<Statement,
     let mut statement = Statement {
         t_alias,
         s_alias,
-        t_base,
         s_base,
         on: merge.on.to_string(),
         matched: Vec::new(),
@@ -164,113 +142,10 @@ fn parse(merge: &Merge, target_name: &str, schema: &Schema) -> Result<Statement,
     Ok(statement)
 }
 
-/// The query computing the target's rows after `merge` (copy-on-write); `schema` is the
-/// target's. Errors name what the statement cannot do.
-pub fn merge_query(merge: &Merge, target_name: &str, schema: &Schema) -> Result<String, String> {
-    let Statement {
-        t_alias,
-        s_alias,
-        t_base,
-        s_base,
-        on,
-        matched,
-        not_matched,
-    } = parse(merge, target_name, schema)?;
-    let column = |f: &datafusion::arrow::datatypes::Field| format!("\"{}\"", f.name());
-    let sql_type = |t: &DataType| crate::sql_type_name(t);
-    let is_match = format!("{s_alias}.{MATCHED} IS NOT NULL");
-    let mut branches = Vec::new();
-    // The target's rows.
-    {
-        let mut cols = Vec::new();
-        for f in schema.fields() {
-            let mut case = String::from("CASE");
-            for (cond, action) in &matched {
-                let value = action
-                    .as_ref()
-                    .and_then(|sets| sets.iter().find(|(c, _)| c == f.name()))
-                    .map(|(_, v)| format!("CAST(({v}) AS {})", sql_type(f.data_type())))
-                    .unwrap_or_else(|| format!("{t_alias}.{}", column(f)));
-                case.push_str(&format!(" WHEN {is_match} AND {cond} THEN {value}"));
-            }
-            case.push_str(&format!(
-                " ELSE {t_alias}.{} END AS {}",
-                column(f),
-                column(f)
-            ));
-            cols.push(if matched.is_empty() {
-                format!("{t_alias}.{} AS {}", column(f), column(f))
-            } else {
-                case
-            });
-        }
-        let target_rows = if matched.is_empty() {
-            // Only inserts: the target's rows stay as they are.
-            format!("SELECT {} FROM {t_base} AS {t_alias}", cols.join(", "))
-        } else {
-            let mut deleted = String::from("CASE");
-            for (cond, action) in &matched {
-                deleted.push_str(&format!(
-                    " WHEN {is_match} AND {cond} THEN {}",
-                    if action.is_none() { "TRUE" } else { "FALSE" }
-                ));
-            }
-            deleted.push_str(" ELSE FALSE END");
-            format!(
-                "SELECT {} FROM {t_base} AS {t_alias} LEFT JOIN (SELECT *, TRUE AS {MATCHED} FROM {s_base}) AS {s_alias} ON {on} WHERE NOT ({deleted})",
-                cols.join(", ")
-            )
-        };
-        branches.push(target_rows);
-    }
-    // The source's rows without a match.
-    if !not_matched.is_empty() {
-        let mut cols = Vec::new();
-        for f in schema.fields() {
-            let mut case = String::from("CASE");
-            for (cond, values) in &not_matched {
-                let value = values
-                    .iter()
-                    .find(|(c, _)| c == f.name())
-                    .map(|(_, v)| format!("CAST(({v}) AS {})", sql_type(f.data_type())))
-                    .unwrap_or_else(|| format!("CAST(NULL AS {})", sql_type(f.data_type())));
-                case.push_str(&format!(" WHEN {cond} THEN {value}"));
-            }
-            case.push_str(&format!(" END AS {}", column(f)));
-            cols.push(case);
-        }
-        let any = not_matched
-            .iter()
-            .map(|(c, _)| c.as_str())
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        branches.push(format!(
-            "SELECT {} FROM {s_base} AS {s_alias} LEFT ANTI JOIN {t_base} AS {t_alias} ON {on} WHERE {any}",
-            cols.join(", ")
-        ));
-    }
-    // No target row may match two source rows.
-    if !matched.is_empty() {
-        let nulls: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| format!("CAST(NULL AS {}) AS {}", sql_type(f.data_type()), column(f)))
-            .collect();
-        let message =
-            format!("MERGE INTO {target_name}: a target row matches more than one source row")
-                .replace('\'', "''");
-        branches.push(format!(
-            "SELECT {} FROM (SELECT *, ROW_NUMBER() OVER () AS {ROW_ID} FROM {t_base}) AS {t_alias} JOIN {s_base} AS {s_alias} ON {on} GROUP BY {t_alias}.{ROW_ID} HAVING meltwater_merge_check(COUNT(*) <= 1, '{message}')",
-            nulls.join(", ")
-        ));
-    }
-    Ok(branches.join("\nUNION ALL\n"))
-}
-
-/// The rows a merge-on-read `MERGE` changes (module doc); `target_scan` names the target
-/// read with row addresses ([`meltwater_iceberg::merge::MergeTarget`]), `schema` is the
-/// target's. Errors name what the statement cannot do.
-pub fn merge_on_read_query(
+/// The rows a `MERGE` changes (module doc); `target_scan` names the target read with
+/// row addresses ([`meltwater_iceberg::merge::MergeTarget`]), `schema` is the target's.
+/// Errors name what the statement cannot do.
+pub fn merge_query(
     merge: &Merge,
     target_name: &str,
     schema: &Schema,
@@ -371,51 +246,5 @@ fn normalize(ident: &str) -> String {
     match ident.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
         Some(quoted) => quoted.to_string(),
         None => ident.to_lowercase(),
-    }
-}
-
-/// `meltwater_merge_check(ok, message)`: false for every row, and an error with
-/// `message` when `ok` is false for one.
-pub fn merge_check() -> ScalarUDF {
-    ScalarUDF::new_from_impl(MergeCheck {
-        signature: Signature::exact(
-            vec![DataType::Boolean, DataType::Utf8],
-            Volatility::Volatile,
-        ),
-    })
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct MergeCheck {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for MergeCheck {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn name(&self) -> &str {
-        "meltwater_merge_check"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let rows = args.number_rows;
-        let ok = args.args[0].clone().into_array(rows)?;
-        let ok = ok.as_boolean();
-        if (0..ok.len()).any(|i| ok.is_valid(i) && !ok.value(i)) {
-            let message = match &args.args[1] {
-                ColumnarValue::Scalar(ScalarValue::Utf8(Some(m))) => m.clone(),
-                _ => "MERGE: a target row matches more than one source row".into(),
-            };
-            return exec_err!("{message}");
-        }
-        Ok(ColumnarValue::Array(std::sync::Arc::new(
-            BooleanArray::from(vec![false; rows]),
-        )))
     }
 }
