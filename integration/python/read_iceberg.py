@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Read an Iceberg table from a SQLite SqlCatalog with a third-party reader, print JSON lines.
+"""Read an Iceberg table from a SQLite SqlCatalog (or a REST catalog) with a third-party
+reader, print JSON lines.
 
     read_iceberg.py --catalog-db PATH --warehouse DIR --catalog-name NAME --table ns.table \
         --reader pyiceberg|duckdb [--columns a,b] [--order-by a,b]
     read_iceberg.py --catalog-db PATH --warehouse DIR --catalog-name NAME --table ns.table --snapshots
+    read_iceberg.py --rest-uri URI [--warehouse W] --s3-endpoint URL --catalog-name NAME \
+        --table ns.table ...    (a REST catalog whose files are in an S3-compatible store,
+                                 read anonymously with path-style addressing)
 
 Rows: one JSON object per line, keys = column names in table-schema order (or --columns order).
 Values are normalised so both readers print byte-identical output for the same table:
@@ -29,9 +33,12 @@ content then path:
 
 Readers:
   pyiceberg: SqlCatalog(name, uri=sqlite:///db, warehouse=file://dir).load_table().scan().to_arrow()
+             (REST: RestCatalog(name, uri=..., s3.endpoint=..., s3.anonymous=true))
   duckdb:    metadata_location read straight from the SQLite `iceberg_tables` row, then
              iceberg_scan('<metadata.json>') with the avro + iceberg extensions loaded from the
-             duckdb-extension-* wheels' files.
+             duckdb-extension-* wheels' files. REST: the metadata location the catalog's
+             load-table answer gives (through pyiceberg), read over S3 with the httpfs
+             extension and an S3 secret for the endpoint.
 Exit codes: 0 ok, 2 table not found / bad arguments, 1 reader error.
 """
 
@@ -184,9 +191,30 @@ def current_metadata_location(catalog_db: str, catalog_name: str, ident: str) ->
     return row[0]
 
 
+def open_rest_table(args):
+    from pyiceberg.catalog.rest import RestCatalog
+    from pyiceberg.exceptions import NoSuchTableError
+
+    # auth type noop: without it pyiceberg 0.12 sends "Authorization: Bearer None", which a
+    # server without authentication (SeaweedFS) refuses.
+    props = {"uri": args.rest_uri, "s3.endpoint": args.s3_endpoint,
+             "s3.path-style-access": "true", "s3.region": "us-east-1", "s3.anonymous": "true",
+             "auth": {"type": "noop"}}
+    if args.warehouse:
+        props["warehouse"] = args.warehouse
+    catalog = RestCatalog(args.catalog_name, **props)
+    try:
+        return catalog.load_table(args.table)
+    except NoSuchTableError as e:
+        raise TableNotFound(str(e)) from e
+
+
 def open_pyiceberg_table(args):
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.exceptions import NoSuchTableError
+
+    if args.rest_uri:
+        return open_rest_table(args)
 
     db = os.path.abspath(args.catalog_db)
     if not os.path.exists(db):  # SqlCatalog would silently create an empty catalog file
@@ -259,8 +287,17 @@ def duckdb_connect():
 
 
 def read_duckdb(args, columns_arg: list[str] | None):
-    meta = location_to_path(current_metadata_location(args.catalog_db, args.catalog_name, args.table))
-    con = duckdb_connect()
+    if args.rest_uri:
+        meta = open_rest_table(args).metadata_location
+        con = duckdb_connect()
+        con.execute(f"LOAD {_sql_str(find_duckdb_extension('duckdb_extension_httpfs', 'httpfs'))}")
+        endpoint = urlparse(args.s3_endpoint)
+        con.execute("CREATE SECRET rest_s3 (TYPE s3, PROVIDER config, KEY_ID '', SECRET '', "
+                    f"REGION 'us-east-1', ENDPOINT {_sql_str(endpoint.netloc)}, URL_STYLE 'path', "
+                    f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'})")
+    else:
+        meta = location_to_path(current_metadata_location(args.catalog_db, args.catalog_name, args.table))
+        con = duckdb_connect()
     select = ", ".join(_sql_ident(c) for c in columns_arg) if columns_arg else "*"
     rel = con.execute(f"SELECT {select} FROM iceberg_scan({_sql_str(meta)})")
     at = rel.to_arrow_table()
@@ -331,8 +368,10 @@ def print_files(args, out) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--catalog-db", required=True, help="SQLite catalog file")
-    ap.add_argument("--warehouse", required=True, help="warehouse directory")
+    ap.add_argument("--catalog-db", help="SQLite catalog file")
+    ap.add_argument("--warehouse", help="warehouse directory (REST: the catalog's warehouse)")
+    ap.add_argument("--rest-uri", help="a REST catalog's URI instead of a SQLite catalog")
+    ap.add_argument("--s3-endpoint", help="REST: the S3-compatible endpoint of the tables' files")
     ap.add_argument("--catalog-name", required=True)
     ap.add_argument("--table", required=True, help="namespace.table (namespace may contain dots)")
     ap.add_argument("--reader", choices=("pyiceberg", "duckdb"), default="pyiceberg")
@@ -341,6 +380,10 @@ def main(argv=None) -> int:
     ap.add_argument("--snapshots", action="store_true", help="print snapshots (via pyiceberg) instead of rows")
     ap.add_argument("--files", action="store_true", help="print the current snapshot's live files instead of rows")
     args = ap.parse_args(argv)
+    if not args.rest_uri and not (args.catalog_db and args.warehouse):
+        ap.error("--catalog-db and --warehouse are required without --rest-uri")
+    if args.rest_uri and not args.s3_endpoint:
+        ap.error("--rest-uri needs --s3-endpoint")
 
     split = lambda s: [c.strip() for c in s.split(",") if c.strip()] if s else []
     columns_arg = split(args.columns) or None

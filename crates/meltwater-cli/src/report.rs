@@ -294,11 +294,16 @@ fn print_commits(commits: &[meltwater_iceberg::CommitSummary]) {
                 println!("wrote {}: already committed as snapshot {id}", c.table)
             }
             Some(id) => println!(
-                "wrote {}: {}, {}, {}, snapshot {id}",
+                "wrote {}: {}, {}, {}, snapshot {id}{}",
                 c.table,
                 plural(c.rows, "row"),
                 plural(c.files as u64, "file"),
-                size(c.bytes)
+                size(c.bytes),
+                if c.attempts > 1 {
+                    format!(" (on attempt {}: the table changed meanwhile)", c.attempts)
+                } else {
+                    String::new()
+                }
             ),
             None => println!("wrote {}: no rows, no snapshot", c.table),
         }

@@ -16,7 +16,7 @@ use iceberg::spec::{DataFile, TableMetadata};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, ErrorKind, TableIdent};
 
-use crate::committer::{CommitOutcome, LakeCatalog};
+use crate::committer::{is_commit_state_unknown, CommitOutcome, LakeCatalog};
 use crate::error::{IcebergContext, IcebergError, Result};
 use crate::snapshot::{produce, AddedFiles, CommitIds};
 use crate::{SUMMARY_JOB_ID, SUMMARY_RUN_ID};
@@ -64,6 +64,10 @@ pub struct CommitSummary {
     pub bytes: u64,
     /// The table already held this run's commit: nothing was written again.
     pub already_committed: bool,
+    /// Commits sent to the catalog: more than 1 when other writers committed first (or
+    /// an outcome was unknown) and the commit was rebuilt on the new head; 0 when none
+    /// was needed.
+    pub attempts: u32,
 }
 
 const MAX_ATTEMPTS: u32 = 8;
@@ -250,6 +254,7 @@ pub(crate) async fn commit_fast_append(
         rows: files.iter().map(|f| f.record_count()).sum(),
         bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
         already_committed: false,
+        attempts: 0,
     };
     if files.is_empty() {
         return Ok(summary);
@@ -278,6 +283,7 @@ pub(crate) async fn commit_fast_append(
                 .apply(tx)
                 .context(|| format!("preparing the commit to {name}"))?;
         }
+        summary.attempts = attempt;
         match tx.commit(catalog).await {
             Ok(committed) => {
                 summary.snapshot_id = committed
@@ -288,9 +294,12 @@ pub(crate) async fn commit_fast_append(
             }
             Err(e)
                 if attempt < MAX_ATTEMPTS
-                    && (e.kind() == ErrorKind::CatalogCommitConflicts || e.retryable()) =>
+                    && (e.kind() == ErrorKind::CatalogCommitConflicts
+                        || e.retryable()
+                        || is_commit_state_unknown(&e)) =>
             {
-                // Another writer moved the table: reload and rebase.
+                // Another writer moved the table: reload and rebase. After an unknown
+                // outcome, the reload's marker check tells whether the commit landed.
                 tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
             }
             Err(e) => {
@@ -332,6 +341,7 @@ pub(crate) async fn commit_files(
         rows: files.data.iter().map(|f| f.record_count()).sum(),
         bytes: all.map(|f| f.file_size_in_bytes()).sum(),
         already_committed: false,
+        attempts: 0,
     };
     let mut seen = std::collections::HashSet::new();
     if let Some(twice) = files
@@ -366,8 +376,9 @@ pub(crate) async fn commit_files(
             return Ok(summary);
         }
         let ids = ids.get_or_insert_with(|| CommitIds::new(table.metadata()));
-        let metadata = produce(name, &table, &files, &properties, ids, attempt).await?;
-        let outcome = catalog.swap_metadata(&table, &metadata).await;
+        let built = produce(name, &table, &files, &properties, ids, attempt).await?;
+        summary.attempts = attempt;
+        let outcome = catalog.swap_metadata(&table, &built).await;
         match outcome {
             CommitOutcome::Committed => {
                 summary.snapshot_id = Some(ids.snapshot_id);

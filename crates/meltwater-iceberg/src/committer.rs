@@ -9,6 +9,12 @@
 //! column, the same predicate pyiceberg's and the crate's SQL catalogs use, so all
 //! writers of one catalog file exclude each other: 0 rows changed means another writer
 //! moved the table first (a conflict, retried by the caller on the new head).
+//!
+//! A REST catalog commits on its server ([`crate::rest`]): the updates go with
+//! requirements on the table's uuid and on the snapshot `main` pointed at, and the
+//! server applies them atomically or answers 409. The crate's own transactions (fast
+//! appends, snapshot expiry) reach the server through this catalog's `update_table`,
+//! so every commit of a REST table goes through the same request and outcome mapping.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,13 +22,17 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iceberg::spec::TableMetadata;
+use iceberg::io::FileIOBuilder;
+use iceberg::spec::{TableMetadata, TableMetadataBuildResult, MAIN_BRANCH};
 use iceberg::table::Table;
 use iceberg::{
-    Catalog, Namespace, NamespaceIdent, Result as IcebergResult, TableCommit, TableCreation,
-    TableIdent,
+    Catalog, ErrorKind, Namespace, NamespaceIdent, Result as IcebergResult, TableCommit,
+    TableCreation, TableIdent, TableRequirement,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+use crate::rest::{RestCommitter, RestOutcome};
+use crate::storage::ObjectStorageFactory;
 
 /// What one attempt to swap a table's metadata did.
 #[derive(Debug)]
@@ -37,12 +47,36 @@ pub enum CommitOutcome {
     Failed(String),
 }
 
+/// Why a commit through the crate's transactions failed when the catalog may have
+/// applied it (the source of the error `update_table` returns): the caller reloads and
+/// looks for its marker instead of giving up or re-applying blindly.
+#[derive(Debug)]
+pub(crate) struct CommitStateUnknown;
+
+impl std::fmt::Display for CommitStateUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the commit state is unknown")
+    }
+}
+
+impl std::error::Error for CommitStateUnknown {}
+
+/// Whether `e` says the catalog may or may not have applied a commit.
+pub(crate) fn is_commit_state_unknown(e: &iceberg::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<CommitStateUnknown>())
+}
+
 /// A job's handle on one Iceberg catalog.
 pub struct LakeCatalog {
     name: String,
     /// `None` in a cluster executor's copy, which writes files but never commits.
     inner: Option<Arc<dyn Catalog>>,
-    committer: Option<SqliteCommitter>,
+    committer: Option<Committer>,
+}
+
+enum Committer {
+    Sqlite(SqliteCommitter),
+    Rest(Box<RestCommitter>),
 }
 
 impl std::fmt::Debug for LakeCatalog {
@@ -111,11 +145,21 @@ impl LakeCatalog {
         Ok(Self {
             name: name.to_string(),
             inner: Some(inner),
-            committer: Some(SqliteCommitter {
+            committer: Some(Committer::Sqlite(SqliteCommitter {
                 pool,
                 catalog_name: catalog_name.to_string(),
-            }),
+            })),
         })
+    }
+
+    /// A REST catalog: `inner` (the crate's REST client) lists, loads and creates,
+    /// `committer` commits.
+    pub(crate) fn rest(name: &str, inner: Arc<dyn Catalog>, committer: RestCommitter) -> Self {
+        Self {
+            name: name.to_string(),
+            inner: Some(inner),
+            committer: Some(Committer::Rest(Box::new(committer))),
+        }
     }
 
     /// The name jobs use for this catalog.
@@ -123,49 +167,130 @@ impl LakeCatalog {
         &self.name
     }
 
-    /// Points `base`'s table at `metadata` if the catalog still points at `base`'s
-    /// metadata file: writes the next metadata file, then compare-and-swaps. On
-    /// anything but `Committed` or `Unknown` the new metadata file is removed again.
-    pub async fn swap_metadata(&self, base: &Table, metadata: &TableMetadata) -> CommitOutcome {
-        let Some(committer) = &self.committer else {
-            return CommitOutcome::Failed(format!(
+    /// Points `base`'s table at `built.metadata` if the catalog still points at
+    /// `base`'s metadata (SQLite: writes the next metadata file, then compare-and-swaps;
+    /// on anything but `Committed` or `Unknown` the new file is removed again), or if
+    /// `base`'s uuid and `main` snapshot still hold on the server (REST: sends
+    /// `built.changes`).
+    pub async fn swap_metadata(
+        &self,
+        base: &Table,
+        built: &TableMetadataBuildResult,
+    ) -> CommitOutcome {
+        match &self.committer {
+            None => CommitOutcome::Failed(format!(
                 "catalog {} is open read-only; it cannot commit",
                 self.name
-            ));
-        };
-        let Some(current) = base.metadata_location() else {
-            return CommitOutcome::Failed("the table has no metadata location".into());
-        };
-        let location = next_metadata_location(current, metadata);
-        if let Err(e) = write_metadata(base, metadata, &location).await {
-            return CommitOutcome::Failed(format!("writing {location}: {e}"));
-        }
-        let ident = base.identifier();
-        let result = sqlx::query(
-            "UPDATE iceberg_tables SET metadata_location = ?1, previous_metadata_location = ?2 \
-             WHERE catalog_name = ?3 AND table_namespace = ?4 AND table_name = ?5 \
-               AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) \
-               AND metadata_location = ?2",
-        )
-        .bind(&location)
-        .bind(current)
-        .bind(&committer.catalog_name)
-        .bind(ident.namespace().join("."))
-        .bind(ident.name())
-        .execute(&committer.pool)
-        .await;
-        match result {
-            Ok(done) if done.rows_affected() == 1 => CommitOutcome::Committed,
-            Ok(_) => {
-                let _ = base.file_io().delete(&location).await;
-                CommitOutcome::Conflict
+            )),
+            Some(Committer::Sqlite(committer)) => {
+                swap_sqlite(committer, base, &built.metadata).await
             }
-            Err(sqlx::Error::Database(e)) if e.message().contains("locked") => {
-                let _ = base.file_io().delete(&location).await;
-                CommitOutcome::Conflict
+            Some(Committer::Rest(committer)) => {
+                let metadata = base.metadata();
+                let requirements = vec![
+                    TableRequirement::UuidMatch {
+                        uuid: metadata.uuid(),
+                    },
+                    TableRequirement::RefSnapshotIdMatch {
+                        r#ref: MAIN_BRANCH.to_string(),
+                        snapshot_id: metadata
+                            .snapshot_for_ref(MAIN_BRANCH)
+                            .map(|s| s.snapshot_id()),
+                    },
+                ];
+                match committer
+                    .commit(base.identifier(), requirements, built.changes.clone())
+                    .await
+                {
+                    RestOutcome::Committed { .. } => CommitOutcome::Committed,
+                    RestOutcome::Conflict(_) => CommitOutcome::Conflict,
+                    RestOutcome::Unknown(e) => CommitOutcome::Unknown(e),
+                    RestOutcome::Failed(e) => CommitOutcome::Failed(e),
+                }
             }
-            Err(e) => CommitOutcome::Unknown(e.to_string()),
         }
+    }
+
+    /// The crate's transactions (fast appends, snapshot expiry) on a REST catalog: the
+    /// commit's own requirements and updates, sent by [`RestCommitter`].
+    async fn update_rest(
+        &self,
+        committer: &RestCommitter,
+        mut commit: TableCommit,
+    ) -> IcebergResult<Table> {
+        let ident = commit.identifier().clone();
+        let requirements = commit.take_requirements();
+        let updates = commit.take_updates();
+        match committer.commit(&ident, requirements, updates).await {
+            RestOutcome::Committed {
+                metadata_location,
+                metadata,
+            } => {
+                let props = committer
+                    .properties()
+                    .await
+                    .map_err(|e| iceberg::Error::new(ErrorKind::Unexpected, e))?;
+                let file_io = FileIOBuilder::new(Arc::new(ObjectStorageFactory))
+                    .with_props(props)
+                    .build();
+                Table::builder()
+                    .identifier(ident)
+                    .file_io(file_io)
+                    .metadata(Arc::<TableMetadata>::from(metadata))
+                    .metadata_location(metadata_location)
+                    .runtime(iceberg::Runtime::try_current()?)
+                    .build()
+            }
+            // Not marked retryable: the crate's transaction would rebase and send again
+            // by itself; Meltwater's loop does it after looking for its marker.
+            RestOutcome::Conflict(e) => {
+                Err(iceberg::Error::new(ErrorKind::CatalogCommitConflicts, e))
+            }
+            RestOutcome::Unknown(e) => {
+                Err(iceberg::Error::new(ErrorKind::Unexpected, e).with_source(CommitStateUnknown))
+            }
+            RestOutcome::Failed(e) => Err(iceberg::Error::new(ErrorKind::Unexpected, e)),
+        }
+    }
+}
+
+async fn swap_sqlite(
+    committer: &SqliteCommitter,
+    base: &Table,
+    metadata: &TableMetadata,
+) -> CommitOutcome {
+    let Some(current) = base.metadata_location() else {
+        return CommitOutcome::Failed("the table has no metadata location".into());
+    };
+    let location = next_metadata_location(current, metadata);
+    if let Err(e) = write_metadata(base, metadata, &location).await {
+        return CommitOutcome::Failed(format!("writing {location}: {e}"));
+    }
+    let ident = base.identifier();
+    let result = sqlx::query(
+        "UPDATE iceberg_tables SET metadata_location = ?1, previous_metadata_location = ?2 \
+         WHERE catalog_name = ?3 AND table_namespace = ?4 AND table_name = ?5 \
+           AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) \
+           AND metadata_location = ?2",
+    )
+    .bind(&location)
+    .bind(current)
+    .bind(&committer.catalog_name)
+    .bind(ident.namespace().join("."))
+    .bind(ident.name())
+    .execute(&committer.pool)
+    .await;
+    match result {
+        Ok(done) if done.rows_affected() == 1 => CommitOutcome::Committed,
+        Ok(_) => {
+            let _ = base.file_io().delete(&location).await;
+            CommitOutcome::Conflict
+        }
+        Err(sqlx::Error::Database(e)) if e.message().contains("locked") => {
+            let _ = base.file_io().delete(&location).await;
+            CommitOutcome::Conflict
+        }
+        Err(e) => CommitOutcome::Unknown(e.to_string()),
     }
 }
 
@@ -273,6 +398,9 @@ impl Catalog for LakeCatalog {
         self.inner()?.register_table(table, metadata_location).await
     }
     async fn update_table(&self, commit: TableCommit) -> IcebergResult<Table> {
-        self.inner()?.update_table(commit).await
+        match &self.committer {
+            Some(Committer::Rest(committer)) => self.update_rest(committer, commit).await,
+            _ => self.inner()?.update_table(commit).await,
+        }
     }
 }

@@ -1,12 +1,15 @@
 //! Iceberg catalog definitions (the `[iceberg.<name>]` sections of a catalog file) and
 //! opening them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder};
+use iceberg_catalog_rest::{
+    RestCatalogBuilder, REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE,
+};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 // The SQLite driver and tokio runtime of the catalog's sqlx `Any` pool are enabled
 // through this dependency's features (see Cargo.toml).
@@ -14,6 +17,8 @@ use sqlx as _;
 
 use crate::committer::LakeCatalog;
 use crate::error::{IcebergError, Result};
+use crate::rest::RestCommitter;
+use crate::storage::ObjectStorageFactory;
 
 /// One Iceberg catalog a job can name as the first part of `catalog.namespace.table`.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +38,59 @@ pub enum IcebergCatalogKind {
         /// The `catalog_name` column value (pyiceberg's `SqlCatalog(name)`).
         catalog_name: String,
     },
+    /// A catalog served by an Iceberg REST server; its tables' files are wherever the
+    /// server puts them (S3-compatible object stores or local paths).
+    Rest(RestCatalogConfig),
+}
+
+/// An Iceberg REST catalog.
+#[derive(Clone, PartialEq)]
+pub struct RestCatalogConfig {
+    /// The server's base URI (`http://127.0.0.1:8181`; requests go to `{uri}/v1/...`).
+    pub uri: String,
+    /// Sent to `GET /v1/config`, which answers with the catalog's prefix and defaults.
+    pub warehouse: Option<String>,
+    /// Catalog and storage properties as Iceberg names them: `token` (a static bearer
+    /// token), `credential` (`client_id:client_secret` for the OAuth2 client-credentials
+    /// grant), `scope`, `oauth2-server-uri`, `header.<name>`, `prefix`, and the storage
+    /// properties of the tables' files (`s3.endpoint`, `s3.region`, `s3.access-key-id`,
+    /// `s3.secret-access-key`, `s3.session-token`, `s3.path-style-access`,
+    /// `s3.allow-anonymous`). A key ending in `-env` names the environment variable that
+    /// holds the value of the key without it (`token-env = "LAKE_TOKEN"`), read when
+    /// the catalog is opened.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RestCatalogConfig {
+    // Property values may be secrets: only their keys are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestCatalogConfig")
+            .field("uri", &self.uri)
+            .field("warehouse", &self.warehouse)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RestCatalogConfig {
+    /// The properties with every `<key>-env` replaced by `<key>` = the variable's value.
+    pub fn resolved_properties(&self) -> std::result::Result<HashMap<String, String>, String> {
+        let mut out = HashMap::new();
+        for (k, v) in &self.properties {
+            match k.strip_suffix("-env") {
+                Some(key) => {
+                    let value = std::env::var(v).map_err(|_| {
+                        format!("{k} names the environment variable {v}, which is not set")
+                    })?;
+                    out.insert(key.to_string(), value);
+                }
+                None => {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl IcebergCatalogConfig {
@@ -58,6 +116,25 @@ impl IcebergCatalogConfig {
                 warehouse: normalize(&abs(warehouse)),
                 catalog_name: catalog_name.unwrap_or(name).to_string(),
             },
+        }
+    }
+}
+
+impl IcebergCatalogConfig {
+    /// A REST catalog.
+    pub fn rest(
+        name: &str,
+        uri: &str,
+        warehouse: Option<&str>,
+        properties: BTreeMap<String, String>,
+    ) -> Self {
+        IcebergCatalogConfig {
+            name: name.to_string(),
+            kind: IcebergCatalogKind::Rest(RestCatalogConfig {
+                uri: uri.trim_end_matches('/').to_string(),
+                warehouse: warehouse.map(str::to_string),
+                properties,
+            }),
         }
     }
 }
@@ -149,6 +226,28 @@ async fn open(config: &IcebergCatalogConfig, create: bool) -> Result<Arc<LakeCat
                 LakeCatalog::sqlite(&config.name, catalog, path.clone(), catalog_name)
                     .await
                     .map_err(err)?
+            };
+            Ok(Arc::new(lake))
+        }
+        IcebergCatalogKind::Rest(rest) => {
+            let props = rest.resolved_properties().map_err(err)?;
+            let mut catalog_props = props.clone();
+            catalog_props.insert(REST_CATALOG_PROP_URI.to_string(), rest.uri.clone());
+            if let Some(w) = &rest.warehouse {
+                catalog_props.insert(REST_CATALOG_PROP_WAREHOUSE.to_string(), w.clone());
+            }
+            let catalog = RestCatalogBuilder::default()
+                .with_storage_factory(Arc::new(ObjectStorageFactory))
+                .load(&config.name, catalog_props)
+                .await
+                .map_err(|e| err(format!("cannot open REST catalog {}: {e}", rest.uri)))?;
+            let catalog: Arc<dyn Catalog> = Arc::new(catalog);
+            let lake = if create {
+                let committer =
+                    RestCommitter::new(&rest.uri, rest.warehouse.as_deref(), props).map_err(err)?;
+                LakeCatalog::rest(&config.name, catalog, committer)
+            } else {
+                LakeCatalog::read_only(&config.name, catalog)
             };
             Ok(Arc::new(lake))
         }

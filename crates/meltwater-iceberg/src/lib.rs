@@ -22,11 +22,13 @@ pub mod maintain;
 pub mod merge;
 pub mod position_delete;
 pub mod predicate;
+mod rest;
 pub mod rewrite;
 pub mod scan;
 pub mod schema;
 pub mod snapshot;
 pub mod source;
+pub mod storage;
 pub mod stream;
 pub mod table;
 pub mod upsert;
@@ -35,7 +37,10 @@ pub mod write;
 pub use catalog::IcebergCatalogProvider;
 pub use commit::{CommitSummary, JobCommits, JobIdentity};
 pub use committer::{CommitOutcome, LakeCatalog};
-pub use config::{open_catalog, open_catalog_readonly, IcebergCatalogConfig, IcebergCatalogKind};
+pub use config::{
+    open_catalog, open_catalog_readonly, IcebergCatalogConfig, IcebergCatalogKind,
+    RestCatalogConfig,
+};
 pub use error::{IcebergError, Result};
 pub use snapshot::AddedFiles;
 pub use source::IcebergSource;

@@ -14,6 +14,7 @@ use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestEntry, ManifestFile,
     ManifestListWriter, ManifestStatus, ManifestWriter, ManifestWriterBuilder, Operation, Snapshot,
     SnapshotRef, SnapshotSummaryCollector, Struct, Summary, TableMetadata,
+    TableMetadataBuildResult,
 };
 use iceberg::table::Table;
 
@@ -105,7 +106,7 @@ pub(crate) async fn produce(
     properties: &HashMap<String, String>,
     ids: &CommitIds,
     attempt: u32,
-) -> Result<TableMetadata> {
+) -> Result<TableMetadataBuildResult> {
     let metadata = table.metadata();
     let context = |what: &str| format!("committing to {name} ({what})");
     if metadata.format_version() != FormatVersion::V2 {
@@ -364,7 +365,7 @@ pub(crate) async fn produce(
         .context(|| context("table properties"))?
         .build()
         .context(|| context("metadata"))?;
-    Ok(built.metadata)
+    Ok(built)
 }
 
 /// Fails when a snapshot committed after `read` (along the current branch) added data or

@@ -344,6 +344,7 @@ pub async fn commit_checkpoint_to(
             rows: files.iter().map(|f| f.record_count).sum(),
             bytes: files.iter().map(|f| f.file_size_in_bytes).sum(),
             already_committed: true,
+            attempts: 0,
         });
     }
     if let Some(snapshot_id) = find_marked_snapshot(metadata, &marker) {
@@ -356,6 +357,7 @@ pub async fn commit_checkpoint_to(
             rows: files.iter().map(|f| f.record_count).sum(),
             bytes: files.iter().map(|f| f.file_size_in_bytes).sum(),
             already_committed: true,
+            attempts: 0,
         });
     }
     let mut added = AddedFiles {

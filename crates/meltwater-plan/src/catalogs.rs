@@ -10,6 +10,15 @@
 //! warehouse = "meltwater-data/warehouse"
 //! catalog-name = "lake"                 # optional: the catalog_name readers open it with
 //!
+//! [iceberg.rest]                        # a catalog behind an Iceberg REST server
+//! type = "rest"
+//! uri = "http://127.0.0.1:8181"
+//! warehouse = "s3://warehouse"          # optional: sent to GET /v1/config
+//! [iceberg.rest.properties]             # Iceberg catalog and FileIO properties
+//! "s3.endpoint" = "http://127.0.0.1:8333"
+//! "s3.path-style-access" = "true"
+//! "credential-env" = "LAKE_CREDENTIAL"  # secrets only through environment variables
+//!
 //! [storage.chk]                         # SET 'execution.checkpointing.dir' = 'profile:chk'
 //! url = "s3://bucket/checkpoints"
 //! endpoint = "http://127.0.0.1:9000"
@@ -146,6 +155,55 @@ enum IcebergEntry {
         #[serde(rename = "catalog-name")]
         catalog_name: Option<String>,
     },
+    Rest {
+        uri: String,
+        warehouse: Option<String>,
+        #[serde(default)]
+        properties: BTreeMap<String, toml::Value>,
+    },
+}
+
+/// REST catalog properties that hold secrets: a catalog file names the environment
+/// variable holding one (`<key>-env`) instead.
+const SECRET_PROPERTIES: [&str; 4] = [
+    "token",
+    "credential",
+    "s3.secret-access-key",
+    "s3.session-token",
+];
+
+/// A REST catalog entry: its properties as strings, secrets only by variable name.
+fn rest_catalog(
+    name: &str,
+    uri: &str,
+    warehouse: Option<&str>,
+    properties: BTreeMap<String, toml::Value>,
+) -> Result<IcebergCatalogConfig, String> {
+    let scheme = uri.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("http" | "https")) {
+        return Err(format!("uri '{uri}' is not an http:// or https:// URL"));
+    }
+    let mut props = BTreeMap::new();
+    for (key, value) in properties {
+        if SECRET_PROPERTIES.contains(&key.as_str()) {
+            return Err(format!(
+                "properties.{key}: secrets are not written in catalog files; set \"{key}-env\" to the name of an environment variable holding it"
+            ));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Integer(i) => i.to_string(),
+            other => {
+                return Err(format!(
+                    "properties.{key}: expected a string, a boolean or an integer, got {}",
+                    other.type_str()
+                ))
+            }
+        };
+        props.insert(key, value);
+    }
+    Ok(IcebergCatalogConfig::rest(name, uri, warehouse, props))
 }
 
 /// The catalogs, storage profiles and Kafka clusters a file defines; relative paths (also
@@ -180,15 +238,21 @@ pub fn parse_catalogs(text: &str, origin: &str, base: &Path) -> Result<Catalogs,
                 path,
                 warehouse,
                 catalog_name,
-            } => IcebergCatalogConfig::sqlite(
+            } => Ok(IcebergCatalogConfig::sqlite(
                 &name,
                 base,
                 &path,
                 &warehouse,
                 catalog_name.as_deref(),
-            ),
+            )),
+            IcebergEntry::Rest {
+                uri,
+                warehouse,
+                properties,
+            } => rest_catalog(&name, &uri, warehouse.as_deref(), properties)
+                .map_err(|e| format!("{origin}: iceberg.{name}: {e}")),
         })
-        .collect::<Vec<IcebergCatalogConfig>>();
+        .collect::<Result<Vec<IcebergCatalogConfig>, String>>()?;
     let mut kafka = Vec::new();
     for (name, entry) in file.kafka {
         let key = format!("kafka.{name}");
@@ -564,10 +628,54 @@ mod tests {
             path,
             warehouse,
             catalog_name,
-        } = &c[0].kind;
+        } = &c[0].kind
+        else {
+            panic!("the default is the embedded catalog: {:?}", c[0].kind)
+        };
         assert_eq!(path, Path::new("/work/x/meltwater-data/catalog.db"));
         assert_eq!(warehouse, Path::new("/work/x/meltwater-data/warehouse"));
         assert_eq!(catalog_name, "lake");
+    }
+
+    #[test]
+    fn rest_catalogs_with_properties_and_secrets_from_the_environment() {
+        let text = r#"
+[iceberg.rest]
+type = "rest"
+uri = "http://127.0.0.1:8181/"
+warehouse = "s3://warehouse"
+[iceberg.rest.properties]
+"s3.endpoint" = "http://127.0.0.1:8333"
+"s3.path-style-access" = true
+"credential-env" = "LAKE_CREDENTIAL"
+"#;
+        let c = parse_catalogs(text, "r.toml", Path::new("/")).unwrap();
+        let IcebergCatalogKind::Rest(rest) = &c.iceberg[0].kind else {
+            panic!("a REST catalog: {:?}", c.iceberg[0].kind)
+        };
+        assert_eq!(c.iceberg[0].name, "rest");
+        assert_eq!(rest.uri, "http://127.0.0.1:8181");
+        assert_eq!(rest.warehouse.as_deref(), Some("s3://warehouse"));
+        assert_eq!(rest.properties["s3.path-style-access"], "true");
+        assert_eq!(rest.properties["credential-env"], "LAKE_CREDENTIAL");
+        let e = rest.resolved_properties().unwrap_err();
+        assert!(e.contains("LAKE_CREDENTIAL"), "{e}");
+
+        let e = parse_catalogs(
+            "[iceberg.r]\ntype = 'rest'\nuri = 'http://h'\nproperties = { token = 'abc' }",
+            "s.toml",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.toml: iceberg.r: properties.token"), "{e}");
+        assert!(e.contains("token-env"), "{e}");
+        let e = parse_catalogs(
+            "[iceberg.r]\ntype = 'rest'\nuri = 'h:8181'",
+            "s.toml",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.contains("not an http"), "{e}");
     }
 
     #[test]
