@@ -5,6 +5,7 @@ pub mod crash;
 use std::io::Write;
 pub mod kafka;
 pub mod schema_registry;
+pub mod seaweedfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
