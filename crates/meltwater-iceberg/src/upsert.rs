@@ -261,13 +261,33 @@ impl UpsertWriter {
         Ok(())
     }
 
-    /// One batch holding the last row of every buffered key; the slots point into it.
+    /// One batch holding the last row of every buffered key, in the order those rows
+    /// were written (not the key map's order: input clustered by key, as ids or event
+    /// times usually are, stays clustered in the files, so their column bounds keep
+    /// pruning scans and deletes); the slots point into it.
     fn gather(&mut self) -> Result<RecordBatch> {
+        // Each retained row's position in the result, or `SKIP` for superseded rows.
+        const SKIP: u32 = u32::MAX;
+        let mut position: Vec<Vec<u32>> = self
+            .batches
+            .iter()
+            .map(|b| vec![SKIP; b.num_rows()])
+            .collect();
+        for slot in self.latest.values() {
+            position[slot.batch as usize][slot.row as usize] = 0;
+        }
         let mut indices = Vec::with_capacity(self.latest.len());
-        for (i, slot) in self.latest.values_mut().enumerate() {
-            indices.push((slot.batch as usize, slot.row as usize));
+        for (b, rows) in position.iter_mut().enumerate() {
+            for (r, p) in rows.iter_mut().enumerate() {
+                if *p != SKIP {
+                    *p = indices.len() as u32;
+                    indices.push((b, r));
+                }
+            }
+        }
+        for slot in self.latest.values_mut() {
+            slot.row = position[slot.batch as usize][slot.row as usize];
             slot.batch = 0;
-            slot.row = i as u32;
         }
         let refs: Vec<&RecordBatch> = self.batches.iter().collect();
         Ok(interleave_record_batch(&refs, &indices)?)
