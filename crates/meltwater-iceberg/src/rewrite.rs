@@ -20,17 +20,21 @@
 //! read the table may apply to those files (else a row deleted concurrently would come
 //! back with its new values).
 //!
-//! Files without a match stay untouched in both modes.
+//! Files without a match stay untouched in both modes. A `DELETE` whose condition reads
+//! identity partition columns only, and holds for a file's partition values, removes
+//! that file whole by metadata, in both modes, without reading it (when no delete file
+//! applies to it).
 //!
 //! Output: one row per task with the number of rows deleted or updated (`count`).
 
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -42,6 +46,7 @@ use datafusion::physical_plan::{
 };
 use futures::{stream, StreamExt};
 use iceberg::scan::FileScanTask;
+use iceberg::spec::{Literal, PrimitiveLiteral, Transform};
 use iceberg::table::Table;
 
 use crate::commit::JobCommits;
@@ -228,9 +233,18 @@ impl ExecutionPlan for IcebergRewriteExec {
         };
         let mode = self.mode;
         let out = stream::once(async move {
-            let (changed, files) = match mode {
-                RowLevelMode::CopyOnWrite => job.run(task).await?,
-                RowLevelMode::MergeOnRead => job.run_merge_on_read(task).await?,
+            let (changed, files) = match (whole_file_deleted(&job, &task)?, mode) {
+                (Some(rows), _) => {
+                    // Metadata only: the file goes without being read, in either mode.
+                    let files = AddedFiles {
+                        removed: vec![task.data_file_path.clone()],
+                        read_snapshot: job.table.metadata().current_snapshot_id(),
+                        ..Default::default()
+                    };
+                    (rows, Some(files))
+                }
+                (None, RowLevelMode::CopyOnWrite) => job.run(task).await?,
+                (None, RowLevelMode::MergeOnRead) => job.run_merge_on_read(task).await?,
             };
             changed_rows.add(changed as usize);
             if changed > 0 {
@@ -274,6 +288,97 @@ fn matching(predicate: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Bo
         prep_null_mask_filter(mask)
     } else {
         mask.clone()
+    })
+}
+
+/// For a `DELETE`, the rows of `task`'s file when its WHERE condition holds for all of
+/// them as its partition values tell: every column the condition reads is an identity
+/// partition source, so the condition has one value for the whole file. Such a file is
+/// removed whole, by metadata (Iceberg's delete by filter), without reading it. `None`
+/// when that cannot be told from the metadata (other columns, a partition value of a
+/// type not handled here, delete files that apply, an unknown row count): the file is
+/// then read and rewritten or position-deleted as usual.
+fn whole_file_deleted(job: &RewriteTask, task: &FileScanTask) -> Result<Option<u64>> {
+    if !matches!(job.change, RowChange::Delete) || !task.deletes.is_empty() {
+        return Ok(None);
+    }
+    // The file's spec; a planned task may not carry it, and then it is the table's
+    // default spec when the table never had another one.
+    let metadata = job.table.metadata();
+    let spec = task.partition_spec.clone().or_else(|| {
+        (metadata.partition_specs_iter().count() == 1)
+            .then(|| metadata.default_partition_spec().clone())
+    });
+    let (Some(spec), Some(partition), Some(rows)) =
+        (spec, task.partition.as_ref(), task.record_count)
+    else {
+        return Ok(None);
+    };
+    let read = datafusion::physical_expr::utils::collect_columns(&job.predicate);
+    if read.is_empty() {
+        return Ok(None);
+    }
+    let mut columns: Vec<ArrayRef> = job
+        .schema
+        .fields()
+        .iter()
+        .map(|f| new_null_array(f.data_type(), 1))
+        .collect();
+    for column in &read {
+        let Some(field) = job.schema.fields().get(column.index()) else {
+            return Ok(None);
+        };
+        let Some(id) = task.schema.field_by_name(field.name()).map(|f| f.id) else {
+            return Ok(None);
+        };
+        let Some(at) = spec
+            .fields()
+            .iter()
+            .position(|p| p.source_id == id && p.transform == Transform::Identity)
+        else {
+            return Ok(None);
+        };
+        let value = match partition.fields().get(at) {
+            Some(Some(Literal::Primitive(v))) => match partition_scalar(v, field.data_type()) {
+                Some(v) => v.to_array_of_size(1)?,
+                None => return Ok(None),
+            },
+            Some(None) => new_null_array(field.data_type(), 1),
+            _ => return Ok(None),
+        };
+        columns[column.index()] = if value.data_type() == field.data_type() {
+            value
+        } else {
+            datafusion::arrow::compute::cast(&value, field.data_type())?
+        };
+    }
+    let one = RecordBatch::try_new(job.schema.clone(), columns)?;
+    let mask = matching(&job.predicate, &one)?;
+    Ok((mask.value(0)).then_some(rows))
+}
+
+/// A partition value as a scalar of (or castable to) `target`, for the types identity
+/// partitions usually have; `None` for others.
+fn partition_scalar(value: &PrimitiveLiteral, target: &DataType) -> Option<ScalarValue> {
+    Some(match (value, target) {
+        (PrimitiveLiteral::Boolean(v), _) => ScalarValue::Boolean(Some(*v)),
+        (PrimitiveLiteral::Int(v), DataType::Date32) => ScalarValue::Date32(Some(*v)),
+        (PrimitiveLiteral::Int(v), _) => ScalarValue::Int32(Some(*v)),
+        (PrimitiveLiteral::Long(v), DataType::Timestamp(TimeUnit::Microsecond, tz)) => {
+            ScalarValue::TimestampMicrosecond(Some(*v), tz.clone())
+        }
+        (PrimitiveLiteral::Long(v), DataType::Timestamp(TimeUnit::Nanosecond, tz)) => {
+            ScalarValue::TimestampNanosecond(Some(*v), tz.clone())
+        }
+        (PrimitiveLiteral::Long(v), DataType::Int64) => ScalarValue::Int64(Some(*v)),
+        (PrimitiveLiteral::Long(v), DataType::Int32 | DataType::Int16 | DataType::Int8) => {
+            ScalarValue::Int64(Some(*v))
+        }
+        (PrimitiveLiteral::String(v), _) => ScalarValue::Utf8(Some(v.clone())),
+        (PrimitiveLiteral::Int128(v), DataType::Decimal128(p, s)) => {
+            ScalarValue::Decimal128(Some(*v), *p, *s)
+        }
+        _ => return None,
     })
 }
 
