@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests in `tests/`.
 
 pub mod crash;
+pub mod fault_proxy;
 
 use std::io::Write;
 pub mod kafka;
@@ -124,6 +125,20 @@ pub fn meltwater_ok(dir: &Path, args: &[&str]) -> (String, String) {
         out.status
     );
     (stdout, stderr)
+}
+
+/// Runs `meltwater ARGS` in `dir` with `env` set to abort the process at a checkpoint
+/// (`MELTWATER_ABORT_AFTER_COMMIT`, `MELTWATER_ABORT_BEFORE_COMMIT`) and asserts that it
+/// did (`message` is the abort's line on stderr).
+pub fn meltwater_aborted(dir: &Path, args: &[&str], env: (&str, &str), message: &str) {
+    let out = meltwater_with_env(dir, args, &[env]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(message),
+        "expected the run to abort ({message}), it ended with {}:\n{}\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Runs `meltwater ARGS` with `dir` as its working directory.

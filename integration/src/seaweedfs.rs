@@ -168,11 +168,17 @@ impl SeaweedFs {
 
     /// A catalog file defining the REST catalog `name` on this server.
     pub fn catalog_toml(&self, name: &str) -> String {
+        self.catalog_toml_at(name, &self.catalog_uri)
+    }
+
+    /// A catalog file defining the REST catalog `name` at `catalog_uri` (a proxy in front
+    /// of this server's catalog), with this server's S3 storage.
+    pub fn catalog_toml_at(&self, name: &str, catalog_uri: &str) -> String {
         format!(
             "[iceberg.{name}]\ntype = \"rest\"\nuri = \"{}\"\nwarehouse = \"s3://{BUCKET}\"\n\
              [iceberg.{name}.properties]\n\"s3.endpoint\" = \"{}\"\n\"s3.region\" = \"us-east-1\"\n\
              \"s3.path-style-access\" = true\n\"s3.allow-anonymous\" = true\n",
-            self.catalog_uri, self.s3_endpoint
+            catalog_uri, self.s3_endpoint
         )
     }
 
@@ -225,5 +231,28 @@ impl SeaweedFs {
             .lines()
             .map(|l| serde_json::from_str(l).expect("a JSON snapshot"))
             .collect()
+    }
+}
+
+/// Runs the batch job `sql` (written to `dir/name`) against the catalog file
+/// `dir/rest.toml` and asserts it succeeded; returns its stdout.
+pub fn run_batch(dir: &std::path::Path, name: &str, sql: &str) -> String {
+    std::fs::write(dir.join(name), sql).expect("write the job file");
+    crate::meltwater_ok(
+        dir,
+        &["run", name, "--mode", "batch", "--catalog", "rest.toml"],
+    )
+    .0
+}
+
+/// `namespace.table` of the catalog `lake` as each of `readers` reads it: exactly
+/// `expected` (sorted JSON lines).
+pub fn assert_rows(server: &SeaweedFs, table: &str, readers: &[&str], expected: &[&str]) {
+    for reader in readers {
+        assert_eq!(
+            server.read("lake", table, reader),
+            expected,
+            "{table} as {reader} reads it"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use meltwater_iceberg::{open_catalog, CommitOutcome, IcebergCatalogConfig};
 use meltwater_integration::meltwater_ok;
-use meltwater_integration::seaweedfs::SeaweedFs;
+use meltwater_integration::seaweedfs::{assert_rows, run_batch, SeaweedFs};
 
 const CREATE: &str = r#"
 CREATE TABLE IF NOT EXISTS lake.shop.items (id BIGINT, day DATE, name STRING)
@@ -24,26 +24,6 @@ CREATE TABLE IF NOT EXISTS lake.shop.items (id BIGINT, day DATE, name STRING)
 CREATE TABLE IF NOT EXISTS lake.shop.kv (k BIGINT, v STRING, PRIMARY KEY (k) NOT ENFORCED)
   WITH ('write.upsert' = 'true');
 "#;
-
-fn run_batch(dir: &Path, name: &str, sql: &str) -> String {
-    std::fs::write(dir.join(name), sql).unwrap();
-    meltwater_ok(
-        dir,
-        &["run", name, "--mode", "batch", "--catalog", "rest.toml"],
-    )
-    .0
-}
-
-/// Both readers, exactly `expected` (sorted JSON lines).
-fn assert_rows(server: &SeaweedFs, table: &str, readers: &[&str], expected: &[&str]) {
-    for reader in readers {
-        assert_eq!(
-            server.read("lake", table, reader),
-            expected,
-            "{table} as {reader} reads it"
-        );
-    }
-}
 
 #[test]
 fn rest_catalog_tables_read_back_exactly_in_pyiceberg_and_duckdb() {

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meltwater_integration::{interop_python, meltwater_ok, meltwater_with_env, read_iceberg};
+use meltwater_integration::{interop_python, meltwater_aborted, meltwater_ok, read_iceberg};
 use serde_json::Value;
 
 /// Runs `meltwater run job.sql --mode stream ARGS` with `env` set to abort the process at
@@ -21,14 +21,7 @@ use serde_json::Value;
 fn run_aborted(dir: &Path, args: &[&str], env: (&str, &str), message: &str) {
     let mut all = vec!["run", "job.sql", "--mode", "stream"];
     all.extend_from_slice(args);
-    let out = meltwater_with_env(dir, &all, &[env]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains(message),
-        "expected the run to abort ({message}), it ended with {}:\n{}\n{stderr}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-    );
+    meltwater_aborted(dir, &all, env, message);
 }
 
 /// Aborts the job after checkpoint 2 committed (parallelism 2), then a restored run

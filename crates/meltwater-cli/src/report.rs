@@ -290,6 +290,16 @@ pub fn print_run(sources: &[SourceRef], report: &RunReport) {
 fn print_commits(commits: &[meltwater_iceberg::CommitSummary]) {
     for c in commits {
         match c.snapshot_id {
+            // This run's own commit landed, but the catalog's answer was lost.
+            Some(id) if c.already_committed && c.unknown_outcomes > 0 => println!(
+                "wrote {}: {}, {}, {}, snapshot {id} (the answer to attempt {} was lost; \
+                 the reload found the commit in the table, not sent again)",
+                c.table,
+                plural(c.rows, "row"),
+                plural(c.files as u64, "file"),
+                size(c.bytes),
+                c.attempts
+            ),
             Some(id) if c.already_committed => {
                 println!("wrote {}: already committed as snapshot {id}", c.table)
             }
@@ -299,10 +309,13 @@ fn print_commits(commits: &[meltwater_iceberg::CommitSummary]) {
                 plural(c.rows, "row"),
                 plural(c.files as u64, "file"),
                 size(c.bytes),
-                if c.attempts > 1 {
-                    format!(" (on attempt {}: the table changed meanwhile)", c.attempts)
-                } else {
-                    String::new()
+                match (c.attempts, c.unknown_outcomes) {
+                    (0 | 1, _) => String::new(),
+                    (n, 0) => format!(" (on attempt {n}: the table changed meanwhile)"),
+                    (n, lost) => format!(
+                        " (on attempt {n}: {} lost, the commit had not landed)",
+                        plural(lost.into(), "answer")
+                    ),
                 }
             ),
             None => println!("wrote {}: no rows, no snapshot", c.table),

@@ -68,6 +68,10 @@ pub struct CommitSummary {
     /// an outcome was unknown) and the commit was rebuilt on the new head; 0 when none
     /// was needed.
     pub attempts: u32,
+    /// Attempts whose outcome the catalog left unknown (a 5xx, a timeout or a connection
+    /// lost after the commit was sent). With `already_committed`, the last attempt had
+    /// landed: the reload after it found the run's marker, and nothing was sent again.
+    pub unknown_outcomes: u32,
 }
 
 const MAX_ATTEMPTS: u32 = 8;
@@ -255,6 +259,7 @@ pub(crate) async fn commit_fast_append(
         bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
         already_committed: false,
         attempts: 0,
+        unknown_outcomes: 0,
     };
     if files.is_empty() {
         return Ok(summary);
@@ -300,6 +305,9 @@ pub(crate) async fn commit_fast_append(
             {
                 // Another writer moved the table: reload and rebase. After an unknown
                 // outcome, the reload's marker check tells whether the commit landed.
+                if is_commit_state_unknown(&e) {
+                    summary.unknown_outcomes += 1;
+                }
                 tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
             }
             Err(e) => {
@@ -342,6 +350,7 @@ pub(crate) async fn commit_files(
         bytes: all.map(|f| f.file_size_in_bytes()).sum(),
         already_committed: false,
         attempts: 0,
+        unknown_outcomes: 0,
     };
     let mut seen = std::collections::HashSet::new();
     if let Some(twice) = files
@@ -386,6 +395,9 @@ pub(crate) async fn commit_files(
             }
             CommitOutcome::Conflict | CommitOutcome::Unknown(_) if attempt < MAX_ATTEMPTS => {
                 // Reload: the marker check above tells whether an unknown outcome landed.
+                if matches!(outcome, CommitOutcome::Unknown(_)) {
+                    summary.unknown_outcomes += 1;
+                }
                 tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
             }
             CommitOutcome::Conflict => {

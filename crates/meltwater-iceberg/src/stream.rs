@@ -345,6 +345,7 @@ pub async fn commit_checkpoint_to(
             bytes: files.iter().map(|f| f.file_size_in_bytes).sum(),
             already_committed: true,
             attempts: 0,
+            unknown_outcomes: 0,
         });
     }
     if let Some(snapshot_id) = find_marked_snapshot(metadata, &marker) {
@@ -358,6 +359,7 @@ pub async fn commit_checkpoint_to(
             bytes: files.iter().map(|f| f.file_size_in_bytes).sum(),
             already_committed: true,
             attempts: 0,
+            unknown_outcomes: 0,
         });
     }
     let mut added = AddedFiles {
