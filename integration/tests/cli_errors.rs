@@ -940,23 +940,42 @@ fn stream_window_aggregate_spills_over_its_memory_budget_with_the_same_rows() {
          GROUP BY window_start, window_end, category;\n",
         orders_ddl()
     ));
-    let stream = run_in_mode(dir.path(), "stream");
-    let batch = run_in_mode(dir.path(), "batch");
+    spills_with_the_rows_of_the_batch_run(dir.path(), "hourly");
+}
+
+/// A window aggregate keeping its state per window and key (COUNT(DISTINCT ...)) spills
+/// its key groups under the budget and writes the rows of the batch run.
+#[test]
+fn stream_distinct_window_aggregate_spills_over_its_memory_budget_with_the_same_rows() {
+    let dir = job_dir(&format!(
+        "SET 'state.memory-budget' = '1 KiB';\n{}\n\
+         CREATE TABLE IF NOT EXISTS lake.db.daily_${{mode}} (w TIMESTAMP(3), category STRING, customers BIGINT, n BIGINT);\n\
+         INSERT INTO lake.db.daily_${{mode}} SELECT window_start, category, COUNT(DISTINCT customer_id), COUNT(*) \
+         FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(order_time), INTERVAL '1' DAY)) \
+         GROUP BY window_start, window_end, category;\n",
+        orders_ddl()
+    ));
+    spills_with_the_rows_of_the_batch_run(dir.path(), "daily");
+}
+
+/// Runs the job in `dir` in both modes: the stream run reports spilled state, and both
+/// write as many rows to `lake.db.<table>_<mode>`.
+fn spills_with_the_rows_of_the_batch_run(dir: &Path, table: &str) {
+    let stream = run_in_mode(dir, "stream");
+    let batch = run_in_mode(dir, "batch");
     assert!(stream.contains("spilled "), "{stream}");
     assert!(stream.contains("over its memory budget"), "{stream}");
-    let rows = |out: &str, table: &str| -> String {
+    let rows = |out: &str, mode: &str| -> String {
+        let table = format!("lake.db.{table}_{mode}");
         out.lines()
             .find(|l| l.starts_with(&format!("wrote {table}: ")))
             .unwrap_or_else(|| panic!("no line for {table} in:\n{out}"))
             .split(" rows")
             .next()
             .unwrap()
-            .to_string()
+            .replace(mode, "")
     };
-    assert_eq!(
-        rows(&stream, "lake.db.hourly_stream").replace("stream", ""),
-        rows(&batch, "lake.db.hourly_batch").replace("batch", "")
-    );
+    assert_eq!(rows(&stream, "stream"), rows(&batch, "batch"));
 }
 
 /// Runs `job.sql` in `mode` at parallelism 2 with `--param mode=<mode>` (so the job can

@@ -22,8 +22,17 @@
 //! several windows, and each copy is late or not on its own).
 //! A SESSION row is late only if its window is late *and* touches no open session of its
 //! key (Flink merges first, then checks lateness).
+//!
+//! With a memory budget ([`WindowAggregateOperator::with_memory_budget`]) the columnar
+//! state spills the windows that fire last ([`super::columnar`]); the per-group state
+//! spills by key group, as the updating aggregate does: over the budget, the key groups
+//! used least recently go to a run file (meltwater-state's `KeyGroupSpill`) as their
+//! checkpoint rows, each with the earliest end of its windows. A batch loads the spilled
+//! key groups of its rows back before any of them is grouped (so a key's sessions merge
+//! whole and a row is only late when its key has no open session to join), and a
+//! watermark loads the key groups with a window it fires before firing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,14 +45,15 @@ use meltwater_plan::window::{ms_to_timestamps, timestamps_to_ms, WindowKind};
 
 use super::columnar::{ColumnarWindow, ColumnarWindows};
 use super::{
-    checkpoint_accumulators, evaluate, merge_accumulators, merge_state_row, restored_watermark,
-    scalars_to_array, snapshot_batch, state_lens, transpose_to_columns, watermark_state,
-    Accumulators, AggregateSpec, GroupedRows, KeyCodec, NO_GROUP,
+    accumulator_state, checkpoint_accumulators, evaluate, merge_accumulators, merge_state_row,
+    restored_watermark, scalars_to_array, snapshot_batch, state_lens, transpose_to_columns,
+    watermark_state, Accumulators, AggregateSpec, GroupedRows, KeyCodec, NO_GROUP,
 };
 use crate::message::{EventTime, MIN_WATERMARK};
 use crate::operator::{
     Operator, OperatorCounters, OperatorSnapshot, Output, RestoredState, SubtaskInfo,
 };
+use meltwater_state::KeyGroupSpill;
 
 /// Which window an aggregate is over, and where the window bounds are among its group
 /// expressions.
@@ -207,6 +217,42 @@ pub(crate) fn number_windows(
     (ids, windows)
 }
 
+/// Per-group path: one (window, key)'s state.
+struct WindowGroup {
+    accs: Accumulators,
+    /// The key group of the key (tracked with a memory budget only, else 0).
+    kg: u16,
+    /// The memory the group takes, as last measured (with a memory budget only, else 0).
+    size: usize,
+}
+
+/// A (window, key)'s memory: its key, its accumulators, and the entry around them.
+fn group_size(key_len: usize, accs: &Accumulators) -> usize {
+    key_len + std::mem::size_of::<WindowGroup>() + 48 + accs.iter().map(|a| a.size()).sum::<usize>()
+}
+
+/// Per-group path with a memory budget: what the groups in memory take, per key group.
+#[derive(Debug, Default)]
+struct Usage {
+    by_group: HashMap<u16, usize>,
+    total: usize,
+}
+
+impl Usage {
+    /// A group of key group `kg` now takes `new` bytes instead of `old`.
+    fn resize(&mut self, kg: u16, old: usize, new: usize) {
+        if old == new {
+            return;
+        }
+        let bytes = self.by_group.entry(kg).or_insert(0);
+        *bytes = (*bytes + new).saturating_sub(old);
+        self.total = (self.total + new).saturating_sub(old);
+        if *bytes == 0 {
+            self.by_group.remove(&kg);
+        }
+    }
+}
+
 /// Aggregates per event-time window and key; see the module docs.
 pub struct WindowAggregateOperator {
     spec: AggregateSpec,
@@ -220,9 +266,15 @@ pub struct WindowAggregateOperator {
     /// `windows` and `sessions` then stay empty.
     columnar: Option<ColumnarWindows>,
     /// Per-group path: open windows by (end, start), then key.
-    windows: BTreeMap<WindowKey, HashMap<Box<[u8]>, Accumulators>>,
+    windows: BTreeMap<WindowKey, HashMap<Box<[u8]>, WindowGroup>>,
     /// SESSION: each key's open sessions as (start, end), sorted, disjoint, not touching.
     sessions: HashMap<Box<[u8]>, Vec<(i64, i64)>>,
+    /// Per-group path with a memory budget: the key groups on disk.
+    spill: Option<KeyGroupSpill>,
+    /// With `spill`: the memory the groups in memory take.
+    usage: Usage,
+    /// Per spilled key group: the earliest end of its windows (when it must be back).
+    spilled_ends: HashMap<u16, i64>,
     watermark: EventTime,
     late_records: u64,
     /// HOP: late (row, window) pairs; each input row is in `size / slide` windows.
@@ -237,6 +289,8 @@ impl std::fmt::Debug for WindowAggregateOperator {
             .field("window", &self.window)
             .field("columnar", &self.columnar.is_some())
             .field("open_windows", &self.open_windows())
+            .field("memory", &self.usage.total)
+            .field("spilled_groups", &self.spilled_ends.len())
             .field("watermark", &self.watermark)
             .finish()
     }
@@ -309,14 +363,15 @@ impl WindowAggregateOperator {
         Self::build(spec, window, info, true)
     }
 
-    /// Keeps the open windows' state within `budget` bytes by spilling the windows that
-    /// fire last to files under `dir` (see [`super::columnar`]). Only the columnar state
-    /// spills; the per-group path (merging sessions, DISTINCT) ignores the budget.
+    /// Keeps the open windows' state within `budget` bytes, spilling to files under
+    /// `dir` (created when needed, removed with the operator): the columnar state spills
+    /// the windows that fire last (see [`super::columnar`]), the per-group state (merging
+    /// sessions, DISTINCT) its least recently used key groups (see the module docs).
     pub fn with_memory_budget(mut self, budget: usize, dir: std::path::PathBuf) -> Self {
-        self.columnar = self
-            .columnar
-            .take()
-            .map(|c| c.with_memory_budget(budget, dir));
+        match self.columnar.take() {
+            Some(c) => self.columnar = Some(c.with_memory_budget(budget, dir)),
+            None => self.spill = Some(KeyGroupSpill::new(budget, dir)),
+        }
         self
     }
 
@@ -384,6 +439,9 @@ impl WindowAggregateOperator {
             columnar: None,
             windows: BTreeMap::new(),
             sessions: HashMap::new(),
+            spill: None,
+            usage: Usage::default(),
+            spilled_ends: HashMap::new(),
             watermark: MIN_WATERMARK,
             late_records: 0,
             late_hop_windows: 0,
@@ -458,13 +516,14 @@ impl WindowAggregateOperator {
     }
 
     /// Per-group path: assigns each row of an aligned-window batch its (window, key)
-    /// group.
+    /// group; `kgs` are the rows' key groups (empty without a budget).
     fn group_aligned(
         &mut self,
         starts: &Int64Array,
         ends: &Int64Array,
         keys: &super::EncodedKeys,
-        groups: &mut Vec<(WindowKey, Box<[u8]>)>,
+        kgs: &[u16],
+        groups: &mut Vec<(WindowKey, Box<[u8]>, u16)>,
     ) -> Vec<usize> {
         let (window_ids, windows) = self.assign_aligned(starts, ends);
         let mut local: HashMap<(usize, &[u8]), usize> = HashMap::new();
@@ -477,7 +536,7 @@ impl WindowAggregateOperator {
                 }
                 let key = keys.key(row);
                 *local.entry((w, key)).or_insert_with(|| {
-                    groups.push((windows[w], key.into()));
+                    groups.push((windows[w], key.into(), kgs.get(row).copied().unwrap_or(0)));
                     groups.len() - 1
                 })
             })
@@ -485,13 +544,15 @@ impl WindowAggregateOperator {
     }
 
     /// Merges each row's session window into its key's sessions; returns each row's
-    /// group (the merged session it ended up in).
+    /// group (the merged session it ended up in). `kgs` are the rows' key groups (empty
+    /// without a budget).
     fn group_sessions(
         &mut self,
         starts: &Int64Array,
         ends: &Int64Array,
         keys: &super::EncodedKeys,
-        groups: &mut Vec<(WindowKey, Box<[u8]>)>,
+        kgs: &[u16],
+        groups: &mut Vec<(WindowKey, Box<[u8]>, u16)>,
     ) -> Result<Vec<usize>> {
         let mut ids = vec![NO_GROUP; starts.len()];
         let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
@@ -502,6 +563,7 @@ impl WindowAggregateOperator {
         }
         for (key, rows) in by_key {
             let key: Box<[u8]> = key.into();
+            let kg = kgs.get(rows[0]).copied().unwrap_or(0);
             let existing = self.sessions.remove(&key).unwrap_or_default();
             let components = merge_sessions(
                 &existing,
@@ -522,27 +584,35 @@ impl WindowAggregateOperator {
                     old,
                     rows,
                 } = m;
-                // The merged session's accumulators: the existing sessions' merged.
-                let mut merged: Option<Accumulators> = None;
+                // The merged session's accumulators: the existing sessions' merged. (Its
+                // memory stays the old sessions' until it is measured after the update.)
+                let mut merged: Option<WindowGroup> = None;
                 for (s, e) in old {
-                    let Some(mut accs) = take_window(&mut self.windows, (e, s), &key) else {
+                    let Some(mut g) = take_window(&mut self.windows, (e, s), &key) else {
                         return internal_err!("session window [{s}, {e}) has no state");
                     };
                     match &mut merged {
-                        None => merged = Some(accs),
-                        Some(m) => merge_accumulators(m, &mut accs)?,
+                        None => merged = Some(g),
+                        Some(m) => {
+                            merge_accumulators(&mut m.accs, &mut g.accs)?;
+                            m.size += g.size;
+                        }
                     }
                 }
                 let merged = match merged {
                     Some(m) => m,
-                    None => self.new_accumulators()?,
+                    None => WindowGroup {
+                        accs: self.new_accumulators()?,
+                        kg,
+                        size: 0,
+                    },
                 };
                 self.windows
                     .entry((end, start))
                     .or_default()
                     .insert(key.clone(), merged);
                 let id = groups.len();
-                groups.push(((end, start), key.clone()));
+                groups.push(((end, start), key.clone(), kg));
                 for r in rows {
                     ids[r] = id;
                 }
@@ -558,7 +628,7 @@ impl WindowAggregateOperator {
     /// Per-group path: output rows for `windows` (in order), keys sorted within a window.
     fn emit(
         &mut self,
-        windows: BTreeMap<WindowKey, HashMap<Box<[u8]>, Accumulators>>,
+        windows: BTreeMap<WindowKey, HashMap<Box<[u8]>, WindowGroup>>,
     ) -> Result<Option<RecordBatch>> {
         let (mut starts, mut ends) = (Vec::new(), Vec::new());
         let mut keys: Vec<Box<[u8]>> = Vec::new();
@@ -567,7 +637,8 @@ impl WindowAggregateOperator {
         for ((end, start), groups) in windows {
             let mut groups: Vec<_> = groups.into_iter().collect();
             groups.sort_by(|a, b| a.0.cmp(&b.0));
-            for (key, mut accs) in groups {
+            for (key, mut g) in groups {
+                self.usage.resize(g.kg, g.size, 0);
                 if is_session {
                     if let Some(list) = self.sessions.get_mut(&key) {
                         list.retain(|w| *w != (start, end));
@@ -578,7 +649,7 @@ impl WindowAggregateOperator {
                 }
                 starts.push(start);
                 ends.push(end);
-                values.push(evaluate(&mut accs)?);
+                values.push(evaluate(&mut g.accs)?);
                 keys.push(key);
             }
         }
@@ -697,15 +768,16 @@ impl WindowAggregateOperator {
         Ok(RecordBatch::try_new(schema, columns)?)
     }
 
-    /// A checkpoint of rows with window bounds `starts`/`ends` (ms), key columns `keys`
-    /// and the accumulators' state columns `states` (see [`Operator::restore`]).
+    /// The checkpoint rows (with the key-group column) of rows with window bounds
+    /// `starts`/`ends` (ms), key columns `keys` and the accumulators' state columns
+    /// `states` (see [`Operator::restore`]).
     fn snapshot_of(
         &self,
         starts: Vec<i64>,
         ends: Vec<i64>,
         keys: Vec<ArrayRef>,
         states: Vec<ArrayRef>,
-    ) -> Result<OperatorSnapshot> {
+    ) -> Result<RecordBatch> {
         let mut names = vec!["__window_start".to_string(), "__window_end".to_string()];
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(starts)),
@@ -728,23 +800,62 @@ impl WindowAggregateOperator {
             );
         }
         columns.extend(states);
-        let batch = snapshot_batch(&keys, self.info.key_groups, names, columns)?;
-        Ok(OperatorSnapshot {
-            keyed: vec![batch],
-            state: serde_json::Value::Null,
-        })
+        snapshot_batch(&keys, self.info.key_groups, names, columns)
     }
 
-    /// Per-group path: merges restored rows (bounds `starts`/`ends`, key columns `keys`,
-    /// state columns `states`).
-    fn restore_groups(
-        &mut self,
-        starts: &Int64Array,
-        ends: &Int64Array,
-        keys: &[ArrayRef],
-        states: &[ArrayRef],
-    ) -> Result<()> {
-        let keys = self.keys.encode(keys)?;
+    /// Per-group path: the checkpoint rows of `groups` (window, key, the accumulators'
+    /// state values), `None` for no group.
+    fn group_rows(
+        &self,
+        groups: Vec<(WindowKey, Box<[u8]>, Vec<ScalarValue>)>,
+    ) -> Result<Option<RecordBatch>> {
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut keys: Vec<Box<[u8]>> = Vec::with_capacity(groups.len());
+        let mut states: Vec<Vec<ScalarValue>> = Vec::with_capacity(groups.len());
+        for ((end, start), key, values) in groups {
+            starts.push(start);
+            ends.push(end);
+            keys.push(key);
+            states.push(values);
+        }
+        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let key_columns = self.keys.decode(&refs)?;
+        let width: usize = self.state_lens.iter().sum();
+        let states = transpose_to_columns(states, width)?;
+        self.snapshot_of(starts, ends, key_columns, states)
+            .map(Some)
+    }
+
+    /// Per-group path: merges checkpoint rows (`batch`, without the key-group column:
+    /// `__window_start`, `__window_end`, the key columns, the state columns) into the
+    /// state. With a budget the groups are measured, and unless `loading` (the rows are
+    /// a spilled key group's, coming back) the spilled key groups of the rows are loaded
+    /// first: a key's state is never split between memory and disk.
+    fn restore_groups(&mut self, batch: &RecordBatch, loading: bool) -> Result<()> {
+        let key_count = self.key_indices.len();
+        let starts = batch.column(0).as_primitive::<Int64Type>().clone();
+        let ends = batch.column(1).as_primitive::<Int64Type>().clone();
+        let key_columns = &batch.columns()[2..2 + key_count];
+        let states = &batch.columns()[2 + key_count..];
+        let kgs = match self.spill {
+            Some(_) => {
+                let kgs = meltwater_state::key_groups(
+                    key_columns,
+                    batch.num_rows(),
+                    self.info.key_groups,
+                )?;
+                if !loading {
+                    self.load_spilled(&kgs)?;
+                }
+                kgs
+            }
+            None => vec![],
+        };
+        let measure = self.spill.is_some();
+        let keys = self.keys.encode(key_columns)?;
         for row in 0..starts.len() {
             let window = (ends.value(row), starts.value(row));
             let key: Box<[u8]> = keys.key(row).into();
@@ -753,28 +864,115 @@ impl WindowAggregateOperator {
                 .get(&window)
                 .is_some_and(|w| w.contains_key(&key))
             {
-                let accs = self.new_accumulators()?;
+                let group = WindowGroup {
+                    accs: self.new_accumulators()?,
+                    kg: kgs.get(row).copied().unwrap_or(0),
+                    size: 0,
+                };
                 self.windows
                     .entry(window)
                     .or_default()
-                    .insert(key.clone(), accs);
+                    .insert(key.clone(), group);
                 if self.window.merges_sessions() {
                     let list = self.sessions.entry(key.clone()).or_default();
                     list.push((window.1, window.0));
                     list.sort();
                 }
             }
-            let accs = self
+            let g = self
                 .windows
                 .get_mut(&window)
                 .and_then(|w| w.get_mut(&key))
                 .expect("inserted above");
-            merge_state_row(accs, states, row, &self.state_lens)?;
+            merge_state_row(&mut g.accs, states, row, &self.state_lens)?;
+            if measure {
+                let size = group_size(key.len(), &g.accs);
+                self.usage.resize(g.kg, g.size, size);
+                g.size = size;
+            }
         }
         Ok(())
     }
 
-    /// Per-group path: feeds a batch's rows.
+    /// Per-group path: loads the spilled key groups among `kgs` back into memory (as a
+    /// restore merges them), marking `kgs` as just used.
+    fn load_spilled(&mut self, kgs: &[u16]) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        let loaded = spill.load_touched(kgs)?;
+        if !self.spilled_ends.is_empty() {
+            for kg in kgs {
+                self.spilled_ends.remove(kg);
+            }
+        }
+        for batch in loaded {
+            self.restore_groups(&batch, true)?;
+        }
+        Ok(())
+    }
+
+    /// Per-group path over the budget: moves the groups of the least recently used key
+    /// groups to a spill file (as checkpoint rows) until half the budget is used.
+    fn spill_if_over_budget(&mut self) -> Result<()> {
+        let Some(spill) = self.spill.as_ref() else {
+            return Ok(());
+        };
+        let budget = spill.budget();
+        if self.usage.total <= budget {
+            return Ok(());
+        }
+        let mut left = self.usage.total;
+        let mut chosen: HashSet<u16> = HashSet::new();
+        for kg in spill.coldest_first(self.usage.by_group.keys().copied()) {
+            if left <= budget / 2 {
+                break;
+            }
+            left = left.saturating_sub(self.usage.by_group.get(&kg).copied().unwrap_or(0));
+            chosen.insert(kg);
+        }
+        // The chosen key groups' groups, by key group, in firing order.
+        let mut taken: BTreeMap<u16, Vec<(WindowKey, Box<[u8]>, Accumulators)>> = BTreeMap::new();
+        for (&window, keys) in self.windows.iter_mut() {
+            keys.retain(|key, g| {
+                if !chosen.contains(&g.kg) {
+                    return true;
+                }
+                let accs = std::mem::take(&mut g.accs);
+                taken
+                    .entry(g.kg)
+                    .or_default()
+                    .push((window, key.clone(), accs));
+                false
+            });
+        }
+        self.windows.retain(|_, keys| !keys.is_empty());
+        let mut parts = Vec::with_capacity(taken.len());
+        for (kg, groups) in taken {
+            let bytes = self.usage.by_group.get(&kg).copied().unwrap_or(0);
+            self.usage.resize(kg, bytes, 0);
+            let first_end = groups.iter().map(|((end, _), _, _)| *end).min();
+            let mut rows = Vec::with_capacity(groups.len());
+            for (window, key, mut accs) in groups {
+                if self.window.merges_sessions() {
+                    // All of a key's sessions are in its key group: they go together.
+                    self.sessions.remove(&key);
+                }
+                rows.push((window, key, accumulator_state(&mut accs)?));
+            }
+            if let Some(batch) = self.group_rows(rows)? {
+                parts.push((kg, batch));
+            }
+            if let Some(first_end) = first_end {
+                let end = self.spilled_ends.entry(kg).or_insert(i64::MAX);
+                *end = (*end).min(first_end);
+            }
+        }
+        self.spill.as_mut().expect("checked above").write_run(parts)
+    }
+
+    /// Per-group path: feeds a batch's rows. With a budget, the spilled key groups of
+    /// its rows are loaded back first.
     fn process_groups(
         &mut self,
         batch: &RecordBatch,
@@ -782,18 +980,32 @@ impl WindowAggregateOperator {
         ends: &Int64Array,
         key_columns: &[ArrayRef],
     ) -> Result<()> {
+        let kgs = match self.spill {
+            Some(_) => {
+                let kgs = meltwater_state::key_groups(
+                    key_columns,
+                    batch.num_rows(),
+                    self.info.key_groups,
+                )?;
+                self.load_spilled(&kgs)?;
+                kgs
+            }
+            None => vec![],
+        };
+        let measure = self.spill.is_some();
         let keys = self.keys.encode(key_columns)?;
         let mut groups = Vec::new();
         let ids = if self.window.merges_sessions() {
-            self.group_sessions(starts, ends, &keys, &mut groups)?
+            self.group_sessions(starts, ends, &keys, &kgs, &mut groups)?
         } else {
-            self.group_aligned(starts, ends, &keys, &mut groups)
+            self.group_aligned(starts, ends, &keys, &kgs, &mut groups)
         };
         let args = self.spec.evaluate_args(batch)?;
         let filters = self.spec.evaluate_filters(batch)?;
         let grouped = GroupedRows::new(&args, &filters, &ids, groups.len())?;
-        for (g, (window, key)) in groups.into_iter().enumerate() {
-            let accs = match self.windows.entry(window).or_default().entry(key) {
+        for (g, (window, key, kg)) in groups.into_iter().enumerate() {
+            let key_len = key.len();
+            let group = match self.windows.entry(window).or_default().entry(key) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let accs = self
@@ -802,12 +1014,17 @@ impl WindowAggregateOperator {
                         .iter()
                         .map(|a| a.create_accumulator())
                         .collect::<Result<Accumulators>>()?;
-                    v.insert(accs)
+                    v.insert(WindowGroup { accs, kg, size: 0 })
                 }
             };
-            grouped.update(g, accs, false)?;
+            grouped.update(g, &mut group.accs, false)?;
+            if measure {
+                let size = group_size(key_len, &group.accs);
+                self.usage.resize(group.kg, group.size, size);
+                group.size = size;
+            }
         }
-        Ok(())
+        self.spill_if_over_budget()
     }
 
     /// Columnar path: feeds a batch's rows, one update per window and aggregate.
@@ -831,31 +1048,36 @@ impl WindowAggregateOperator {
         columnar.update(&windows, &grouped, false)
     }
 
-    /// Per-group path: every (window, key)'s state (see [`checkpoint_accumulators`]).
+    /// Per-group path: every (window, key)'s state (see [`checkpoint_accumulators`]), and
+    /// the spilled key groups' as spilled.
     fn snapshot_groups(&mut self) -> Result<OperatorSnapshot> {
-        let (mut starts, mut ends) = (Vec::new(), Vec::new());
-        let mut keys: Vec<Box<[u8]>> = Vec::new();
-        let mut states: Vec<Vec<ScalarValue>> = Vec::new();
         let aggr_exprs = self.spec.aggr_exprs.clone();
         let make = || -> Result<Accumulators> {
             aggr_exprs.iter().map(|a| a.create_accumulator()).collect()
         };
-        for (&(end, start), groups) in self.windows.iter_mut() {
-            for (key, accs) in groups.iter_mut() {
-                starts.push(start);
-                ends.push(end);
-                keys.push(key.clone());
-                states.push(checkpoint_accumulators(accs, &make, &self.state_lens)?);
+        let measure = self.spill.is_some();
+        let mut rows = Vec::new();
+        for (&window, groups) in self.windows.iter_mut() {
+            for (key, g) in groups.iter_mut() {
+                let values = checkpoint_accumulators(&mut g.accs, &make, &self.state_lens)?;
+                if measure {
+                    // Rebuilt from its state: measured anew.
+                    let size = group_size(key.len(), &g.accs);
+                    self.usage.resize(g.kg, g.size, size);
+                    g.size = size;
+                }
+                rows.push((window, key.clone(), values));
             }
         }
-        if keys.is_empty() {
-            return Ok(OperatorSnapshot::default());
+        let mut keyed: Vec<RecordBatch> = self.group_rows(rows)?.into_iter().collect();
+        // Spilled key groups are part of the state: their rows as spilled.
+        if let Some(spill) = &self.spill {
+            keyed.extend(spill.snapshot()?);
         }
-        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-        let key_columns = self.keys.decode(&refs)?;
-        let width: usize = self.state_lens.iter().sum();
-        let states = transpose_to_columns(states, width)?;
-        self.snapshot_of(starts, ends, key_columns, states)
+        Ok(OperatorSnapshot {
+            keyed,
+            state: serde_json::Value::Null,
+        })
     }
 
     /// Columnar path: every open window's keys and state.
@@ -878,7 +1100,10 @@ impl WindowAggregateOperator {
             keys,
             values: states,
         } = parts.concat()?;
-        self.snapshot_of(starts, ends, keys, states)
+        Ok(OperatorSnapshot {
+            keyed: vec![self.snapshot_of(starts, ends, keys, states)?],
+            state: serde_json::Value::Null,
+        })
     }
 }
 
@@ -897,19 +1122,20 @@ impl Operator for WindowAggregateOperator {
             if batch.num_rows() == 0 {
                 continue;
             }
+            let Some(columnar) = self.columnar.as_mut() else {
+                // Per group: over the budget, the restored subtask spills as it restores.
+                self.restore_groups(&batch, false)?;
+                self.spill_if_over_budget()?;
+                continue;
+            };
             let starts = batch.column(0).as_primitive::<Int64Type>().clone();
             let ends = batch.column(1).as_primitive::<Int64Type>().clone();
             let keys = &batch.columns()[2..2 + key_count];
             let states = &batch.columns()[2 + key_count..];
-            match self.columnar.as_mut() {
-                Some(columnar) => {
-                    let (ids, windows) = number_windows(batch.num_rows(), |row| {
-                        Some((ends.value(row), starts.value(row)))
-                    });
-                    columnar.restore(&windows, &ids, keys, states)?;
-                }
-                None => self.restore_groups(&starts, &ends, keys, states)?,
-            }
+            let (ids, windows) = number_windows(batch.num_rows(), |row| {
+                Some((ends.value(row), starts.value(row)))
+            });
+            columnar.restore(&windows, &ids, keys, states)?;
         }
         if let Some(w) = restored_watermark(&state.states) {
             self.watermark = self.watermark.max(w);
@@ -955,8 +1181,19 @@ impl Operator for WindowAggregateOperator {
                 self.emit_columnar(fired)?
             }
             None => {
+                // Spilled key groups with a window that fires now come back first.
+                let mut due: Vec<u16> = self
+                    .spilled_ends
+                    .iter()
+                    .filter(|(_, end)| window_fired(**end, watermark))
+                    .map(|(kg, _)| *kg)
+                    .collect();
+                due.sort_unstable();
+                self.load_spilled(&due)?;
                 let fired = take_fired(&mut self.windows, watermark);
-                self.emit(fired)?
+                let batch = self.emit(fired)?;
+                self.spill_if_over_budget()?;
+                batch
             }
         };
         if let Some(batch) = batch {
@@ -989,11 +1226,8 @@ impl Operator for WindowAggregateOperator {
         };
         OperatorCounters {
             late_records: self.late_records + self.late_hop_windows / per_row,
-            spilled_bytes: self
-                .columnar
-                .as_ref()
-                .map(|c| c.spilled_bytes())
-                .unwrap_or(0),
+            spilled_bytes: self.columnar.as_ref().map_or(0, |c| c.spilled_bytes())
+                + self.spill.as_ref().map_or(0, |s| s.spilled_bytes()),
         }
     }
 }
@@ -1115,10 +1349,33 @@ mod tests {
         }
     }
 
+    /// `op` kept within `budget` bytes (spilling to `dir`), or without a budget.
+    fn within_budget(
+        op: WindowAggregateOperator,
+        budget: Option<usize>,
+        dir: std::path::PathBuf,
+    ) -> WindowAggregateOperator {
+        match budget {
+            Some(b) => op.with_memory_budget(b, dir),
+            None => op,
+        }
+    }
+
+    /// Late rows are found alike on both paths, also when the per-group state is on
+    /// disk (a 1-byte budget spills every key group after every batch and watermark).
     #[tokio::test]
     async fn late_rows_are_dropped_and_counted() {
-        for columnar in PATHS {
-            let mut op = operator(TUMBLE, SQL, 0, 1, columnar).await;
+        let spill_dir = tempfile::tempdir().unwrap();
+        let dir = spill_dir.path();
+        for (columnar, budget) in [(true, None), (false, None), (false, Some(1))] {
+            let make = |kind, i: usize| async move {
+                within_budget(
+                    operator(kind, SQL, 0, 1, columnar).await,
+                    budget,
+                    dir.join(format!("op-{i}")),
+                )
+            };
+            let mut op = make(TUMBLE, 0).await;
             run(&mut op, TUMBLE, &[(Some("a"), Some(1), Some(1))]).await;
             assert_eq!(rows(&watermark(&mut op, 12).await).len(), 1);
             // 5 is in [0, 10) which fired; 13 is in [10, 20), still open.
@@ -1137,16 +1394,17 @@ mod tests {
                 rows(&fired),
                 ["a,1970-01-01T00:00:00.010,1970-01-01T00:00:00.020,1,20"]
             );
+            assert_eq!(op.counters().spilled_bytes > 0, budget.is_some());
 
             // HOP: a row fully late (all 3 windows fired) counts once.
             let hop = WindowKind::Hop { slide: 5, size: 15 };
-            let mut op = operator(hop, SQL, 0, 1, columnar).await;
+            let mut op = make(hop, 1).await;
             watermark(&mut op, 100).await;
             run(&mut op, hop, &[(Some("a"), Some(1), Some(3))]).await;
             assert_eq!(op.counters().late_records, 1);
             // CUMULATE: a row partly late (its [0,10) fired, [0,20) open) is not counted.
             let cumulate = WindowKind::Cumulate { step: 10, size: 20 };
-            let mut op = operator(cumulate, SQL, 0, 1, columnar).await;
+            let mut op = make(cumulate, 2).await;
             watermark(&mut op, 9).await;
             run(&mut op, cumulate, &[(Some("a"), Some(1), Some(3))]).await;
             assert_eq!(op.counters().late_records, 0);
@@ -1481,19 +1739,34 @@ mod tests {
         checkpoint_after: usize,
         parallelism: usize,
     ) -> (Vec<String>, u64) {
-        scenario_within(
+        let run = scenario_within(
             spec,
             window,
             columnar,
             batches,
             checkpoint_after,
             parallelism,
-            None,
+            [None, None],
         )
-        .await
+        .await;
+        (run.rows, run.late)
     }
 
-    /// [`scenario`] with every operator kept within a state budget of `budget` bytes.
+    /// What [`scenario_within`] saw.
+    struct Run {
+        /// The rows fired (per subtask, in order).
+        rows: Vec<String>,
+        late: u64,
+        /// Bytes spilled by all operators.
+        spilled_bytes: u64,
+        /// Per-group path: the key groups on disk when the checkpoint was taken.
+        spilled_at_checkpoint: usize,
+        /// The checkpoint's keyed rows.
+        checkpoint_rows: usize,
+    }
+
+    /// [`scenario`] with the operator before the checkpoint kept within a state budget
+    /// of `budgets[0]` bytes and the restored ones within `budgets[1]`.
     async fn scenario_within(
         spec: &AggregateSpec,
         window: WindowSpec,
@@ -1501,26 +1774,33 @@ mod tests {
         batches: &[RecordBatch],
         checkpoint_after: usize,
         parallelism: usize,
-        budget: Option<usize>,
-    ) -> (Vec<String>, u64) {
+        budgets: [Option<usize>; 2],
+    ) -> Run {
         let spill_dir = tempfile::tempdir().unwrap();
-        let within = |op: WindowAggregateOperator, i: usize| match budget {
-            Some(b) => op.with_memory_budget(b, spill_dir.path().join(format!("op-{i}"))),
-            None => op,
+        let within = |op: WindowAggregateOperator, i: usize, budget: Option<usize>| {
+            within_budget(op, budget, spill_dir.path().join(format!("op-{i}")))
         };
         let kind = window.kind;
         let mut out = Vec::new();
-        let mut op = within(operator_for(spec.clone(), window, 0, 1, columnar), 99);
+        let mut op = within(
+            operator_for(spec.clone(), window, 0, 1, columnar),
+            99,
+            budgets[0],
+        );
         for (b, batch) in batches[..=checkpoint_after].iter().enumerate() {
             feed(&mut op, assign(kind, batch.clone()).await).await;
             out.extend(rows(&watermark(&mut op, random_watermark(b)).await));
         }
+        let spilled_at_checkpoint = op.spilled_ends.len();
         let snap = snapshot(&mut op).await;
+        let checkpoint_rows = snap.keyed.iter().map(|b| b.num_rows()).sum();
         let mut late = op.counters().late_records;
+        let mut spilled_bytes = op.counters().spilled_bytes;
         for i in 0..parallelism {
             let mut op = within(
                 operator_for(spec.clone(), window, i, parallelism, columnar),
                 i,
+                budgets[1],
             );
             op.restore(restored(&snap, i, parallelism)).await.unwrap();
             // The watermark comes back first (nothing left to fire at it).
@@ -1534,9 +1814,17 @@ mod tests {
             }
             out.extend(rows(&watermark(&mut op, i64::MAX).await));
             assert_eq!(op.open_windows(), 0);
+            assert!(op.spilled_ends.is_empty() && op.usage.total == 0);
             late += op.counters().late_records;
+            spilled_bytes += op.counters().spilled_bytes;
         }
-        (out, late)
+        Run {
+            rows: out,
+            late,
+            spilled_bytes,
+            spilled_at_checkpoint,
+            checkpoint_rows,
+        }
     }
 
     const MANY_SQL: &str = "SELECT k, window_start, window_end, count(*) AS c, sum(v) AS s, \
@@ -1601,8 +1889,12 @@ mod tests {
             // 1 byte: every window is spilled after every batch; 16 KiB: some are.
             for budget in [1, 16 << 10] {
                 let spilled =
-                    scenario_within(&spec, window, true, &batches, 3, 2, Some(budget)).await;
-                assert_eq!(spilled, in_memory, "{kind}, budget {budget}");
+                    scenario_within(&spec, window, true, &batches, 3, 2, [Some(budget); 2]).await;
+                assert_eq!(
+                    (spilled.rows, spilled.late),
+                    in_memory,
+                    "{kind}, budget {budget}"
+                );
             }
         }
         // The spill is counted, and the memory it frees is what the budget allows.
@@ -1679,5 +1971,189 @@ mod tests {
         )
         .await;
         assert_eq!(rows(&watermark(&mut op, i64::MAX).await), expected);
+    }
+
+    const DISTINCT_SQL: &str = "SELECT k, window_start, window_end, count(DISTINCT v) AS d, \
+                                count(*) AS c, sum(v) AS s \
+                                FROM t GROUP BY k, window_start, window_end";
+
+    /// The per-group path (DISTINCT, merging sessions) over a budget gives what it gives
+    /// in memory: the same rows in the same order, the same late count, and checkpoints
+    /// taken while key groups are on disk restore into one or two subtasks, spilling
+    /// again there; checkpoints restore between operators with and without a budget.
+    #[tokio::test]
+    async fn per_group_spilling_gives_the_same_rows() {
+        let batches = random_batches(13, 6, 300, 100);
+        // (query, window, (checkpoint after batch, restored subtasks)...)
+        let cases: [(&str, WindowKind, &[(usize, usize)]); 4] = [
+            (DISTINCT_SQL, TUMBLE, &[(2, 2), (0, 1)]),
+            (
+                DISTINCT_SQL,
+                WindowKind::Hop { slide: 5, size: 20 },
+                &[(3, 2)],
+            ),
+            (DISTINCT_SQL, SESSION, &[(2, 2), (4, 1)]),
+            (MANY_SQL, SESSION, &[(1, 2)]),
+        ];
+        for (sql, kind, checkpoints) in cases {
+            let spec = spec_for(windowed_schema(), sql).await;
+            // SESSION: merged by the aggregate itself.
+            let window = window_spec(kind, 1, 2, false);
+            for &(checkpoint_after, parallelism) in checkpoints {
+                let in_memory = scenario(
+                    &spec,
+                    window,
+                    false,
+                    &batches,
+                    checkpoint_after,
+                    parallelism,
+                )
+                .await;
+                assert!(in_memory.0.len() > 50, "{kind} {sql}");
+                assert!(in_memory.1 > 0, "{kind} {sql}: some rows are late");
+                let what = format!("{kind} {sql} at {checkpoint_after} into {parallelism}");
+                // 1 byte: every key group is on disk after every batch and watermark;
+                // 4 KiB: some are.
+                for budget in [1, 4 << 10] {
+                    let spilled = scenario_within(
+                        &spec,
+                        window,
+                        false,
+                        &batches,
+                        checkpoint_after,
+                        parallelism,
+                        [Some(budget); 2],
+                    )
+                    .await;
+                    assert_eq!(
+                        (&spilled.rows, spilled.late),
+                        (&in_memory.0, in_memory.1),
+                        "{what}, budget {budget}"
+                    );
+                    assert!(spilled.spilled_bytes > 0, "{what}, budget {budget}");
+                    assert!(spilled.spilled_at_checkpoint > 0, "{what}, budget {budget}");
+                    assert!(spilled.checkpoint_rows > 0, "{what}, budget {budget}");
+                }
+                // A checkpoint without spilled state restores under a budget, and one
+                // with spilled state restores without.
+                for budgets in [[None, Some(1)], [Some(1), None]] {
+                    let run = scenario_within(
+                        &spec,
+                        window,
+                        false,
+                        &batches,
+                        checkpoint_after,
+                        parallelism,
+                        budgets,
+                    )
+                    .await;
+                    assert_eq!(
+                        (&run.rows, run.late),
+                        (&in_memory.0, in_memory.1),
+                        "{what}, budgets {budgets:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// With a 1-byte budget, state leaves memory after every batch; its checkpoint holds
+    /// the spilled rows in the checkpoint format, and the operator goes on from disk.
+    #[tokio::test]
+    async fn per_group_state_leaves_memory_and_checkpoints_from_disk() {
+        let spec = spec_for(windowed_schema(), DISTINCT_SQL).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = operator_for(spec.clone(), window_spec(TUMBLE, 1, 2, false), 0, 1, false)
+            .with_memory_budget(1, dir.path().join("op"));
+        let input = [
+            (Some("a"), Some(1), Some(1)),
+            (Some("a"), Some(1), Some(2)),
+            (Some("b"), Some(2), Some(3)),
+            (Some("a"), Some(3), Some(12)),
+        ];
+        assert!(feed(&mut op, assign(TUMBLE, source(&input)).await)
+            .await
+            .is_empty());
+        assert!(op.windows.is_empty());
+        assert_eq!(op.usage.total, 0);
+        assert!(op.counters().spilled_bytes > 0);
+        // Key group of "a": earliest end 10 ([0,10) and [10,20) spilled together).
+        let a: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vec!["a"]));
+        let kg_a = meltwater_state::key_groups(&[a], 1, 128).unwrap()[0];
+        assert_eq!(op.spilled_ends[&kg_a], 10);
+        let snap = snapshot(&mut op).await;
+        assert_eq!(snap.keyed.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        let schema = snap.keyed[0].schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            &names[..4],
+            [
+                meltwater_state::KEY_GROUP_COLUMN,
+                "__window_start",
+                "__window_end",
+                "k"
+            ]
+        );
+        // [0,10) fires from disk; [10,20) goes back to disk.
+        let expected_first = [
+            "a,1970-01-01T00:00:00,1970-01-01T00:00:00.010,1,2,2",
+            "b,1970-01-01T00:00:00,1970-01-01T00:00:00.010,1,1,2",
+        ];
+        assert_eq!(rows(&watermark(&mut op, 9).await), expected_first);
+        assert!(op.windows.is_empty());
+        assert_eq!(op.spilled_ends[&kg_a], 20);
+        let expected_last = ["a,1970-01-01T00:00:00.010,1970-01-01T00:00:00.020,1,1,3"];
+        assert_eq!(rows(&watermark(&mut op, 19).await), expected_last);
+        assert!(op.spilled_ends.is_empty());
+        // The checkpoint taken from disk restores into an operator without a budget.
+        let mut restored_op = operator_for(spec, window_spec(TUMBLE, 1, 2, false), 0, 1, false);
+        restored_op.restore(restored(&snap, 0, 1)).await.unwrap();
+        assert_eq!(rows(&watermark(&mut restored_op, 9).await), expected_first);
+        assert_eq!(rows(&watermark(&mut restored_op, 19).await), expected_last);
+    }
+
+    /// Lateness of SESSION rows with key groups on disk: a row whose own window fired
+    /// joins its key's spilled open session (not late); a row touching no open session
+    /// is late.
+    #[tokio::test]
+    async fn late_session_rows_with_spilled_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        for budget in [None, Some(1)] {
+            let op = operator(SESSION, DISTINCT_SQL, 0, 1, false).await;
+            let mut op = within_budget(op, budget, dir.path().join("op"));
+            // a: [30,40); b: [0,10).
+            run(
+                &mut op,
+                SESSION,
+                &[
+                    (Some("a"), Some(1), Some(30)),
+                    (Some("b"), Some(2), Some(0)),
+                ],
+            )
+            .await;
+            assert_eq!(op.spilled_ends.len(), if budget.is_some() { 2 } else { 0 });
+            assert_eq!(
+                rows(&watermark(&mut op, 35).await),
+                ["b,1970-01-01T00:00:00,1970-01-01T00:00:00.010,1,1,2"]
+            );
+            // a@22: [22,32) fired at 31, but it overlaps a's open [30,40), which is on
+            // disk with a budget: it joins. b@22 and c@5 touch nothing open: late.
+            run(
+                &mut op,
+                SESSION,
+                &[
+                    (Some("a"), Some(5), Some(22)),
+                    (Some("b"), Some(6), Some(22)),
+                    (Some("c"), Some(7), Some(5)),
+                ],
+            )
+            .await;
+            assert_eq!(op.counters().late_records, 2, "budget {budget:?}");
+            assert_eq!(
+                rows(&watermark(&mut op, i64::MAX).await),
+                ["a,1970-01-01T00:00:00.022,1970-01-01T00:00:00.040,2,2,6"]
+            );
+            assert_eq!(op.counters().spilled_bytes > 0, budget.is_some());
+        }
     }
 }
