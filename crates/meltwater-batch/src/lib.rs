@@ -96,7 +96,7 @@ pub enum BatchError {
         loc: meltwater_sql::SourceLoc,
         message: String,
     },
-    #[error("commit failed, nothing was written: {0}")]
+    #[error("commit failed: {0}")]
     Commit(String),
     #[error("{file}:{loc}: {failure}")]
     Stage {

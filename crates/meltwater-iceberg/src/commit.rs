@@ -170,9 +170,38 @@ impl JobCommits {
     /// Commits every table's pending files, one snapshot per table.
     pub async fn commit_all(&self) -> Result<Vec<CommitSummary>> {
         let pending = std::mem::take(&mut *self.pending.lock().expect("commit registry poisoned"));
-        let mut summaries = Vec::new();
-        for (name, table) in pending {
-            summaries.push(self.commit_table(&name, table).await?);
+        let mut summaries: Vec<CommitSummary> = Vec::new();
+        let mut pending = pending.into_iter();
+        while let Some((name, table)) = pending.next() {
+            match self.commit_table(&name, table).await {
+                Ok(summary) => summaries.push(summary),
+                Err(e) => {
+                    // One snapshot per table, one after another: say exactly what the run
+                    // left behind, so nobody assumes an all-or-nothing outcome.
+                    let mut message = e.to_string();
+                    let done: Vec<String> = summaries
+                        .iter()
+                        .filter_map(|s| {
+                            s.snapshot_id
+                                .map(|id| format!("{} (snapshot {id})", s.table))
+                        })
+                        .collect();
+                    if !done.is_empty() {
+                        message.push_str(&format!(
+                            "; committed before it, and kept: {}",
+                            done.join(", ")
+                        ));
+                    }
+                    let rest: Vec<String> = pending.map(|(n, _)| n).collect();
+                    if !rest.is_empty() {
+                        message.push_str(&format!("; not committed: {}", rest.join(", ")));
+                    }
+                    return Err(IcebergError::Table {
+                        table: name,
+                        message: format!("the run's commits stopped here: {message}"),
+                    });
+                }
+            }
         }
         Ok(summaries)
     }
@@ -408,7 +437,34 @@ pub(crate) async fn commit_files(
                     ),
                 })
             }
-            CommitOutcome::Unknown(e) | CommitOutcome::Failed(e) => {
+            CommitOutcome::Unknown(e) => {
+                // The last answer was lost too: look once more before saying what happened.
+                summary.unknown_outcomes += 1;
+                return match load_uncommitted(catalog, ident, name, &properties, &mut summary)
+                    .await
+                {
+                    Ok(None) => Ok(summary),
+                    Ok(Some(_)) => Err(IcebergError::Table {
+                        table: name.to_string(),
+                        message: format!(
+                            "committing (attempt {attempt}): {e}; the table does not hold the commit: nothing was committed"
+                        ),
+                    }),
+                    Err(reload) => {
+                        let mut marker: Vec<String> =
+                            properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        marker.sort();
+                        Err(IcebergError::Table {
+                            table: name.to_string(),
+                            message: format!(
+                                "the outcome of the commit is unknown: the answer to attempt {attempt} was lost ({e}) and the table could not be read again ({reload}); a snapshot with {} in the table's history is this commit",
+                                marker.join(", ")
+                            ),
+                        })
+                    }
+                };
+            }
+            CommitOutcome::Failed(e) => {
                 return Err(IcebergError::Table {
                     table: name.to_string(),
                     message: format!("committing (attempt {attempt}): {e}"),

@@ -194,3 +194,57 @@ async fn a_merge_fails_when_another_writer_changed_a_file_it_replaces() {
     expected[4] = (5, 500);
     assert_eq!(rows(&catalog).await, expected);
 }
+
+/// An unpartitioned `lake.db.<name> (x BIGINT)`.
+async fn create_plain(catalog: &Arc<LakeCatalog>, name: &str) {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let (_, commits) = session(catalog.clone(), "create").await;
+    let schema = Schema::new(vec![Field::new("x", DataType::Int64, true)]);
+    let creation = meltwater_iceberg::schema::table_creation(
+        &format!("lake.db.{name}"),
+        name,
+        &schema,
+        &[],
+        Default::default(),
+    )
+    .unwrap();
+    let provider =
+        meltwater_iceberg::IcebergCatalogProvider::try_new("lake", catalog.clone(), commits)
+            .await
+            .unwrap();
+    assert!(provider.create_table("db", creation, false).await.unwrap());
+}
+
+/// A run writing three tables commits them one after another (one snapshot each); when
+/// the second fails, the error names the table committed before it, which stays, and
+/// the one left uncommitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_says_which_tables_of_the_run_were_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path()).await;
+    three_files(&catalog).await;
+    for name in ["a", "z"] {
+        create_plain(&catalog, name).await;
+    }
+    let (ctx, waiting) = session(catalog.clone(), "three-tables").await;
+    sql(&ctx, "INSERT INTO lake.db.a VALUES (1)").await;
+    merge(&ctx, CopyOnWrite, "(1, 1, 100)").await.unwrap();
+    sql(&ctx, "INSERT INTO lake.db.z VALUES (2)").await;
+    // Another run rewrites the file the MERGE replaces, and commits first.
+    planned_merge(&catalog, "other", "(2, 1, 200)")
+        .await
+        .commit_all()
+        .await
+        .unwrap();
+    let err = waiting.commit_all().await.unwrap_err().to_string();
+    assert!(
+        err.contains("iceberg table lake.db.t: the run's commits stopped here"),
+        "{err}"
+    );
+    assert!(err.contains("is no longer in the table"), "{err}");
+    assert!(
+        err.contains("committed before it, and kept: lake.db.a (snapshot "),
+        "{err}"
+    );
+    assert!(err.ends_with("not committed: lake.db.z"), "{err}");
+}
