@@ -1665,9 +1665,11 @@ pub async fn run_graph(
                 std::process::abort();
             }
             // A commit found in the table after its answer was lost is this run's.
-            report.commits.extend(commits.iceberg.into_iter().filter(|c| {
-                c.snapshot_id.is_some() && (!c.already_committed || c.unknown_outcomes > 0)
-            }));
+            report
+                .commits
+                .extend(commits.iceberg.into_iter().filter(|c| {
+                    c.snapshot_id.is_some() && (!c.already_committed || c.unknown_outcomes > 0)
+                }));
             report.kafka_commits.extend(
                 commits
                     .kafka
