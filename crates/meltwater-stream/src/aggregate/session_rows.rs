@@ -35,7 +35,7 @@ use datafusion::error::Result;
 use meltwater_plan::window::{timestamps_to_ms, window_columns};
 
 use super::window::{
-    merge_sessions, take_fired, take_window, window_fired, MergedSession, WindowKey,
+    merge_sessions, take_fired, take_window, MergedSession, SpilledEnds, WindowKey,
 };
 use super::{restored_watermark, watermark_state, KeyCodec};
 use crate::message::{EventTime, MIN_WATERMARK};
@@ -207,7 +207,7 @@ pub struct SessionRowsOperator {
     /// With a budget: the keys with open sessions in memory, by key group.
     resident: HashMap<u16, HashSet<Box<[u8]>>>,
     /// Per spilled key group: the earliest end of its sessions (when it must be back).
-    spilled_ends: HashMap<u16, i64>,
+    spilled_ends: SpilledEnds,
 }
 
 impl std::fmt::Debug for SessionRowsOperator {
@@ -275,7 +275,7 @@ impl SessionRowsOperator {
             late_records: 0,
             spill: None,
             resident: HashMap::new(),
-            spilled_ends: HashMap::new(),
+            spilled_ends: SpilledEnds::default(),
         })
     }
 
@@ -304,11 +304,7 @@ impl SessionRowsOperator {
             return Ok(());
         };
         let loaded = spill.load_touched(kgs)?;
-        if !self.spilled_ends.is_empty() {
-            for kg in kgs {
-                self.spilled_ends.remove(kg);
-            }
-        }
+        self.spilled_ends.forget(kgs);
         for batch in loaded {
             // Their sessions were open: none of the rows is late. (Their key groups are
             // no longer spilled, so this loads nothing more.)
@@ -359,8 +355,7 @@ impl SessionRowsOperator {
                 parts.push((kg, meltwater_state::with_key_groups(&rows, vec![kg; n])?));
             }
             self.store.release(&refs);
-            let end = self.spilled_ends.entry(kg).or_insert(i64::MAX);
-            *end = (*end).min(first_end);
+            self.spilled_ends.note(kg, first_end);
         }
         self.spill
             .as_mut()
@@ -601,13 +596,7 @@ impl Operator for SessionRowsOperator {
         }
         self.watermark = watermark;
         // Spilled sessions that fire now come back first.
-        let mut due: Vec<u16> = self
-            .spilled_ends
-            .iter()
-            .filter(|(_, end)| window_fired(**end, watermark))
-            .map(|(kg, _)| *kg)
-            .collect();
-        due.sort_unstable();
+        let due = self.spilled_ends.due(watermark);
         self.load_spilled(&due)?;
         let fired = take_fired(&mut self.windows, watermark);
         if !fired.is_empty() {

@@ -85,6 +85,48 @@ pub(crate) fn window_fired(end: i64, watermark: EventTime) -> bool {
     end - 1 <= watermark
 }
 
+/// Per spilled key group, the earliest end of its windows: when the group must be back
+/// in memory (its first window fires). Session buffers and per-group window aggregates
+/// keep one beside their [`KeyGroupSpill`].
+#[derive(Debug, Default)]
+pub(crate) struct SpilledEnds(HashMap<u16, i64>);
+
+impl std::ops::Deref for SpilledEnds {
+    type Target = HashMap<u16, i64>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl SpilledEnds {
+    /// Key group `kg` went to disk with a window ending at `end`.
+    pub(crate) fn note(&mut self, kg: u16, end: i64) {
+        let e = self.0.entry(kg).or_insert(i64::MAX);
+        *e = (*e).min(end);
+    }
+
+    /// The spilled key groups with a window that fires at `watermark`, in order.
+    pub(crate) fn due(&self, watermark: EventTime) -> Vec<u16> {
+        let mut due: Vec<u16> = self
+            .0
+            .iter()
+            .filter(|(_, end)| window_fired(**end, watermark))
+            .map(|(kg, _)| *kg)
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
+    /// `kgs` are back in memory.
+    pub(crate) fn forget(&mut self, kgs: &[u16]) {
+        if !self.0.is_empty() {
+            for kg in kgs {
+                self.0.remove(kg);
+            }
+        }
+    }
+}
+
 /// Removes the windows that fire at `watermark` (see [`window_fired`]) from `windows`
 /// and returns them, in firing order.
 pub(crate) fn take_fired<V>(
@@ -274,7 +316,7 @@ pub struct WindowAggregateOperator {
     /// With `spill`: the memory the groups in memory take.
     usage: Usage,
     /// Per spilled key group: the earliest end of its windows (when it must be back).
-    spilled_ends: HashMap<u16, i64>,
+    spilled_ends: SpilledEnds,
     watermark: EventTime,
     late_records: u64,
     /// HOP: late (row, window) pairs; each input row is in `size / slide` windows.
@@ -441,7 +483,7 @@ impl WindowAggregateOperator {
             sessions: HashMap::new(),
             spill: None,
             usage: Usage::default(),
-            spilled_ends: HashMap::new(),
+            spilled_ends: SpilledEnds::default(),
             watermark: MIN_WATERMARK,
             late_records: 0,
             late_hop_windows: 0,
@@ -901,11 +943,7 @@ impl WindowAggregateOperator {
             return Ok(());
         };
         let loaded = spill.load_touched(kgs)?;
-        if !self.spilled_ends.is_empty() {
-            for kg in kgs {
-                self.spilled_ends.remove(kg);
-            }
-        }
+        self.spilled_ends.forget(kgs);
         for batch in loaded {
             self.restore_groups(&batch, true)?;
         }
@@ -964,8 +1002,7 @@ impl WindowAggregateOperator {
                 parts.push((kg, batch));
             }
             if let Some(first_end) = first_end {
-                let end = self.spilled_ends.entry(kg).or_insert(i64::MAX);
-                *end = (*end).min(first_end);
+                self.spilled_ends.note(kg, first_end);
             }
         }
         self.spill.as_mut().expect("checked above").write_run(parts)
@@ -1182,13 +1219,7 @@ impl Operator for WindowAggregateOperator {
             }
             None => {
                 // Spilled key groups with a window that fires now come back first.
-                let mut due: Vec<u16> = self
-                    .spilled_ends
-                    .iter()
-                    .filter(|(_, end)| window_fired(**end, watermark))
-                    .map(|(kg, _)| *kg)
-                    .collect();
-                due.sort_unstable();
+                let due = self.spilled_ends.due(watermark);
                 self.load_spilled(&due)?;
                 let fired = take_fired(&mut self.windows, watermark);
                 let batch = self.emit(fired)?;
